@@ -1,0 +1,33 @@
+# The two commands of the README. Each sets up what it needs and is idempotent.
+#   make demo   generate an answer with the default pipeline on SmolLM2-135M and print statistics
+#   make test   run the test suite
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROMPT ?= Summarize in one sentence: The Eiffel Tower is a wrought-iron lattice tower in Paris, France. It was built from 1887 to 1889 as the centerpiece of the 1889 World's Fair. The Eiffel Tower is the most visited monument in the world.
+
+.PHONY: demo test setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "is ignored" || true
+	# torch first, pinned to the CPU build; the constraints file keeps every later step on it
+	PIP_CONSTRAINT=constraints.txt $(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "is ignored" || true
+	PIP_CONSTRAINT=constraints.txt $(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import cas_spec, torch; print('cas-spec ready, torch', torch.__version__)"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/cas-spec fetch smollm2-135m >/dev/null
+	$(BIN)/cas-spec generate --stats "$(PROMPT)"
+
+test: setup
+	$(BIN)/cas-spec fetch smollm2-135m >/dev/null
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

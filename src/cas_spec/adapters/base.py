@@ -1,0 +1,95 @@
+"""`ModelAdapter`: per-architecture access to a transformers causal LM.
+
+The engine and the strategies reach layers, norms, the LM head and the KV cache only through an
+adapter, so they never depend on one architecture's attribute names.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from cas_spec.core import cache as kv
+
+
+class ModelAdapter(ABC):
+    """Access to one loaded model. Subclasses declare the `model_types` they support."""
+
+    name: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+
+    @classmethod
+    def supports(cls, config) -> bool:
+        return getattr(config, "model_type", None) in cls.model_types
+
+    # -- structure -----------------------------------------------------------------------------
+    @property
+    def decoder(self) -> nn.Module:
+        """The decoder stack (the module holding layers, norm, embeddings)."""
+        return getattr(self.model, self.model.base_model_prefix)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.decoder.layers
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.decoder.norm
+
+    @property
+    def embed_tokens(self) -> nn.Module:
+        return self.decoder.embed_tokens
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.lm_head
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def context_length(self) -> int:
+        """The longest sequence (prompt + generated tokens) the model accepts."""
+        return int(getattr(self.config, "max_position_embeddings", 2048))
+
+    @property
+    def sliding_window_layers(self) -> tuple[int, ...]:
+        """Indices of layers with sliding-window attention."""
+        types = getattr(self.config, "layer_types", None) or ()
+        return tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        ids = getattr(self.model.generation_config, "eos_token_id", None)
+        if ids is None:
+            ids = getattr(self.config, "eos_token_id", None)
+        if ids is None:
+            return ()
+        return tuple(ids) if isinstance(ids, list | tuple) else (int(ids),)
+
+    # -- KV cache ------------------------------------------------------------------------------
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.config)
+
+    def rollback(self, cache, length: int) -> None:
+        """Cut every layer of `cache` back to `length` tokens (an absolute length, per layer)."""
+        kv.truncate(cache, length)
+
+    def keep(self, cache, prefix_length: int, keep: torch.Tensor) -> None:
+        """Keep the prefix plus the verified tree tokens at offsets `keep` ([M] int64)."""
+        kv.keep_positions(cache, prefix_length, keep)
+
+    def cache_length(self, cache) -> int:
+        """Tokens every layer holds (the committed length, once a step is committed)."""
+        lengths = kv.lengths(cache)
+        return min(lengths) if lengths else 0

@@ -1,0 +1,159 @@
+"""The `cas-spec` command: generate, plugins, validate, fetch.
+
+Generated text goes to stdout; statistics, progress and errors to stderr. A mistake of the
+user's making exits with status 2 and a one-line cause; any other failure exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+EXAMPLES = {
+    "generate": """examples:
+  cas-spec generate "What is the capital of France?"
+  cas-spec generate --pipeline autoregressive --stats "Summarize: ..."
+  echo "def fibonacci(n):" | cas-spec generate --no-chat --max-new-tokens 64 -
+  cas-spec generate --set scheduler.options.k=5 --temperature 0.7 --seed 1 "Tell me a story" """,
+    "plugins": """examples:
+  cas-spec plugins
+  cas-spec plugins --json""",
+    "validate": """examples:
+  cas-spec validate my-pipeline.yaml
+  cas-spec validate default --set levels.0.options.num_tokens=5""",
+    "fetch": """examples:
+  cas-spec fetch smollm2-135m""",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cas-spec", description="Lossless speculative decoding with self-speculative cascades.",
+        epilog="Run 'cas-spec COMMAND --help' for a command's options and examples.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    gen = commands.add_parser("generate", help="generate text with a pipeline", epilog=EXAMPLES["generate"],
+                              formatter_class=fmt)
+    gen.add_argument("prompt", help="the prompt, or - to read it from standard input")
+    gen.add_argument("-p", "--pipeline", default="default", help="preset name or YAML file (default: default)")
+    gen.add_argument("--model", help="model alias or local folder (overrides the pipeline's)")
+    gen.add_argument("-n", "--max-new-tokens", type=int, help="most tokens to generate")
+    gen.add_argument("--temperature", type=float, help="0 = greedy")
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--seed", type=int, help="makes a sampled run reproducible")
+    gen.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                     help="override one pipeline value (repeatable)")
+    gen.add_argument("--stats", action="store_true", help="print statistics on stderr")
+    chat = gen.add_mutually_exclusive_group()
+    chat.add_argument("--chat", dest="chat", action="store_true", default=None,
+                      help="apply the chat template (default for chat models)")
+    chat.add_argument("--no-chat", dest="chat", action="store_false", help="raw completion")
+
+    plugins = commands.add_parser("plugins", help="list plugins and what they register",
+                                  epilog=EXAMPLES["plugins"], formatter_class=fmt)
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+
+    validate = commands.add_parser("validate", help="check a pipeline file", epilog=EXAMPLES["validate"],
+                                   formatter_class=fmt)
+    validate.add_argument("pipeline", help="YAML file or preset name")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+    fetch = commands.add_parser("fetch", help="download and convert a model alias into the cache",
+                                epilog=EXAMPLES["fetch"], formatter_class=fmt)
+    fetch.add_argument("model", help="model alias")
+    return parser
+
+
+def _generate(args) -> int:
+    from cas_spec.core.errors import InputError
+    from cas_spec.core.pipeline import load_pipeline
+    from cas_spec.core.stats import format_stats
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt.strip():
+        raise InputError("the prompt is empty")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    overrides = list(args.overrides)
+    if args.model:
+        overrides.append(f"model={args.model}")
+    pipe = load_pipeline(args.pipeline, overrides=overrides)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    result = pipe.generate(prompt, max_new_tokens=args.max_new_tokens, chat=args.chat,
+                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                           seed=args.seed, on_text=write)
+    sys.stdout.write("\n")
+    if args.stats:
+        print(format_stats(result.stats), file=sys.stderr)
+    return 0
+
+
+def _plugins(args) -> int:
+    from cas_spec.core.plugins import get_plugins
+
+    plugins = get_plugins()
+    kinds = {"strategies": plugins.strategies, "schedulers": plugins.schedulers,
+             "verifiers": plugins.verifiers, "adapters": plugins.adapters}
+    if args.json:
+        data = {kind: {name: reg.owner(name) for name in reg.names()} for kind, reg in kinds.items()}
+        data["plugins"] = plugins.loaded
+        data["broken"] = plugins.broken
+        print(json.dumps(data, indent=2))
+        return 0
+    for kind, reg in kinds.items():
+        print(f"{kind}:")
+        for name in reg.names():
+            print(f"  {name:<20} ({reg.owner(name)})")
+    if plugins.broken:
+        print("broken plugins:")
+        for name, error in plugins.broken.items():
+            print(f"  {name:<20} {error}")
+    return 0
+
+
+def _validate(args) -> int:
+    from cas_spec.core.config import load_config
+
+    config = load_config(args.pipeline, args.overrides)
+    levels = ", ".join(f"{lv.name} ({lv.kind})" for lv in config.levels) or "none"
+    print(f"{args.pipeline}: valid; model {config.model}, scheduler {config.scheduler.kind}, levels: {levels}")
+    return 0
+
+
+def _fetch(args) -> int:
+    from cas_spec.core.models import resolve_model_path
+
+    print(resolve_model_path(args.model))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from cas_spec.core.errors import UserError
+
+    try:
+        return {"generate": _generate, "plugins": _plugins, "validate": _validate, "fetch": _fetch}[args.command](args)
+    except UserError as exc:
+        print(f"cas-spec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # not the user's mistake: a short message, exit 1 (CAS_SPEC_DEBUG=1 re-raises)
+        import os
+
+        if os.environ.get("CAS_SPEC_DEBUG"):
+            raise
+        print(f"cas-spec: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The core: types, interfaces, plugins, configuration and the decoding engine."""

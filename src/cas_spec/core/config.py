@@ -1,0 +1,256 @@
+"""Pipelines in YAML, validated by pydantic.
+
+A pipeline names the model, the scheduler, the levels (configured strategies) and how tokens are
+sampled. `extends:` merges a base file (a path relative to the file, or a shipped preset name);
+`key.path=value` overrides set single values (list items by index: `levels.0.options.k=5`).
+A bad pipeline fails once, listing every problem with its dotted location.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cas_spec.core.errors import ConfigError
+
+PRESETS_PACKAGE = "cas_spec.pipelines"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LevelConfig(_Strict):
+    """One level: a named, configured strategy."""
+
+    name: str = Field(description="Unique name of the level, used by schedulers and statistics.")
+    kind: str = Field(description="Registered strategy name, e.g. prompt_lookup.")
+    options: dict[str, Any] = Field(default_factory=dict, description="The strategy's options.")
+
+
+class SchedulerConfig(_Strict):
+    kind: str = Field("chain", description="Registered scheduler name.")
+    options: dict[str, Any] = Field(default_factory=dict, description="The scheduler's options.")
+
+
+class SamplingConfig(_Strict):
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy decoding.")
+    top_k: int | None = Field(None, ge=1, description="Keep only the k most likely tokens.")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
+    seed: int | None = Field(None, description="Seed that makes a sampled run reproducible.")
+
+
+class PipelineConfig(_Strict):
+    """A whole pipeline. Every field has a default, so `{}` is a valid (autoregressive-free) pipeline."""
+
+    model: str = Field("smollm2-135m", description="Model alias or a local Hugging Face folder.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = float32 on CPU, bfloat16 on CUDA.")
+    threads: int | None = Field(1, ge=1, description="CPU threads for torch (None = leave as is).")
+    chat: bool | None = Field(None, description="Apply the chat template; None = when the model has one.")
+    max_new_tokens: int = Field(128, ge=1, description="Default generation budget.")
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    levels: list[LevelConfig] = Field(default_factory=list)
+    verifier: str = Field("auto", description="auto = greedy at temperature 0, sampling otherwise.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+def preset_names() -> list[str]:
+    from importlib import resources
+
+    files = resources.files(PRESETS_PACKAGE).iterdir()
+    return sorted(f.name[:-5] for f in files if f.name.endswith(".yaml"))
+
+
+def _preset_text(name: str) -> str:
+    from importlib import resources
+
+    return resources.files(PRESETS_PACKAGE).joinpath(f"{name}.yaml").read_text()
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError([f"<yaml>{where}: {getattr(exc, 'problem', exc)}"], source) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"<root>: expected a mapping, got {type(data).__name__}"], source)
+    return data
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _resolve_extends(data: dict[str, Any], base_dir: Path | None, source: str,
+                     seen: tuple[str, ...]) -> dict[str, Any]:
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(["extends: expected a file path or preset name"], source)
+    if "://" in parent:
+        raise ConfigError([f"extends: '{parent}' is a URL; only local files and presets are allowed"], source)
+    key = str((base_dir / parent).resolve()) if base_dir and (base_dir / parent).exists() else parent
+    if key in seen:
+        raise ConfigError([f"extends: cycle through '{parent}'"], source)
+    if base_dir is not None and (base_dir / parent).exists():
+        path = base_dir / parent
+        parent_data = _parse_yaml(path.read_text(), str(path))
+        parent_data = _resolve_extends(parent_data, path.parent, str(path), seen + (key,))
+    elif parent in preset_names():
+        parent_data = _resolve_extends(_parse_yaml(_preset_text(parent), parent), None, parent, seen + (key,))
+    else:
+        raise ConfigError([f"extends: no file or preset named '{parent}'; presets: {', '.join(preset_names())}"],
+                          source)
+    return _merge(parent_data, data)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'a.b.0.c=value' → (['a', 'b', '0', 'c'], parsed YAML scalar)."""
+    if "=" not in item:
+        raise ConfigError([f"--set {item}: expected key.path=value"])
+    path, _, raw = item.partition("=")
+    keys = [k for k in path.strip().split(".")]
+    if not all(keys):
+        raise ConfigError([f"--set {item}: empty key in '{path}'"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return keys, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    for item in overrides:
+        keys, value = parse_override(item)
+        node: Any = data
+        for depth, key in enumerate(keys):
+            last = depth == len(keys) - 1
+            where = ".".join(keys[: depth + 1])
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ConfigError([f"--set {item}: '{where}' is not an index of a list of {len(node)}"])
+                if last:
+                    node[int(key)] = value
+                else:
+                    node = node[int(key)]
+            elif isinstance(node, dict):
+                if last:
+                    node[key] = value
+                else:
+                    node = node.setdefault(key, {})
+            else:
+                raise ConfigError([f"--set {item}: '{'.'.join(keys[:depth])}' is not a mapping or list"])
+    return data
+
+
+def load_raw(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """A pipeline's data with `extends` resolved, from a preset name, a YAML path or a mapping."""
+    if isinstance(source, Mapping):
+        return _resolve_extends(dict(source), Path.cwd(), "<dict>", ()), "<dict>"
+    text_source = str(source)
+    path = Path(text_source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError([f"<file>: no such pipeline file '{text_source}'"], text_source)
+        data = _parse_yaml(path.read_text(), text_source)
+        return _resolve_extends(data, path.parent, text_source, (str(path.resolve()),)), text_source
+    if text_source in preset_names():
+        return _resolve_extends(_parse_yaml(_preset_text(text_source), text_source), None, text_source,
+                                (text_source,)), text_source
+    raise ConfigError([f"<pipeline>: no file or preset named '{text_source}'; presets: "
+                       f"{', '.join(preset_names())}"])
+
+
+def _location(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) or "<root>"
+
+
+def validate(data: Mapping[str, Any], source: str | None = None, plugins=None) -> PipelineConfig:
+    """Validate structure, then every plugin kind and its options; raise one `ConfigError` listing all."""
+    from cas_spec.core.plugins import get_plugins
+
+    plugins = plugins or get_plugins()
+    try:
+        config = PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        # A structural problem must not hide the plugin problems of the well-formed parts.
+        problems = [f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(problems + _raw_plugin_problems(data, plugins), source) from None
+
+    problems: list[str] = []
+    names = [level.name for level in config.levels]
+    for i, level in enumerate(config.levels):
+        if names.count(level.name) > 1 and names.index(level.name) != i:
+            problems.append(f"levels.{i}.name: duplicate level name '{level.name}'")
+        problems += _check_plugin(plugins.strategies, level.kind, level.options, f"levels.{i}")
+    problems += _check_plugin(plugins.schedulers, config.scheduler.kind, config.scheduler.options, "scheduler")
+    if config.scheduler.kind in plugins.schedulers and not problems:
+        cls = plugins.schedulers.get(config.scheduler.kind)
+        problems += cls.check_levels(cls.Options.model_validate(config.scheduler.options), names)
+    if config.verifier != "auto" and config.verifier not in plugins.verifiers:
+        problems.append(f"verifier: {plugins.verifiers.unknown_message(config.verifier)}")
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def _raw_plugin_problems(data: Mapping[str, Any], plugins) -> list[str]:
+    """Plugin kinds and options of a structurally invalid pipeline, checked where they are well-formed."""
+    problems: list[str] = []
+    if not isinstance(data, Mapping):
+        return problems
+
+    def check(registry, entry: Any, where: str, default_kind: str | None = None) -> None:
+        if not isinstance(entry, Mapping):
+            return
+        kind, options = entry.get("kind", default_kind), entry.get("options", {})
+        if isinstance(kind, str) and isinstance(options, Mapping):
+            problems.extend(_check_plugin(registry, kind, dict(options), where))
+
+    levels = data.get("levels")
+    if isinstance(levels, list):
+        for i, level in enumerate(levels):
+            check(plugins.strategies, level, f"levels.{i}")
+    check(plugins.schedulers, data.get("scheduler", {}), "scheduler", "chain")
+    verifier = data.get("verifier", "auto")
+    if isinstance(verifier, str) and verifier != "auto" and verifier not in plugins.verifiers:
+        problems.append(f"verifier: {plugins.verifiers.unknown_message(verifier)}")
+    return problems
+
+
+def _check_plugin(registry, kind: str, options: dict[str, Any], where: str) -> list[str]:
+    if kind not in registry:
+        return [f"{where}.kind: {registry.unknown_message(kind)}"]
+    try:
+        registry.get(kind).Options.model_validate(options)
+    except ValidationError as exc:
+        return [f"{where}.options.{_location(e['loc'])}: {e['msg']}".replace(".options.<root>", ".options")
+                for e in exc.errors()]
+    return []
+
+
+def load_config(source: str | Path | Mapping[str, Any] = "default", overrides: Iterable[str] = (),
+                plugins=None) -> PipelineConfig:
+    """Load, merge, override and validate a pipeline."""
+    data, name = load_raw(source)
+    data = apply_overrides(data, overrides)
+    return validate(data, name, plugins)

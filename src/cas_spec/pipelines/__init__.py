@@ -1,0 +1,1 @@
+"""Shipped pipeline presets (YAML package data): `cas-spec generate --pipeline NAME`."""

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny random models, the stories260K fixture, SmolLM2, hypothesis profiles."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(1)
+
+settings.register_profile("dev", max_examples=40, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+FIXTURES = Path(__file__).parent / "fixtures"
+STORIES = FIXTURES / "stories260K"
+
+
+def tiny_llama(seed: int = 0, *, vocab: int = 96, hidden: int = 32, layers: int = 3, heads: int = 4,
+               kv_heads: int = 2, intermediate: int = 48, max_positions: int = 256, family: str = "llama",
+               attn: str = "sdpa"):
+    """A random Llama-family model (llama, qwen2, mistral) small enough to build in milliseconds."""
+    import transformers
+
+    config_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+    }[family]
+    config = config_cls(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                        max_position_embeddings=max_positions, bos_token_id=1, eos_token_id=2,
+                        pad_token_id=0, attn_implementation=attn)
+    torch.manual_seed(seed)
+    return model_cls(config).eval()
+
+
+class IdTokenizer:
+    """A minimal tokenizer for tiny random models: text is a space-separated list of ids."""
+
+    chat_template = None
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [int(t) for t in text.split()]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(str(i) for i in ids)
+
+
+@pytest.fixture(scope="session")
+def stories():
+    """(model, tokenizer) of the stories260K fixture (MIT, llama2.c)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(STORIES), dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(str(STORIES))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) of SmolLM2-135M-Instruct, fetched and converted on first use."""
+    from cas_spec.core.models import load_model
+
+    return load_model("smollm2-135m", "cpu", "float32")

@@ -1,0 +1,128 @@
+"""Greedy identity: speculative pipelines produce exactly what plain greedy decoding produces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cas_spec import load_pipeline
+from tests.conftest import IdTokenizer, tiny_llama
+
+CHAIN_PLD = {
+    "scheduler": {"kind": "chain", "options": {"level": "pld", "k": 6}},
+    "levels": [{"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "min_ngram": 1,
+                                                                     "num_tokens": 6}}],
+}
+AUTOREGRESSIVE = {"scheduler": {"kind": "autoregressive"}}
+
+
+def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def repetitive_prompt(seed: int, vocab: int, length: int = 40) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    motif = torch.randint(3, vocab, (7,), generator=g).tolist()
+    noise = torch.randint(3, vocab, (length,), generator=g).tolist()
+    return noise[: length // 2] + motif + noise[length // 2:] + motif[:4]
+
+
+SHAPES = [
+    dict(family="llama"),
+    dict(family="llama", hidden=48, heads=6, kv_heads=1, intermediate=40, layers=2),  # MQA, odd sizes
+    dict(family="llama", hidden=40, heads=5, kv_heads=5, layers=4, vocab=77),  # MHA, odd vocab
+    dict(family="qwen2", hidden=32, heads=4, kv_heads=2),
+    dict(family="mistral", hidden=32, heads=4, kv_heads=1),
+    dict(family="llama", attn="eager"),
+]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
+def test_chain_pld_equals_plain_greedy_on_tiny_models(seed, shape):
+    model = tiny_llama(seed, **shape)
+    vocab = model.config.vocab_size
+    speculative = load_pipeline(CHAIN_PLD, model=model, tokenizer=IdTokenizer())
+    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer())
+    prompt = repetitive_prompt(seed, vocab)
+    expected = hf_greedy(model, prompt, 60)
+    got = speculative.generate(prompt, max_new_tokens=60)
+    assert got.token_ids == expected
+    assert plain.generate(prompt, max_new_tokens=60).token_ids == expected
+    assert got.stats.target_forwards <= 60
+
+
+STORY_PROMPTS = [
+    "Once upon a time, there was a little girl named Lily.",
+    "Tom had a big red ball. Tom had a big red ball. He",
+    "The cat sat on the mat. The dog sat on the mat. The bird",
+]
+
+
+@pytest.mark.parametrize("prompt", STORY_PROMPTS)
+def test_default_preset_equals_plain_greedy_on_stories(stories, prompt):
+    model, tokenizer = stories
+    speculative = load_pipeline("default", model=model, tokenizer=tokenizer)
+    result = speculative.generate(prompt, max_new_tokens=200)
+    assert result.token_ids == hf_greedy(model, result.prompt_token_ids, 200)[: len(result.token_ids)]
+    if result.stats.stop_reason == "max_new_tokens":
+        assert len(result.token_ids) == 200
+    assert result.stats.mean_acceptance_length > 1.0  # TinyStories text repeats itself
+
+
+def test_eos_stops_generation_like_plain_decoding():
+    model = tiny_llama(3)
+    prompt = repetitive_prompt(3, model.config.vocab_size)
+    free_run = hf_greedy(model, prompt, 40)
+    eos = free_run[25]  # a token greedy decoding emits first at some position: make it the EOS
+    first = free_run.index(eos)
+    model.generation_config.eos_token_id = eos
+    speculative = load_pipeline(CHAIN_PLD, model=model, tokenizer=IdTokenizer())
+    result = speculative.generate(prompt, max_new_tokens=40)
+    assert result.stats.stop_reason == "eos"
+    assert result.token_ids == free_run[: first + 1]
+
+
+def test_context_limit_stops_generation(stories):
+    model, tokenizer = stories
+    pipe = load_pipeline(CHAIN_PLD, model=model, tokenizer=tokenizer)
+    prompt = tokenizer("Tom had a ball. " * 60)["input_ids"][:500]
+    result = pipe.generate(prompt, max_new_tokens=100)
+    assert len(prompt) + len(result.token_ids) <= 512
+    if result.stats.stop_reason != "eos":
+        assert result.stats.stop_reason == "context_limit"
+        assert len(prompt) + len(result.token_ids) == 512
+    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(prompt, max_new_tokens=100)
+    assert result.token_ids == plain.token_ids
+
+
+SPEC_BENCH = [json.loads(line) for line in
+              (Path(__file__).parents[1] / "data" / "spec_bench_one_per_group.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("question", SPEC_BENCH, ids=lambda q: q["category"])
+def test_default_preset_equals_plain_greedy_on_smollm2(smollm2, question):
+    model, tokenizer = smollm2
+    speculative = load_pipeline("default", model=model, tokenizer=tokenizer)
+    plain = load_pipeline("autoregressive", model=model, tokenizer=tokenizer)
+    prompt = question["turns"][0]
+    got = speculative.generate(prompt, max_new_tokens=48)
+    want = plain.generate(prompt, max_new_tokens=48)
+    assert got.token_ids == want.token_ids
+    assert got.text == want.text
+
+
+@pytest.mark.real_model
+def test_engine_autoregressive_equals_transformers_generate_on_smollm2(smollm2):
+    model, tokenizer = smollm2
+    plain = load_pipeline("autoregressive", model=model, tokenizer=tokenizer)
+    got = plain.generate("What is the capital of France?", max_new_tokens=24)
+    assert got.token_ids == hf_greedy(model, got.prompt_token_ids, 24)[: len(got.token_ids)]
+    assert "Paris" in got.text
