@@ -1,8 +1,8 @@
 """Mean cost of one `prompt_lookup` draft call at a 4k-token context (CPU, pure Python).
 
 Simulates decoding: from `--context` tokens of context, every step calls `draft` once and then
-commits a few tokens (1..4), as the engine does. Reports mean and median microseconds per draft call for
-random text over a 49k vocabulary (lookups mostly miss) and for repetitive text (lookups hit and
+commits a few tokens (1..4), as the engine does. Reports mean and median microseconds per draft
+call for random text over a 49k vocabulary (lookups mostly miss) and for repetitive text (lookups hit and
 propose `num_tokens` tokens), with an empty prefix (chain scheduler) and with a 3-token
 uncommitted prefix (tree schedulers), and the same at a 16x shorter context for comparison. Run:
 
@@ -80,6 +80,7 @@ def main() -> None:
             for prefix_len in (0, 3):
                 mean, median, drafted = measure(text, context, args.calls, prefix_len, args.seed)
                 print(f"  {name:<11} {prefix_len:>6} {context:>7} {mean:8.2f} {median:9.2f} {drafted:7.2f}")
+
 
 if __name__ == "__main__":
     main()

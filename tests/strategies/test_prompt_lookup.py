@@ -11,7 +11,6 @@ from pydantic import ValidationError
 
 from cas_spec.core.state import DecodingState
 from cas_spec.core.types import DraftResult, SamplingParams
-from cas_spec.strategies import prompt_lookup
 from cas_spec.strategies.prompt_lookup import NgramIndex, PromptLookup, PromptLookupOptions
 
 
@@ -308,16 +307,3 @@ def test_counting_list_detects_a_context_scan():
     assert tokens.reads == 4096
     _ = tokens[-3:]
     assert tokens.reads == 4099
-
-
-def test_joined_view_equals_the_concatenation():
-    tokens, prefix = list(range(10)), (10, 11, 12)
-    joined = prompt_lookup._Joined(tokens, prefix)
-    full = tokens + list(prefix)
-    assert len(joined) == len(full)
-    for i in range(-len(full), len(full)):
-        assert joined[i] == full[i]
-    for start in range(-len(full), len(full) + 1):
-        for stop in (None, *range(-len(full), len(full) + 2)):
-            assert joined[start:stop] == full[start:stop], (start, stop)
-    assert joined[::2] == full[::2]

@@ -45,7 +45,7 @@ class SamplingConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
-    """A whole pipeline. Every field has a default, so `{}` is a valid (autoregressive-free) pipeline."""
+    """A whole pipeline. Every field has a default; the default `chain` scheduler needs one level."""
 
     model: str = Field("smollm2-135m", description="Model alias or a local Hugging Face folder.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available.")
@@ -185,36 +185,33 @@ def _location(loc: tuple) -> str:
 
 
 def validate(data: Mapping[str, Any], source: str | None = None, plugins=None) -> PipelineConfig:
-    """Validate structure, then every plugin kind and its options; raise one `ConfigError` listing all."""
+    """Validate structure, every plugin kind and its options; raise one `ConfigError` listing all."""
     from cas_spec.core.plugins import get_plugins
 
     plugins = plugins or get_plugins()
+    # Plugin kinds and options are checked on the raw data, wherever they are well-formed, so a
+    # structural problem elsewhere does not hide them.
+    problems = _plugin_problems(data, plugins)
     try:
         config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        # A structural problem must not hide the plugin problems of the well-formed parts.
-        problems = [f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(problems + _raw_plugin_problems(data, plugins), source) from None
+        structural = [f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(structural + problems, source) from None
 
-    problems: list[str] = []
     names = [level.name for level in config.levels]
-    for i, level in enumerate(config.levels):
-        if names.count(level.name) > 1 and names.index(level.name) != i:
-            problems.append(f"levels.{i}.name: duplicate level name '{level.name}'")
-        problems += _check_plugin(plugins.strategies, level.kind, level.options, f"levels.{i}")
-    problems += _check_plugin(plugins.schedulers, config.scheduler.kind, config.scheduler.options, "scheduler")
-    if config.scheduler.kind in plugins.schedulers and not problems:
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            problems.append(f"levels.{i}.name: duplicate level name '{name}'")
+    if not problems:
         cls = plugins.schedulers.get(config.scheduler.kind)
         problems += cls.check_levels(cls.Options.model_validate(config.scheduler.options), names)
-    if config.verifier != "auto" and config.verifier not in plugins.verifiers:
-        problems.append(f"verifier: {plugins.verifiers.unknown_message(config.verifier)}")
     if problems:
         raise ConfigError(problems, source)
     return config
 
 
-def _raw_plugin_problems(data: Mapping[str, Any], plugins) -> list[str]:
-    """Plugin kinds and options of a structurally invalid pipeline, checked where they are well-formed."""
+def _plugin_problems(data: Mapping[str, Any], plugins) -> list[str]:
+    """Unknown plugin kinds and invalid plugin options, as `location: message`."""
     problems: list[str] = []
     if not isinstance(data, Mapping):
         return problems
@@ -230,7 +227,7 @@ def _raw_plugin_problems(data: Mapping[str, Any], plugins) -> list[str]:
     if isinstance(levels, list):
         for i, level in enumerate(levels):
             check(plugins.strategies, level, f"levels.{i}")
-    check(plugins.schedulers, data.get("scheduler", {}), "scheduler", "chain")
+    check(plugins.schedulers, data.get("scheduler", {}), "scheduler", SchedulerConfig().kind)
     verifier = data.get("verifier", "auto")
     if isinstance(verifier, str) and verifier != "auto" and verifier not in plugins.verifiers:
         problems.append(f"verifier: {plugins.verifiers.unknown_message(verifier)}")

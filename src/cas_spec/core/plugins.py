@@ -99,6 +99,15 @@ def build_plugins(entry_points: Iterable[importlib.metadata.EntryPoint] | None =
             broken[ep.name] = f"{type(exc).__name__}: {exc}"
     for i, obj in enumerate(extra):
         pm.register(obj, name=getattr(obj, "__name__", f"extra-{i}"))
+    for hook_name, caller in list(vars(pm.hook).items()):  # an unknown (misspelt) hook breaks its plugin only
+        if hook_name.startswith("_") or not isinstance(caller, pluggy.HookCaller) or caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if not impl.optionalhook:
+                broken.setdefault(impl.plugin_name, f"PluginValidationError: unknown hook '{hook_name}'")
+    for name in broken:
+        if pm.get_plugin(name) is not None:
+            pm.unregister(name=name)
     pm.check_pending()
 
     registries = _registries()
@@ -112,6 +121,8 @@ def build_plugins(entry_points: Iterable[importlib.metadata.EntryPoint] | None =
                 impl.function(registry=registry)
             except Exception as exc:
                 broken[impl.plugin_name] = f"{type(exc).__name__}: {exc}"
+                for each in registries.values():  # a broken plugin registers nothing at all
+                    each.remove_owner(impl.plugin_name)
         registry.current_owner = "?"
     loaded = [name for name, _ in pm.list_name_plugin() if name not in broken]
     return Plugins(registries["strategy"], registries["scheduler"], registries["verifier"],

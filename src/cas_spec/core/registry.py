@@ -35,6 +35,11 @@ class Registry(Generic[T]):
         self._owners[name] = self.current_owner
         return cls
 
+    def remove_owner(self, owner: str) -> None:
+        """Forget every class registered by plugin `owner` (a plugin found broken midway)."""
+        for name in [n for n, o in self._owners.items() if o == owner]:
+            del self._classes[name], self._owners[name]
+
     def get(self, name: str) -> T:
         try:
             return self._classes[name]

@@ -32,7 +32,13 @@ def warp_logits(logits: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
 
 
 def target_probs(logits: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
-    """[..., V] logits → [..., V] float32 probabilities p of the target under `sampling`."""
+    """[..., V] logits → [..., V] float32 probabilities p of the target under `sampling`.
+
+    At temperature 0 (greedy) p is a point mass on the argmax, so sampling from it is greedy.
+    """
+    if sampling.greedy:
+        argmax = logits.argmax(dim=-1, keepdim=True)
+        return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, argmax, 1.0)
     return torch.softmax(warp_logits(logits, sampling), dim=-1)
 
 

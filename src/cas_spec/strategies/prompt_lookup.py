@@ -69,29 +69,6 @@ class NgramIndex:
         return None
 
 
-class _Joined:
-    """Read-only `tokens + prefix` that does not copy `tokens` (len, indexing, slicing)."""
-
-    __slots__ = ("tokens", "prefix")
-
-    def __init__(self, tokens: list[int], prefix: tuple[int, ...]):
-        self.tokens, self.prefix = tokens, prefix
-
-    def __len__(self) -> int:
-        return len(self.tokens) + len(self.prefix)
-
-    def __getitem__(self, key):
-        split = len(self.tokens)
-        if isinstance(key, slice):
-            start, stop, step = key.indices(len(self))
-            if step != 1:
-                return [self[i] for i in range(start, stop, step)]
-            return self.tokens[start:min(stop, split)] + list(self.prefix[max(start - split, 0):max(stop - split, 0)])
-        if key < 0:
-            key += len(self)
-        return self.tokens[key] if key < split else self.prefix[key - split]
-
-
 class PromptLookup(DraftStrategy):
     name = "prompt_lookup"
     Options = PromptLookupOptions
@@ -100,13 +77,16 @@ class PromptLookup(DraftStrategy):
         self.index = NgramIndex(self.options.min_ngram, self.options.max_ngram)
 
     def draft(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int) -> DraftResult:
-        self.index.extend(state.tokens)
-        # never `state.tokens + prefix`: copying the context would make every call O(context)
-        sequence = _Joined(state.tokens, prefix) if prefix else state.tokens
-        match = self.index.lookup(sequence)
+        tokens = state.tokens
+        self.index.extend(tokens)
+        # Never build `tokens + prefix`: copying the context would make every call O(context). The
+        # lookup reads only the last max_ngram tokens, the proposal only what follows the match.
+        tail = tokens[-self.options.max_ngram:] + list(prefix) if prefix else tokens
+        match = self.index.lookup(tail)
         if match is None:
             return EMPTY_DRAFT
         end, n = match
         count = min(self.options.num_tokens, max_tokens)
-        return DraftResult(tokens=tuple(continue_match(sequence, end, count)),
+        following = tokens[end:end + count] + list(prefix[:max(end + count - len(tokens), 0)])
+        return DraftResult(tokens=tuple(continue_match(following, 0, count)),
                            confidence=(float(n),) * count)

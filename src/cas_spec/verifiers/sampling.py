@@ -17,7 +17,10 @@ from cas_spec.core.verify import candidate_step
 
 
 def _uniform(generator: torch.Generator | None) -> float:
-    return float(torch.rand((), generator=generator, dtype=torch.float64))
+    # Draw on the generator's own device: the engine seeds a generator on the target's device,
+    # and torch refuses a CUDA generator for a (default) CPU tensor.
+    device = generator.device if generator is not None else "cpu"
+    return float(torch.rand((), generator=generator, dtype=torch.float64, device=device))
 
 
 class SamplingVerifier(Verifier):
