@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,12 @@ import torch
 from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Calibration tables measured by the tests go to a throw-away cache; models stay in the real one.
+_REAL_CACHE = Path(os.environ.get("CAS_SPEC_CACHE") or Path.home() / ".cache" / "cas-spec")
+_TEST_CACHE = Path(tempfile.mkdtemp(prefix="cas-spec-test-cache-"))
+(_REAL_CACHE / "models").mkdir(parents=True, exist_ok=True)
+(_TEST_CACHE / "models").symlink_to(_REAL_CACHE / "models", target_is_directory=True)
+os.environ["CAS_SPEC_CACHE"] = str(_TEST_CACHE)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(1)
 

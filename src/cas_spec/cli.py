@@ -1,4 +1,4 @@
-"""The `cas-spec` command: generate, plugins, validate, fetch.
+"""The `cas-spec` command: generate, plugins, validate, calibrate, fetch.
 
 Generated text goes to stdout; statistics, progress and errors to stderr. A mistake of the
 user's making exits with status 2 and a one-line cause; any other failure exits with 1.
@@ -23,6 +23,9 @@ EXAMPLES = {
     "validate": """examples:
   cas-spec validate my-pipeline.yaml
   cas-spec validate default --set levels.0.options.num_tokens=5""",
+    "calibrate": """examples:
+  cas-spec calibrate                       # the default pipeline's model, machine and threads
+  cas-spec calibrate --model tests/fixtures/stories260K --show""",
     "fetch": """examples:
   cas-spec fetch smollm2-135m""",
 }
@@ -61,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
                                    formatter_class=fmt)
     validate.add_argument("pipeline", help="YAML file or preset name")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+    calibrate = commands.add_parser(
+        "calibrate", help="measure the cost of target forwards by number of tokens (cached)",
+        epilog=EXAMPLES["calibrate"], formatter_class=fmt)
+    calibrate.add_argument("-p", "--pipeline", default="default", help="preset name or YAML file")
+    calibrate.add_argument("--model", help="model alias or local folder (overrides the pipeline's)")
+    calibrate.add_argument("--threads", type=int, help="CPU threads (overrides the pipeline's)")
+    calibrate.add_argument("--show", action="store_true", help="show the cached table; measure only if none")
 
     fetch = commands.add_parser("fetch", help="download and convert a model alias into the cache",
                                 epilog=EXAMPLES["fetch"], formatter_class=fmt)
@@ -128,6 +139,22 @@ def _validate(args) -> int:
     return 0
 
 
+def _calibrate(args) -> int:
+    from cas_spec.core.pipeline import load_pipeline
+
+    overrides = ["calibration=off"]
+    if args.model:
+        overrides.append(f"model={args.model}")
+    if args.threads:
+        overrides.append(f"threads={args.threads}")
+    pipe = load_pipeline(args.pipeline, overrides=overrides)
+    table = pipe.calibrate(quick=False, use_cache=args.show)
+    print(f"model {pipe.config.model}, threads {pipe.config.threads}, key {table.key}"
+          f"{' (quick)' if table.quick else ''}")
+    print(table.format())
+    return 0
+
+
 def _fetch(args) -> int:
     from cas_spec.core.models import resolve_model_path
 
@@ -140,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cas_spec.core.errors import UserError
 
     try:
-        return {"generate": _generate, "plugins": _plugins, "validate": _validate, "fetch": _fetch}[args.command](args)
+        return {"generate": _generate, "plugins": _plugins, "validate": _validate,
+                "calibrate": _calibrate, "fetch": _fetch}[args.command](args)
     except UserError as exc:
         print(f"cas-spec: error: {exc}", file=sys.stderr)
         return 2

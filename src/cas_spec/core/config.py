@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cas_spec.core.errors import ConfigError
 
@@ -54,7 +54,15 @@ class PipelineConfig(_Strict):
     threads: int | None = Field(1, ge=1, description="CPU threads for torch (None = leave as is).")
     chat: bool | None = Field(None, description="Apply the chat template; None = when the model has one.")
     max_new_tokens: int = Field(128, ge=1, description="Default generation budget.")
+    calibration: Literal["auto", "off"] = Field(
+        "auto", description="auto = use the cached cost table, or measure a quick one on first use.")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+
+    @field_validator("calibration", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
     levels: list[LevelConfig] = Field(default_factory=list)
     verifier: str = Field("auto", description="auto = greedy at temperature 0, sampling otherwise.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)

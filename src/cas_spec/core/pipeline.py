@@ -46,9 +46,37 @@ class Pipeline:
         ]
         for level in self.levels:
             level.strategy.setup(self.target)
+        if config.calibration == "auto":
+            self.target.costs = self.calibrate(quick=True, use_cache=True)
         scheduler_cls = plugins.schedulers.get(config.scheduler.kind)
         self.scheduler = scheduler_cls(scheduler_cls.Options(**config.scheduler.options), self.levels)
         self._verifiers = {name: plugins.verifiers.get(name)() for name in plugins.verifiers.names()}
+
+    def calibration_key(self) -> str:
+        from cas_spec.costs import calibration_key
+
+        return calibration_key(self.model, self.config.threads)
+
+    def calibrate(self, quick: bool = False, use_cache: bool = True, progress: bool = True):
+        """The cost table of this model, machine and thread count: cached, or measured and cached.
+
+        A quick table (fewer sizes and repeats, one context length) is measured on first use;
+        `cas-spec calibrate` measures the full one.
+        """
+        from cas_spec.costs import load_cached, save
+        from cas_spec.costs.calibrate import QUICK_SIZES, measure
+
+        key = self.calibration_key()
+        cached = load_cached(key) if use_cache else None
+        if cached is not None and (quick or not cached.quick):
+            return cached
+        if quick:
+            table = measure(self.target, sizes=QUICK_SIZES, context_lengths=(300,), repeats=3, key=key,
+                            quick=True, progress=progress)
+        else:
+            table = measure(self.target, key=key, progress=progress)
+        save(table)
+        return table
 
     # -- inputs ------------------------------------------------------------------------------
     def wants_chat(self, chat: bool | None) -> bool:

@@ -19,6 +19,7 @@ class Target:
         self.adapter = adapter
         self.cache = None
         self.length = 0  # committed tokens held by the cache
+        self.costs = None  # a measured `CostTable` when the pipeline is calibrated, else None
 
     @property
     def device(self) -> torch.device:

@@ -1,6 +1,12 @@
 """`chain`: one level drafts up to `k` tokens below the root, verified in one target forward.
 
-A level that proposes nothing makes the step a plain single-token step.
+With a measured cost table (the pipeline's calibration) and `adaptive: true`, the chain is
+trimmed to the length m that maximises expected committed tokens per unit of verification cost,
+E(m) / cost(m + 1), with the level's acceptance α estimated online (see `acceptance.py`). On a
+CPU where a forward over 2–3 tokens costs far more than one, this turns a poor draft into a plain
+single-token step. A level that proposes nothing also makes the step a plain step. When the
+estimate has switched drafting off, the full draft is still verified every `probe_interval`
+steps so that the estimate can recover.
 """
 
 from __future__ import annotations
@@ -10,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.state import DecodingState
 from cas_spec.core.tree import chain_tree
-from cas_spec.core.types import TokenTree
+from cas_spec.core.types import DraftResult, StepTimings, TokenTree, Verdict
+from cas_spec.schedulers.acceptance import AcceptanceEstimate, best_draft_length
 
 
 class ChainOptions(BaseModel):
@@ -18,6 +25,9 @@ class ChainOptions(BaseModel):
 
     level: str | None = Field(None, description="Name of the level that drafts; default: the first level.")
     k: int = Field(8, ge=1, le=256, description="Most tokens drafted per step.")
+    adaptive: bool = Field(True, description="Trim drafts by measured cost and online acceptance.")
+    ema_decay: float = Field(0.7, ge=0.0, lt=1.0, description="λ of the acceptance EMA.")
+    probe_interval: int = Field(8, ge=1, description="Verify a full draft at least this often.")
 
 
 class ChainScheduler(Scheduler):
@@ -38,6 +48,27 @@ class ChainScheduler(Scheduler):
         wanted = self.options.level
         self.level = next(lv for lv in levels if wanted is None or lv.name == wanted)
 
+    def start(self, state: DecodingState) -> None:
+        self.estimate = AcceptanceEstimate(decay=self.options.ema_decay)
+        self.skipped = 0
+
     def build_tree(self, state: DecodingState) -> TokenTree:
         draft = self.level.draft(state, (), min(self.options.k, state.max_depth))
+        costs = state.target.costs
+        if self.options.adaptive and costs is not None and len(draft):
+            keep = best_draft_length(self.estimate.alpha, len(draft), costs.cost, state.target.length)
+            if keep == 0 and self.skipped + 1 >= self.options.probe_interval:
+                keep = len(draft)
+            self.skipped = self.skipped + 1 if keep == 0 else 0
+            draft = _trim(draft, keep)
         return chain_tree(state.root_token, draft, self.level.name)
+
+    def observe(self, tree: TokenTree, verdict: Verdict, timings: StepTimings) -> None:
+        self.estimate.update(tree.size - 1, len(verdict.accepted_nodes))
+
+
+def _trim(draft: DraftResult, keep: int) -> DraftResult:
+    if keep >= len(draft):
+        return draft
+    return DraftResult(tokens=draft.tokens[:keep], confidence=draft.confidence[:keep],
+                       draft_probs=None if draft.draft_probs is None else draft.draft_probs[:keep])

@@ -1,0 +1,100 @@
+"""Attention through transformers' supported extension point, without K/V copies for GQA.
+
+`register_attention()` registers `cas_sdpa` with both registries transformers consults:
+
+- `AttentionInterface.register("cas_sdpa", sdpa_gqa_attention)`: the attention itself, torch SDPA
+  with `enable_gqa=True`, so grouped K/V heads are never expanded with `repeat_kv`;
+- `AttentionMaskInterface.register("cas_sdpa", sdpa_mask)`: the mask builder. Without it
+  transformers builds **no** mask for an unknown implementation name: a forward over n > 1 new
+  tokens on a cache then attends to the future (logits wrong by ~20 on SmolLM2) and padding masks
+  vanish, all silently. `sdpa_gqa_attention` refuses that case (a causal module, 1 < n < key length,
+  no mask) with an error instead of answering wrongly.
+
+4-D masks (additive float, as the engine passes for token trees, or bool with True = attend) with
+explicit `position_ids` pass through unchanged. SDPA's `is_causal` is aligned to the upper left,
+so it is used only when the key length equals the query length.
+
+`attention_kernel(model, "cas_sdpa")` switches a model's implementation for a block and restores
+the previous one in `finally`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+NAME = "cas_sdpa"
+
+
+class MissingMaskError(RuntimeError):
+    """A causal forward over several new tokens on a cache reached attention without a mask."""
+
+
+def sdpa_gqa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """`query` [B, H, q, D], `key`/`value` [B, Hkv, k, D] → ([B, q, H, D], None)."""
+    if kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None:
+        raise ValueError(f"{NAME} supports neither softcap nor position_bias; use 'sdpa' or 'eager'")
+    q_len, kv_len = query.shape[2], key.shape[2]
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    use_is_causal = False
+    if attention_mask is None and causal and q_len > 1:
+        if q_len != kv_len:
+            raise MissingMaskError(
+                f"{NAME}: {q_len} queries over {kv_len} keys without a mask; register the mask "
+                f"function too (AttentionMaskInterface.register({NAME!r}, sdpa_mask))")
+        use_is_causal = True  # upper-left aligned: right only when q_len == kv_len
+    gqa = query.shape[1] != key.shape[1]
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout if module.training else 0.0,
+        scale=scaling, is_causal=use_is_causal, enable_gqa=gqa)
+    return out.transpose(1, 2), None
+
+
+_registered: set[str] = set()
+
+
+def register_attention(name: str = NAME) -> str:
+    """Register `sdpa_gqa_attention` and transformers' `sdpa_mask` under `name` (idempotent)."""
+    if name not in _registered:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        AttentionInterface.register(name, sdpa_gqa_attention)
+        AttentionMaskInterface.register(name, sdpa_mask)
+        _registered.add(name)
+    return name
+
+
+@contextlib.contextmanager
+def attention_kernel(model, name: str | None = NAME) -> Iterator[object]:
+    """Within the block `model` uses attention implementation `name` (`None`: unchanged).
+
+    `cas_sdpa` is registered on first use; other names must already be known to transformers.
+    The previous implementation is restored in `finally`. Yields `model`.
+    """
+    if name is None:
+        yield model
+        return
+    if name == NAME:
+        register_attention()
+    previous = model.config._attn_implementation
+    try:
+        if name != previous:
+            model.set_attn_implementation(name)
+        yield model
+    finally:
+        if model.config._attn_implementation != previous:
+            model.set_attn_implementation(previous)
