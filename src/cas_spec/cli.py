@@ -1,4 +1,4 @@
-"""The `cas-spec` command: generate, plugins, validate, calibrate, fetch.
+"""The `cas-spec` command: generate, plugins, validate, calibrate, bench, fetch.
 
 Generated text goes to stdout; statistics, progress and errors to stderr. A mistake of the
 user's making exits with status 2 and a one-line cause; any other failure exits with 1.
@@ -72,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--model", help="model alias or local folder (overrides the pipeline's)")
     calibrate.add_argument("--threads", type=int, help="CPU threads (overrides the pipeline's)")
     calibrate.add_argument("--show", action="store_true", help="show the cached table; measure only if none")
+
+    from cas_spec.bench import cli as bench_cli
+
+    bench_cli.add_parser(commands)
 
     fetch = commands.add_parser("fetch", help="download and convert a model alias into the cache",
                                 epilog=EXAMPLES["fetch"], formatter_class=fmt)
@@ -148,11 +152,24 @@ def _calibrate(args) -> int:
     if args.threads:
         overrides.append(f"threads={args.threads}")
     pipe = load_pipeline(args.pipeline, overrides=overrides)
-    table = pipe.calibrate(quick=False, use_cache=args.show)
+    calibration = pipe.calibrate(quick=False, use_cache=args.show)
+    table = calibration.costs
     print(f"model {pipe.config.model}, threads {pipe.config.threads}, key {table.key}"
           f"{' (quick)' if table.quick else ''}")
+    if calibration.linear_plan is not None:
+        from cas_spec.kernels import extra_memory_bytes
+
+        extra = extra_memory_bytes(pipe.model, calibration.linear_plan) / 2**20
+        print(f"linear kernels by rows: {calibration.linear_plan.describe()} (weight copies: {extra:.0f} MiB)")
+    print(f"attention: {calibration.attention or 'as loaded'}")
     print(table.format())
     return 0
+
+
+def _bench(args) -> int:
+    from cas_spec.bench import cli as bench_cli
+
+    return bench_cli.run(args)
 
 
 def _fetch(args) -> int:
@@ -168,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return {"generate": _generate, "plugins": _plugins, "validate": _validate,
-                "calibrate": _calibrate, "fetch": _fetch}[args.command](args)
+                "calibrate": _calibrate, "fetch": _fetch, "bench": _bench}[args.command](args)
     except UserError as exc:
         print(f"cas-spec: error: {exc}", file=sys.stderr)
         return 2

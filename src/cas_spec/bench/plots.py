@@ -48,8 +48,8 @@ def plot_all(results: dict, out: Path) -> list[Path]:
 def plot_speedup(results: dict, path: Path) -> Path:
     table = summarize(results)
     groups = [*groups_of(results), OVERALL]
-    methods = [name for name, _ in methods_of(results) if name != REFERENCE]
-    fig = _figure(figsize=(max(6.0, 1.1 * len(groups) * max(1, len(methods)) ** 0.5 + 2), 4.2),
+    methods = [name for name, _ in methods_of(results) if name != REFERENCE] or [REFERENCE]
+    fig = _figure(figsize=(min(12.0, max(6.0, 2.0 + 0.35 * len(groups) * len(methods))), 4.2),
                   layout="constrained")
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(methods))

@@ -1,8 +1,9 @@
 """The methods a benchmark compares, each behind one interface.
 
 - engine methods: any pipeline preset name or YAML file, run through `Pipeline.generate` on the
-  shared model. `autoregressive` (plain decoding through the same engine) always runs: it is the
-  reference for speed and for output identity.
+  shared model (a pipeline's own `model:`, `threads:` and `sampling.temperature` give way to
+  `--model`, `--threads` and `--temperature`). `autoregressive` (plain decoding through the same
+  engine) always runs: it is the reference for speed and for output identity.
 - transformers baselines, run with `model.generate` on the same model object:
   `hf:greedy` (plain `generate`; it samples when the temperature is above 0),
   `hf:prompt_lookup` (`prompt_lookup_num_tokens=10`) and `hf:early_exit:E`

@@ -44,6 +44,13 @@ class SamplingConfig(_Strict):
     seed: int | None = Field(None, description="Seed that makes a sampled run reproducible.")
 
 
+class KernelsConfig(_Strict):
+    linear: Literal["auto", "stock"] = Field(
+        "auto", description="auto = per row count, the fastest linear kernel measured on this machine.")
+    attention: Literal["auto", "stock"] = Field(
+        "auto", description="auto = SDPA without K/V copies for grouped-query attention.")
+
+
 class PipelineConfig(_Strict):
     """A whole pipeline. Every field has a default; the default `chain` scheduler needs one level."""
 
@@ -56,6 +63,8 @@ class PipelineConfig(_Strict):
     max_new_tokens: int = Field(128, ge=1, description="Default generation budget.")
     calibration: Literal["auto", "off"] = Field(
         "auto", description="auto = use the cached cost table, or measure a quick one on first use.")
+    kernels: KernelsConfig = Field(default_factory=KernelsConfig,
+                                   description="CPU float32 kernels (used only when calibrated).")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
 
     @field_validator("calibration", mode="before")

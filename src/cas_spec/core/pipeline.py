@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cas_spec.core.calibration import kernels_active
 from cas_spec.core.config import PipelineConfig, load_config
 from cas_spec.core.engine import generate_tokens
 from cas_spec.core.errors import InputError
@@ -46,37 +47,24 @@ class Pipeline:
         ]
         for level in self.levels:
             level.strategy.setup(self.target)
+        self.calibration = None
         if config.calibration == "auto":
-            self.target.costs = self.calibrate(quick=True, use_cache=True)
+            self.calibration = self.calibrate(quick=True, use_cache=True)
+            self.target.costs = self.calibration.costs
         scheduler_cls = plugins.schedulers.get(config.scheduler.kind)
         self.scheduler = scheduler_cls(scheduler_cls.Options(**config.scheduler.options), self.levels)
         self._verifiers = {name: plugins.verifiers.get(name)() for name in plugins.verifiers.names()}
 
-    def calibration_key(self) -> str:
-        from cas_spec.costs import calibration_key
-
-        return calibration_key(self.model, self.config.threads)
-
     def calibrate(self, quick: bool = False, use_cache: bool = True, progress: bool = True):
-        """The cost table of this model, machine and thread count: cached, or measured and cached.
+        """This model's calibration (kernels and cost table): cached, or measured and cached.
 
-        A quick table (fewer sizes and repeats, one context length) is measured on first use;
-        `cas-spec calibrate` measures the full one.
+        A quick one is measured on first use; `cas-spec calibrate` measures the full one.
         """
-        from cas_spec.costs import load_cached, save
-        from cas_spec.costs.calibrate import QUICK_SIZES, measure
+        from cas_spec.core.calibration import calibrate
 
-        key = self.calibration_key()
-        cached = load_cached(key) if use_cache else None
-        if cached is not None and (quick or not cached.quick):
-            return cached
-        if quick:
-            table = measure(self.target, sizes=QUICK_SIZES, context_lengths=(300,), repeats=3, key=key,
-                            quick=True, progress=progress)
-        else:
-            table = measure(self.target, key=key, progress=progress)
-        save(table)
-        return table
+        kernels = self.config.kernels
+        return calibrate(self.target, self.config.threads, kernels.linear, kernels.attention,
+                         quick=quick, use_cache=use_cache, progress=progress)
 
     # -- inputs ------------------------------------------------------------------------------
     def wants_chat(self, chat: bool | None) -> bool:
@@ -134,11 +122,12 @@ class Pipeline:
             raise InputError(f"the prompt has {len(prompt_ids)} tokens; the model's context holds {limit}")
         sampling = self.sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         streamer = _TextStreamer(self.tokenizer, on_text) if on_text else None
-        new_ids, stats = generate_tokens(
-            self.target, self.scheduler, self.verifier_for(sampling), self.levels, prompt_ids,
-            max_new_tokens, sampling, eos_token_ids=self.adapter.eos_token_ids,
-            on_tokens=streamer.push if streamer else None,
-        )
+        with kernels_active(self.model, self.calibration):
+            new_ids, stats = generate_tokens(
+                self.target, self.scheduler, self.verifier_for(sampling), self.levels, prompt_ids,
+                max_new_tokens, sampling, eos_token_ids=self.adapter.eos_token_ids,
+                on_tokens=streamer.push if streamer else None,
+            )
         if streamer:
             streamer.flush()
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True)

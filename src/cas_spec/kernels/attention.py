@@ -3,7 +3,10 @@
 `register_attention()` registers `cas_sdpa` with both registries transformers consults:
 
 - `AttentionInterface.register("cas_sdpa", sdpa_gqa_attention)`: the attention itself, torch SDPA
-  with `enable_gqa=True`, so grouped K/V heads are never expanded with `repeat_kv`;
+  with `enable_gqa=True`, so grouped K/V heads are never expanded with `repeat_kv`; for up to
+  `FOLD_MAX_QUERIES` new tokens the query heads sharing a K/V head are instead folded into the
+  query axis (`[B, H, q, D]` → `[B, Hkv, g·q, D]`, the mask tiled g times), one SDPA call per K/V
+  head, which measured faster still for few queries;
 - `AttentionMaskInterface.register("cas_sdpa", sdpa_mask)`: the mask builder. Without it
   transformers builds **no** mask for an unknown implementation name: a forward over n > 1 new
   tokens on a cache then attends to the future (logits wrong by ~20 on SmolLM2) and padding masks
@@ -27,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "cas_sdpa"
+FOLD_MAX_QUERIES = 8  # up to this many new tokens, fold the query heads of a group (measured: 15-30% faster attention)
 
 
 class MissingMaskError(RuntimeError):
@@ -56,11 +60,44 @@ def sdpa_gqa_attention(
                 f"{NAME}: {q_len} queries over {kv_len} keys without a mask; register the mask "
                 f"function too (AttentionMaskInterface.register({NAME!r}, sdpa_mask))")
         use_is_causal = True  # upper-left aligned: right only when q_len == kv_len
-    gqa = query.shape[1] != key.shape[1]
+    batch, heads = query.shape[:2]
+    kv_heads = key.shape[1]
+    dropout_p = dropout if module.training else 0.0
+    groups = heads // kv_heads
+    if (groups > 1 and q_len <= FOLD_MAX_QUERIES and not use_is_causal
+            and (attention_mask is None or attention_mask.shape[1] == 1)):
+        # the query heads sharing a K/V head become one head over groups × q_len query rows
+        folded = query.reshape(batch, kv_heads, groups * q_len, query.shape[-1])
+        mask = None if attention_mask is None else _folded_mask(module, attention_mask, groups)
+        out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, dropout_p=dropout_p,
+                                             scale=scaling)
+        return out.reshape(batch, heads, q_len, value.shape[-1]).transpose(1, 2), None
     out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=attention_mask, dropout_p=dropout if module.training else 0.0,
-        scale=scaling, is_causal=use_is_causal, enable_gqa=gqa)
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout_p,
+        scale=scaling, is_causal=use_is_causal, enable_gqa=groups > 1)
     return out.transpose(1, 2), None
+
+
+_memo: tuple = (None, None, None, None)  # (layer index, key, mask, folded mask), replaced whole
+
+
+def _folded_mask(module, mask: torch.Tensor, groups: int) -> torch.Tensor:
+    """`mask` tiled `groups` times along the query axis, built once per forward.
+
+    Every layer of one forward receives the same mask object; the tiled copy is reused while the
+    layer index grows and the mask is the same object (same storage, shape, dtype). A layer index
+    that does not grow starts a new forward, which rebuilds it, so a mask changed in place between
+    forwards is never served stale. The memo is one tuple, read and replaced whole, so concurrent
+    forwards can only cause extra rebuilds.
+    """
+    global _memo
+    layer = getattr(module, "layer_idx", None)
+    key = (mask.data_ptr(), tuple(mask.shape), mask.dtype, groups)
+    last, last_key, last_mask, folded = _memo
+    if layer is None or last is None or layer <= last or last_mask is not mask or last_key != key:
+        folded = mask.repeat(1, 1, groups, 1)
+    _memo = (layer, key, mask, folded)
+    return folded
 
 
 _registered: set[str] = set()

@@ -10,19 +10,23 @@ gate/up/down, LM head) to a subclass whose `forward` looks at the number of rows
 | `xwt`    | `x @ Wt`, `Wt` a pre-transposed contiguous copy     | one copy of `W`     |
 | `wxt`    | `(W @ xᵀ)ᵀ`, on the weight itself                   | none                |
 | `onednn` | oneDNN's prepacked linear (private `torch.ops.mkldnn` ops) | one packed copy of `W` |
+| `native` | a small AVX2/FMA kernel compiled on first use (`cas_spec.kernels.native`) | none |
 
 Parameters, `state_dict()` (keys and values) and weight tying are untouched: the copies are plain
 attributes of each module (`_cas_copies`), not buffers or parameters. They are built once, kept
 when the context exits (so the next activation is free; `release_copies(model)` frees them) and
 rebuilt when the weight changes (its `data_ptr` or `_version` differs from the one they were built
-from). They are **not** moved by `.to()`: after a move the kernels see a new weight and either
-rebuild (CPU float32) or are bypassed. Only CPU float32 inputs and weights use the kernels, and only
+from: in-place updates under `no_grad`, `load_state_dict`, a new parameter). Writes through
+`weight.data` bypass the version counter: call `release_copies(model)` after them. The copies are
+**not** moved by `.to()`: after a move the kernels see a new weight and either rebuild (CPU float32)
+or are bypassed; `copy.deepcopy` of a model copies them too. Only CPU float32 inputs and weights use the kernels, and only
 when no gradient is needed; anything else runs stock `F.linear`. Only modules whose class is exactly
 `nn.Linear` are swapped (quantized subclasses such as optimum-quanto's `QLinear` keep their own
 forward).
 
-The oneDNN ops are private: `available_kernels()` reports whether they work here; if they are
-missing or fail (when probed, or on a real call) the `onednn` kernel falls back to `stock`.
+The oneDNN ops are private and the native kernel needs a C++ compiler and an AVX2/FMA CPU:
+`available_kernels()` / `kernel_status()` report whether they work here; if they are missing or
+fail (when probed, or on a real call) the kernel falls back to `stock`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-KERNELS: tuple[str, ...] = ("stock", "xwt", "wxt", "onednn")
+from cas_spec.kernels import native
+
+KERNELS: tuple[str, ...] = ("stock", "xwt", "wxt", "onednn", "native")
 _COPY_KERNELS = ("xwt", "onednn")  # kernels that need a copy of the weight
 
 # -- plans ----------------------------------------------------------------------------------------
@@ -134,6 +140,8 @@ def kernel_status() -> dict[str, str | None]:
     with _status_lock:
         if "onednn" not in _status:
             _status.update(stock=None, xwt=None, wxt=None, onednn=_probe_onednn())
+        if "native" not in _status:
+            _status["native"] = native.status()
         return dict(_status)
 
 
@@ -142,16 +150,24 @@ def available_kernels() -> tuple[str, ...]:
     return tuple(k for k, why in kernel_status().items() if why is None)
 
 
-def _disable_onednn(reason: str) -> None:
+def _disable(kernel: str, reason: str) -> None:
     with _status_lock:
-        _status["onednn"] = reason
+        _status[kernel] = reason
+
+
+def _disable_onednn(reason: str) -> None:
+    _disable("onednn", reason)
+
+
+def _ok(kernel: str) -> bool:
+    why = _status.get(kernel, "unprobed")
+    if why == "unprobed":
+        why = kernel_status()[kernel]
+    return why is None
 
 
 def _onednn_ok() -> bool:
-    why = _status.get("onednn", "unprobed")
-    if why == "unprobed":
-        why = kernel_status()["onednn"]
-    return why is None
+    return _ok("onednn")
 
 
 # -- weight copies ----------------------------------------------------------------------------------
@@ -204,6 +220,9 @@ def _onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | N
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
+_native_linear = native.linear
+
+
 def _run(module: nn.Linear, kernel: str, x: torch.Tensor) -> torch.Tensor:
     weight, bias = module.weight, module.bias
     if kernel == "xwt":
@@ -217,6 +236,13 @@ def _run(module: nn.Linear, kernel: str, x: torch.Tensor) -> torch.Tensor:
         if bias is not None:
             out += bias
         return out.view(*x.shape[:-1], weight.shape[0])
+    if kernel == "native":
+        if _ok("native"):
+            try:
+                return _native_linear(x, weight, bias)
+            except Exception as exc:  # noqa: BLE001 - disable it, answer with stock
+                _disable("native", f"native kernel failed on use: {type(exc).__name__}: {exc}")
+        return F.linear(x, weight, bias)
     if kernel == "onednn":
         if _onednn_ok():
             try:
