@@ -15,9 +15,12 @@ visits every (n, configuration) pair in a rotating order; medians are reported, 
 3. exactness: logits of real prompts (prefill, then chunks of 1, 3, 8, 4, 2 tokens) under each
    plan + cas_sdpa against stock: max |Δ| and argmax agreement.
 
-Run:
+Run (about 3 minutes; 5 with --threads-compare; progress bars on stderr):
 
-    .venv/bin/python benchmarks/kernel_costs.py [--repeats 9] [--threads-compare]
+    .venv/bin/python benchmarks/kernel_costs.py [--repeats 9] [--threads-compare] [--ns 1,4,8]
+
+Use 1 thread only for timings you compare, and keep other work off the machine: 2-thread runs
+become 8-50 times slower while another process holds the second core.
 """
 
 from __future__ import annotations

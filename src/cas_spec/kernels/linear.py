@@ -105,7 +105,7 @@ class LinearPlan:
 
 STOCK_PLAN = LinearPlan.uniform("stock")
 
-# -- oneDNN availability ----------------------------------------------------------------------------
+# -- availability of the oneDNN and native kernels ----------------------------------------------------------------------------
 
 _status_lock = threading.Lock()
 _status: dict[str, str | None] = {}  # kernel -> None when usable, else why not
@@ -136,7 +136,7 @@ def _probe_onednn() -> str | None:
 
 
 def kernel_status() -> dict[str, str | None]:
-    """`{kernel: None}` when usable here, else `{kernel: reason}` (probes oneDNN once)."""
+    """`{kernel: None}` when usable here, else `{kernel: reason}` (probes oneDNN and native once)."""
     with _status_lock:
         if "onednn" not in _status:
             _status.update(stock=None, xwt=None, wxt=None, onednn=_probe_onednn())
@@ -146,7 +146,8 @@ def kernel_status() -> dict[str, str | None]:
 
 
 def available_kernels() -> tuple[str, ...]:
-    """The kernels that work on this machine (`stock`, `xwt` and `wxt` always; `onednn` if its probe passed)."""
+    """The kernels that work here: `stock`, `xwt` and `wxt` always; `onednn` and `native` when their
+    probes passed and they have not failed since (the first call compiles the native kernel)."""
     return tuple(k for k, why in kernel_status().items() if why is None)
 
 
