@@ -41,10 +41,10 @@ class Pipeline:
             torch.set_num_threads(config.threads)
         self.adapter = resolve_adapter(model, plugins.adapters)
         self.target = Target(model, self.adapter)
-        self.levels = [
-            Level(lc.name, plugins.strategies.get(lc.kind)(plugins.strategies.get(lc.kind).Options(**lc.options)))
-            for lc in config.levels
-        ]
+        self.levels = []
+        for lc in config.levels:
+            strategy_cls = plugins.strategies.get(lc.kind)
+            self.levels.append(Level(lc.name, strategy_cls(strategy_cls.Options(**lc.options))))
         for level in self.levels:
             level.strategy.setup(self.target)
         self.calibration = None
