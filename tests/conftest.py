@@ -49,6 +49,29 @@ def tiny_llama(seed: int = 0, *, vocab: int = 96, hidden: int = 32, layers: int 
     return model_cls(config).eval()
 
 
+def tiny_gemma3(seed: int = 0, *, vocab: int = 96, hidden: int = 32, heads: int = 4, kv_heads: int = 1,
+                head_dim: int = 16, intermediate: int = 48, window: int = 8,
+                layer_types: tuple[str, ...] = ("sliding_attention", "sliding_attention", "full_attention",
+                                                "sliding_attention"),
+                max_positions: int = 512, attn: str = "sdpa"):
+    """A random Gemma 3 text model with a small sliding window, so short sequences cross it."""
+    import transformers
+
+    config = transformers.Gemma3TextConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+        num_hidden_layers=len(layer_types), num_attention_heads=heads, num_key_value_heads=kv_heads,
+        head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=window, layer_types=list(layer_types),
+        max_position_embeddings=max_positions, bos_token_id=2, eos_token_id=1, pad_token_id=0,
+        attn_implementation=attn)
+    torch.manual_seed(seed)
+    model = transformers.Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():  # random RMSNorm weights (stock init is 0 = identity) make layers differ more
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.normal_(0.0, 0.3)
+    return model
+
+
 class IdTokenizer:
     """A minimal tokenizer for tiny random models: text is a space-separated list of ids."""
 
@@ -68,6 +91,14 @@ def stories():
 
     model = AutoModelForCausalLM.from_pretrained(str(STORIES), dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(str(STORIES))
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """(model, tokenizer) of Gemma 3 270M (Gemma Terms of Use), fetched and converted on first use."""
+    from cas_spec.core.models import load_model
+
+    return load_model("gemma3-270m", "cpu", "float32")
 
 
 @pytest.fixture(scope="session")

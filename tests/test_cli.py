@@ -146,17 +146,17 @@ def test_missing_pipeline_file(capsys, tmp_path):
 
 def test_unknown_plugin_kind(capsys):
     code, out, err = run(capsys, "generate", *MODEL, "--set", "levels.0.kind=prompt_lookpu", "Once upon a time")
-    assert_user_error(code, out, err, "levels.0.kind: unknown strategy 'prompt_lookpu'; available: prompt_lookup")
+    assert_user_error(code, out, err, "levels.0.kind: unknown strategy 'prompt_lookpu'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation")
 
 
 def test_unknown_model_alias_names_the_known_aliases(capsys):
     code, out, err = run(capsys, "generate", "--model", "smollm9-1t", "Once upon a time")
-    assert_user_error(code, out, err, "unknown model 'smollm9-1t'", "known aliases: smollm2-135m")
+    assert_user_error(code, out, err, "unknown model 'smollm9-1t'", "known aliases: gemma3-270m, smollm2-135m")
 
 
 def test_model_folder_without_config(capsys, tmp_path):
     code, out, err = run(capsys, "generate", "--model", str(tmp_path), "Once upon a time")
-    assert_user_error(code, out, err, "has no config.json", "known aliases: smollm2-135m")
+    assert_user_error(code, out, err, "has no config.json", "known aliases: gemma3-270m, smollm2-135m")
 
 
 def test_chat_on_a_model_without_chat_template(capsys):
@@ -205,7 +205,7 @@ sampling: {temperature: -0.5}
     assert sorted(lines[1:]) == sorted([
         "  max_new_tokens: Input should be greater than or equal to 1",
         "  sampling.temperature: Input should be greater than or equal to 0",
-        "  levels.0.kind: unknown strategy 'prompt_lookpu'; available: prompt_lookup",
+        "  levels.0.kind: unknown strategy 'prompt_lookpu'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation",
         "  levels.1.options.num_tokenz: Extra inputs are not permitted",
         "  scheduler.options.depth: Extra inputs are not permitted",
     ])
@@ -236,10 +236,11 @@ def test_plugins_json(capsys):
     code, out, _ = run(capsys, "plugins", "--json")
     assert code == 0
     data = json.loads(out)
-    assert data["strategies"] == {"prompt_lookup": "cas_spec.strategies"}
+    assert data["strategies"] == {name: "cas_spec.strategies" for name in (
+        "early_exit", "layer_sparsity", "max_gram", "prompt_lookup", "quanto_activation")}
     assert data["schedulers"] == {"autoregressive": "cas_spec.schedulers", "chain": "cas_spec.schedulers"}
     assert data["verifiers"] == {"greedy": "cas_spec.verifiers", "sampling": "cas_spec.verifiers"}
-    assert data["adapters"] == {"llama": "cas_spec.adapters"}
+    assert data["adapters"] == {"llama": "cas_spec.adapters", "gemma3": "cas_spec.adapters"}
     assert data["plugins"][:4] == ["cas_spec.strategies", "cas_spec.schedulers", "cas_spec.verifiers",
                                    "cas_spec.adapters"]
     assert data["broken"] == {}
@@ -295,4 +296,4 @@ def test_console_script_in_a_subprocess(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == ("cas-spec: error: unknown model 'smollm9-1t': not an alias or an existing folder; "
-                           "known aliases: smollm2-135m\n")
+                           "known aliases: gemma3-270m, smollm2-135m\n")

@@ -16,6 +16,7 @@ EXAMPLES = {
   cas-spec generate "What is the capital of France?"
   cas-spec generate --pipeline autoregressive --stats "Summarize: ..."
   echo "def fibonacci(n):" | cas-spec generate --no-chat --max-new-tokens 64 -
+  cas-spec generate --model gemma3-270m --no-chat "def fibonacci(n):"
   cas-spec generate --set scheduler.options.k=5 --temperature 0.7 --seed 1 "Tell me a story" """,
     "plugins": """examples:
   cas-spec plugins
@@ -27,7 +28,8 @@ EXAMPLES = {
   cas-spec calibrate                       # the default pipeline's model, machine and threads
   cas-spec calibrate --model tests/fixtures/stories260K --show""",
     "fetch": """examples:
-  cas-spec fetch smollm2-135m""",
+  cas-spec fetch smollm2-135m
+  cas-spec fetch gemma3-270m     # Gemma 3 270M, under the Gemma Terms of Use""",
 }
 
 
@@ -173,9 +175,14 @@ def _bench(args) -> int:
 
 
 def _fetch(args) -> int:
-    from cas_spec.core.models import resolve_model_path
+    from cas_spec.core.models import ALIASES, resolve_model_path
 
     print(resolve_model_path(args.model))
+    source = ALIASES.get(args.model)
+    if source is not None:
+        print(f"{source.alias}: {source.description}; licence: {source.licence}", file=sys.stderr)
+        if source.notice:
+            print(source.notice, file=sys.stderr)
     return 0
 
 

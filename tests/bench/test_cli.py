@@ -39,9 +39,17 @@ def bench(*argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def table_rows(text: str) -> list[list[str]]:
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
-    return rows[1:]  # without the header
+def table_rows(text: str, table: int = 0) -> list[list[str]]:
+    """Rows of the report's `table`-th Markdown table (0: speed, 1: levels), without the header."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            if not line.startswith("|-"):  # the separator under the header
+                current.append([c.strip() for c in line.strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables[table][1:] if table < len(tables) else []
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +81,16 @@ def test_the_table_has_every_group_and_method(quick):
            "token for token on 2/2 prompts" in stdout
     assert "bench" in stderr and "100%" in stderr  # the progress bar, on stderr
     assert "| group |" not in stderr
+
+
+def test_the_level_table_gives_acceptance_and_cost_of_each_level(quick):
+    _, stdout, _ = quick
+    rows = table_rows(stdout, table=1)
+    assert [r[:2] for r in rows] == [["default", "pld"]]  # engine methods only, one row per level
+    method, level, alpha, cost, proposed, drafted = rows[0]
+    assert 0.0 <= float(alpha) <= 1.0
+    assert 0.0 <= float(cost) < 0.5  # prompt lookup costs next to nothing against a target forward
+    assert int(proposed) >= int(drafted) > 0
 
 
 def test_results_json_has_records_and_environment(quick):

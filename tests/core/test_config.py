@@ -230,7 +230,7 @@ def test_bad_file_reports_every_problem_at_once(tmp_path):
     assert sorted(error.problems) == sorted([
         "max_new_tokens: Input should be a valid integer, unable to parse string as an integer",
         "sampling.temperature: Input should be greater than or equal to 0",
-        "levels.0.kind: unknown strategy 'prompt_lookpu'; available: prompt_lookup",
+        "levels.0.kind: unknown strategy 'prompt_lookpu'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation",
         "levels.1.options.num_tokenz: Extra inputs are not permitted",
         "levels.1.options.max_ngram: Input should be a valid integer, unable to parse string as an integer",
         "scheduler.options.depth: Extra inputs are not permitted",
@@ -249,7 +249,7 @@ levels:
 verifier: exact
 """)
     assert problems_of(path) == [
-        "levels.0.kind: unknown strategy 'prompt_lookpu'; available: prompt_lookup",
+        "levels.0.kind: unknown strategy 'prompt_lookpu'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation",
         "levels.1.options: Value error, min_ngram (3) must not exceed max_ngram (2)",
         "verifier: unknown verifier 'exact'; available: greedy, sampling",
     ]
@@ -260,7 +260,7 @@ def test_single_problem_message_is_one_line(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value) == (f"invalid pipeline {path}: levels.0.kind: unknown strategy 'prompt_lookpu'; "
-                               "available: prompt_lookup")
+                               "available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation")
 
 
 def test_structural_problems_have_dotted_locations():

@@ -51,7 +51,7 @@ def pipeline(model):
     from cas_spec.core.config import load_config
     from cas_spec.core.pipeline import Pipeline
 
-    config = load_config({"scheduler": {"kind": "chain", "options": {"k": 3}},
+    config = load_config({"scheduler": {"kind": "chain", "options": {"k": 3, "adaptive": False}},
                           "levels": [{"name": "junk", "kind": "cache_scribbler"}]}, plugins=plugins)
     return Pipeline(config, model, IdTokenizer(), plugins=plugins)
 

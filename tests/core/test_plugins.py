@@ -21,10 +21,10 @@ from cas_spec.strategies.prompt_lookup import PromptLookup
 from tests.conftest import IdTokenizer, tiny_llama
 
 BUILTINS = {
-    "strategy": ["prompt_lookup"],
+    "strategy": ["early_exit", "layer_sparsity", "max_gram", "prompt_lookup", "quanto_activation"],
     "scheduler": ["autoregressive", "chain"],
     "verifier": ["greedy", "sampling"],
-    "adapter": ["llama"],
+    "adapter": ["gemma3", "llama"],
 }
 BUILTIN_MODULES = ["cas_spec.strategies", "cas_spec.schedulers", "cas_spec.verifiers", "cas_spec.adapters"]
 
@@ -121,11 +121,11 @@ def test_get_plugins_is_built_once():
 
 def test_unknown_names_list_the_available_ones():
     plugins = build_plugins()
-    with pytest.raises(UnknownPluginError, match=r"^unknown strategy 'nope'; available: prompt_lookup$"):
+    with pytest.raises(UnknownPluginError, match=r"^unknown strategy 'nope'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation$"):
         plugins.strategies.get("nope")
     with pytest.raises(UnknownPluginError, match=r"^unknown scheduler 'tree'; available: autoregressive, chain$"):
         plugins.schedulers.get("tree")
-    with pytest.raises(UnknownPluginError, match=r"^unknown adapter 'gpt2'; available: llama$"):
+    with pytest.raises(UnknownPluginError, match=r"^unknown adapter 'gpt2'; available: gemma3, llama$"):
         plugins.registry("adapter").get("gpt2")
     assert issubclass(UnknownPluginError, UserError)
     assert Registry("strategy", DraftStrategy).unknown_message("x") == "unknown strategy 'x'; available: none"
@@ -143,7 +143,7 @@ def test_entry_point_plugin_registers_a_strategy_that_validates(make_module):
     plugins = build_plugins([entry_point("repeat", f"{module}:plugin")])
     assert plugins.broken == {}
     assert plugins.loaded == [*BUILTIN_MODULES, "repeat"]
-    assert plugins.strategies.names() == ["prompt_lookup", "repeat_last"]
+    assert plugins.strategies.names() == sorted([*BUILTINS["strategy"], "repeat_last"])
     assert plugins.strategies.owner("repeat_last") == "repeat"
     config = validate(pipeline_using("repeat_last", times=3), plugins=plugins)
     assert config.levels[0].kind == "repeat_last"
@@ -152,7 +152,7 @@ def test_entry_point_plugin_registers_a_strategy_that_validates(make_module):
     assert sorted(info.value.problems) == ["levels.0.options.color: Extra inputs are not permitted",
                                            "levels.0.options.times: Input should be greater than or equal to 1"]
     # the process-wide plugin set (no third-party plugin) does not know it
-    with pytest.raises(ConfigError, match="unknown strategy 'repeat_last'; available: prompt_lookup"):
+    with pytest.raises(ConfigError, match="unknown strategy 'repeat_last'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation"):
         validate(pipeline_using("repeat_last"))
 
 
@@ -195,7 +195,7 @@ def test_plugin_that_fails_to_import_is_recorded_as_broken(make_module):
         "missing": f"AttributeError: module '{good}' has no attribute 'no_such_attribute'",
     }
     assert plugins.loaded == [*BUILTIN_MODULES, "good"]
-    assert plugins.strategies.names() == ["prompt_lookup", "repeat_last"]
+    assert plugins.strategies.names() == sorted([*BUILTINS["strategy"], "repeat_last"])
     assert names(plugins)["scheduler"] == BUILTINS["scheduler"]
     validate(pipeline_using("repeat_last"), plugins=plugins)
 
@@ -212,7 +212,7 @@ def test_plugin_whose_hook_raises_is_recorded_as_broken(make_module):
     plugins = build_plugins([entry_point("raising", raising), entry_point("good", f"{good}:plugin")])
     assert plugins.broken == {"raising": "RuntimeError: boom"}
     assert "raising" not in plugins.loaded and "good" in plugins.loaded
-    assert names(plugins) == {**BUILTINS, "strategy": ["prompt_lookup", "repeat_last"]}
+    assert names(plugins) == {**BUILTINS, "strategy": sorted([*BUILTINS["strategy"], "repeat_last"])}
 
 
 def test_plugin_with_a_bad_hook_signature_is_recorded_as_broken(make_module):
@@ -292,10 +292,10 @@ def test_allow_list_names_only_those(make_module, monkeypatch):
     eps = [entry_point("one", f"{one}:plugin"), entry_point("two", f"{two}:plugin"), entry_point("bad", bad)]
     monkeypatch.setenv("CAS_SPEC_PLUGINS", " two , nothing-else ")
     plugins = build_plugins(eps)
-    assert plugins.strategies.names() == ["prompt_lookup", "two"]
+    assert plugins.strategies.names() == sorted([*BUILTINS["strategy"], "two"])
     assert plugins.loaded == [*BUILTIN_MODULES, "two"] and plugins.broken == {}
     monkeypatch.setenv("CAS_SPEC_PLUGINS", "one,two")
-    assert build_plugins(eps).strategies.names() == ["one", "prompt_lookup", "two"]
+    assert build_plugins(eps).strategies.names() == sorted([*BUILTINS["strategy"], "one", "two"])
 
 
 def test_allow_list_does_not_apply_to_extra_objects(make_module, monkeypatch):

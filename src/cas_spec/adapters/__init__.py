@@ -1,15 +1,17 @@
 """Model adapters, resolved from `config.model_type`; built-ins register through the plugin hook."""
 
 from cas_spec.adapters.base import ModelAdapter
+from cas_spec.adapters.gemma3 import Gemma3Adapter
 from cas_spec.adapters.llama import LlamaAdapter
 from cas_spec.core.hookspecs import hookimpl
 
-__all__ = ["ModelAdapter", "LlamaAdapter", "resolve_adapter"]
+__all__ = ["ModelAdapter", "LlamaAdapter", "Gemma3Adapter", "resolve_adapter"]
 
 
 @hookimpl
 def register_adapters(registry):
     registry.add(LlamaAdapter)
+    registry.add(Gemma3Adapter)
 
 
 def resolve_adapter(model, registry=None) -> ModelAdapter:

@@ -55,6 +55,27 @@ class ModelAdapter(ABC):
     def num_layers(self) -> int:
         return len(self.layers)
 
+    #: Attribute names: the decoder's layer list and the model's LM head (swapped by drafters).
+    layers_name: ClassVar[str] = "layers"
+    lm_head_name: ClassVar[str] = "lm_head"
+    #: Attribute names of a decoder layer's two sublayers, as self-speculative drafters skip them.
+    attention_name: ClassVar[str] = "self_attn"
+    mlp_name: ClassVar[str] = "mlp"
+
+    @property
+    def mask_reference_layers(self) -> tuple[int, ...]:
+        """Layers whose attention must run in every forward pass.
+
+        transformers sizes the attention mask of each attention type (full, sliding) from the
+        cache of the first layer of that type; a drafter that skipped that layer's attention
+        would leave its cache short and the mask wrong. Drafters never skip these.
+        """
+        types = getattr(self.config, "layer_types", None) or ()
+        first: dict[str, int] = {}
+        for index, kind in enumerate(types):
+            first.setdefault(kind, index)
+        return tuple(sorted(first.values())) or (0,)
+
     @property
     def context_length(self) -> int:
         """The longest sequence (prompt + generated tokens) the model accepts."""
@@ -77,9 +98,8 @@ class ModelAdapter(ABC):
 
     # -- KV cache ------------------------------------------------------------------------------
     def new_cache(self):
-        from transformers import DynamicCache
-
-        return DynamicCache(config=self.config)
+        """An empty cache for this model; sliding-window layers record the past (see core/cache.py)."""
+        return kv.new_cache(self.config)
 
     def rollback(self, cache, length: int) -> None:
         """Cut every layer of `cache` back to `length` tokens (an absolute length, per layer)."""
@@ -89,7 +109,21 @@ class ModelAdapter(ABC):
         """Keep the prefix plus the verified tree tokens at offsets `keep` ([M] int64)."""
         kv.keep_positions(cache, prefix_length, keep)
 
+    def prefix_view(self, cache, length: int):
+        """A new cache holding the first `length` tokens of `cache` as views; forwarding through it
+        never alters `cache` (to score drafters on tokens the target already verified)."""
+        return kv.prefix_view(cache, length)
+
     def cache_length(self, cache) -> int:
         """Tokens every layer holds (the committed length, once a step is committed)."""
         lengths = kv.lengths(cache)
         return min(lengths) if lengths else 0
+
+    # -- tree attention ------------------------------------------------------------------------
+    def tree_attention_mask(self, tree, past_length: int, dtype: torch.dtype, device):
+        """The `attention_mask` argument that verifies `tree` over `past_length` cached tokens:
+        one additive 4-D mask (`core.tree.tree_attention_mask`); architectures whose layers see
+        different keys (sliding windows) return what their model's forward takes instead."""
+        from cas_spec.core.tree import tree_attention_mask
+
+        return tree_attention_mask(tree, past_length, dtype, device)

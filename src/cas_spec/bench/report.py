@@ -156,6 +156,7 @@ def render(results: dict) -> str:
                 *([f"{x:.0%}" for x in split] if split else [DASH] * 3),
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    lines.extend(level_table(results))
     lines.append("")
     lines.append("speedup: tokens/s relative to `autoregressive` (the engine's plain decoding) on the same prompts; "
                  "draft/verify/overhead: share of the engine's decoding time.")
@@ -174,6 +175,35 @@ def render(results: dict) -> str:
                  f"transformers {env['transformers']}, cas-spec {env['cas_spec']}, python {env['python']}, "
                  f"{load}, {env['date']}")
     return "\n".join(lines) + "\n"
+
+
+def level_table(results: dict) -> list[str]:
+    """Per level of each engine method, over every prompt: acceptance rate α (accepted / drafted
+    tokens put into trees) and cost c of one proposed token relative to one target forward."""
+    rows = []
+    for name, kind in methods_of(results):
+        stats = [r["stats"] for r in results["records"] if r["method"] == name and r.get("stats")]
+        if kind != "engine" or not stats:
+            continue
+        forwards = sum(s["target_forwards"] for s in stats)
+        verify = sum(s["verify_seconds"] for s in stats)
+        for level in stats[0].get("levels", {}):
+            totals = {key: sum(s["levels"][level].get(key, 0) for s in stats)
+                      for key in ("drafted", "accepted", "proposed", "seconds")}
+            alpha = totals["accepted"] / totals["drafted"] if totals["drafted"] else None
+            forward_seconds = verify / forwards if forwards else None
+            cost = (totals["seconds"] / totals["proposed"] / forward_seconds
+                    if totals["proposed"] and forward_seconds else None)
+            cells = [name, level, _fmt(alpha), _fmt(cost), str(totals["proposed"]), str(totals["drafted"])]
+            rows.append("| " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["", "| method | level | α (accepted / drafted) | c (per proposed token, target forward = 1) "
+            "| proposed | drafted |", "|---|---|--:|--:|--:|--:|", *rows]
+
+
+def _fmt(value: float | None) -> str:
+    return DASH if value is None else f"{value:.2f}"
 
 
 def _load(values) -> str:

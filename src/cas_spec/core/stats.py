@@ -32,7 +32,8 @@ class StatsRecorder:
     def finish(self, *, prompt_tokens: int, new_tokens: int, prefill_seconds: float,
                decode_seconds: float, stop_reason: str) -> GenerationStats:
         levels = {
-            level.name: LevelStats(self.drafted.get(level.name, 0), self.accepted.get(level.name, 0), level.calls)
+            level.name: LevelStats(self.drafted.get(level.name, 0), self.accepted.get(level.name, 0), level.calls,
+                                   level.proposed, level.seconds)
             for level in self.levels
         }
         return GenerationStats(

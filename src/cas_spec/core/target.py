@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from cas_spec.adapters.base import ModelAdapter
-from cas_spec.core.tree import tree_attention_mask, tree_position_ids
+from cas_spec.core.tree import tree_position_ids
 from cas_spec.core.types import TokenTree
 
 
@@ -50,7 +50,7 @@ class Target:
         device = self.device
         ids = tree.tokens.to(device)[None]
         positions = tree_position_ids(tree, self.length, device)
-        mask = None if tree.is_chain else tree_attention_mask(tree, self.length, self.dtype, device)
+        mask = None if tree.is_chain else self.adapter.tree_attention_mask(tree, self.length, self.dtype, device)
         out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask,
                          past_key_values=self.cache, use_cache=True)
         return out.logits[0].float()

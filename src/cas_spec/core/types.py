@@ -105,6 +105,8 @@ class LevelStats:
     drafted: int = 0  # tokens this level put into trees
     accepted: int = 0  # of those, tokens the target accepted
     calls: int = 0  # draft calls
+    proposed: int = 0  # tokens its draft calls returned (a scheduler may verify fewer)
+    seconds: float = 0.0  # wall-clock time in its draft calls
 
 
 @dataclass(frozen=True)

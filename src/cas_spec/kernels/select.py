@@ -64,6 +64,7 @@ def time_forwards(
     times: dict[int, dict[str, list[float]]] = {n: {name: [] for name in names} for n in ns}
     with thread_count(threads), torch.inference_mode():
         cache = DynamicCache(config=model.config)
+        cache.activate_past_recording()  # sliding-window layers can then crop past their window
         model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
 
         def one(name: str, n: int) -> float:

@@ -36,15 +36,17 @@ class AcceptanceEstimate:
         self.steps += 1
 
 
-def best_draft_length(alpha: float, available: int, cost, context: int) -> int:
-    """How many of `available` drafted tokens to verify: maximise E(m) / cost(m + 1).
+def best_draft_length(alpha: float, available: int, cost, context: int, draft_cost: float = 0.0) -> int:
+    """How many tokens to draft, or of `available` drafted tokens to verify: maximise
+    E(m) / (cost(m + 1) + m · draft_cost).
 
-    `cost(n, context)` is the relative cost of a target forward over n tokens (a `CostTable.cost`).
+    `cost(n, context)` is the relative cost of a target forward over n tokens (a `CostTable.cost`);
+    `draft_cost` is the cost of drafting one token in the same unit (0 once the draft is paid for).
     Returns 0 when verifying the root alone (a plain decoding step) is best.
     """
     best, best_value = 0, 1.0 / cost(1, context)
     for m in range(1, available + 1):
-        value = expected_tokens(alpha, m) / cost(m + 1, context)
+        value = expected_tokens(alpha, m) / (cost(m + 1, context) + m * draft_cost)
         if value > best_value * (1 + 1e-9):
             best, best_value = m, value
     return best

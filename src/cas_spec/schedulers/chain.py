@@ -1,8 +1,12 @@
 """`chain`: one level drafts up to `k` tokens below the root, verified in one target forward.
 
 With a measured cost table (the pipeline's calibration) and `adaptive: true`, the chain is
-trimmed to the length m that maximises expected committed tokens per unit of verification cost,
-E(m) / cost(m + 1), with the level's acceptance α estimated online (see `acceptance.py`). On a
+trimmed to the length m that maximises expected committed tokens per unit of cost,
+E(m) / (cost(m + 1) + m · c), with the level's acceptance α estimated online (see
+`acceptance.py`) and c, the cost of drafting one token relative to a one-token target forward,
+measured online from the step timings: a level whose drafting costs (a self-speculative one) is
+asked for only as many tokens as pay, before it drafts; a free one (lookup) drafts up to `k` and
+the draft is trimmed afterwards. On a
 CPU where a forward over 2–3 tokens costs far more than one, this turns a poor draft into a plain
 single-token step. A level that proposes nothing also makes the step a plain step. When the
 estimate has switched drafting off, the full draft is still verified every `probe_interval`
@@ -16,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.state import DecodingState
 from cas_spec.core.tree import chain_tree
-from cas_spec.core.types import DraftResult, StepTimings, TokenTree, Verdict
+from cas_spec.core.types import EMPTY_DRAFT, DraftResult, StepTimings, TokenTree, Verdict
 from cas_spec.schedulers.acceptance import AcceptanceEstimate, best_draft_length
 
 
@@ -51,20 +55,32 @@ class ChainScheduler(Scheduler):
     def start(self, state: DecodingState) -> None:
         self.estimate = AcceptanceEstimate(decay=self.options.ema_decay)
         self.skipped = 0
+        self.draft_cost = 0.0  # seconds per drafted token / seconds per one-token target forward (EMA)
+        self.proposed = self.level.proposed
+        self.costs, self.context = state.target.costs, state.target.length
 
     def build_tree(self, state: DecodingState) -> TokenTree:
-        draft = self.level.draft(state, (), min(self.options.k, state.max_depth))
-        costs = state.target.costs
-        if self.options.adaptive and costs is not None and len(draft):
-            keep = best_draft_length(self.estimate.alpha, len(draft), costs.cost, state.target.length)
-            if keep == 0 and self.skipped + 1 >= self.options.probe_interval:
-                keep = len(draft)
-            self.skipped = self.skipped + 1 if keep == 0 else 0
-            draft = _trim(draft, keep)
-        return chain_tree(state.root_token, draft, self.level.name)
+        limit = min(self.options.k, state.max_depth)
+        costs = self.costs = state.target.costs
+        self.context = state.target.length
+        if not self.options.adaptive or costs is None:
+            return chain_tree(state.root_token, self.level.draft(state, (), limit), self.level.name)
+        context, alpha = state.target.length, self.estimate.alpha
+        probing = self.skipped + 1 >= self.options.probe_interval
+        if not probing:  # a level whose drafting costs: decide how much to draft before paying for it
+            limit = best_draft_length(alpha, limit, costs.cost, context, self.draft_cost)
+        draft = self.level.draft(state, (), limit) if limit else EMPTY_DRAFT
+        keep = len(draft) if probing else best_draft_length(alpha, len(draft), costs.cost, context)
+        self.skipped = 0 if keep else self.skipped + 1
+        return chain_tree(state.root_token, _trim(draft, keep), self.level.name)
 
     def observe(self, tree: TokenTree, verdict: Verdict, timings: StepTimings) -> None:
         self.estimate.update(tree.size - 1, len(verdict.accepted_nodes))
+        proposed, self.proposed = self.level.proposed - self.proposed, self.level.proposed
+        if proposed and self.costs is not None and timings.verify > 0:
+            forward = timings.verify / self.costs.cost(tree.size, self.context)
+            observed = timings.draft / proposed / forward
+            self.draft_cost = observed if self.draft_cost == 0.0 else 0.8 * self.draft_cost + 0.2 * observed
 
 
 def _trim(draft: DraftResult, keep: int) -> DraftResult:

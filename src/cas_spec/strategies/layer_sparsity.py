@@ -1,0 +1,160 @@
+"""`layer_sparsity`: draft with some attention and MLP sublayers of the target skipped.
+
+SWIFT's scheme (`notes/papers.md` §1.2), which CAS-Spec's layer-sparsity levels most likely reuse:
+attention and MLP sublayers are skipped independently, never in the first or last layer, and
+`int((L − 2) · 2 · sparsity)` of them are skipped. The kept layers read the target's KV of the
+committed tokens (measured on SmolLM2-135M: a searched 40 % set agrees with the target on about
+0.6 of tokens that way, about 0.34 with a KV of its own).
+
+Which sublayers to skip matters more than how many: evenly spaced or last-layers sets agree on
+under 0.1 of tokens. The set is therefore either given (`skip`) or searched on the fly while
+generating (`skip_search.py`): one candidate scored per draft call until the search stops, the
+best set so far drafting meanwhile, and the result cached on disk per model so that the next run
+starts with it. On this CPU the searched sets still do not pay (a draft pass costs 0.4–0.8 of a
+target forward for agreement ≤ 0.6); the level is lossless and a measuring scheduler switches it
+off where it does not pay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from cas_spec.core.errors import ConfigError
+from cas_spec.core.state import DecodingState
+from cas_spec.core.target import Target
+from cas_spec.core.types import DraftResult
+from cas_spec.strategies.quanto_activation import QuantizeChoice, shared_twins
+from cas_spec.strategies.self_draft import SelfDraftOptions, SelfDraftStrategy
+from cas_spec.strategies.skip_search import SkipSearch, load_cached, model_fingerprint, save_cached
+from cas_spec.strategies.variants import ModelVariant, Sublayer, build_variant, skippable_sublayers, use_variant
+
+
+class LayerSparsityOptions(SelfDraftOptions):
+    sparsity: float = Field(0.4, gt=0.0, lt=1.0, description="Fraction of the 2·(L−2) sublayers to skip.")
+    skip: list[str] | None = Field(
+        None, description="An explicit skip set, e.g. [3.attention, 7.mlp]; no search when given.")
+    search: Literal["auto", "fresh", "off"] = Field(
+        "auto", description="auto: start from the cached set and search on until done; fresh: ignore the "
+        "cache; off: only the given or cached set.")
+    search_budget: int = Field(200, ge=1, description="Most candidate sets scored.")
+    target_score: float = Field(0.9, gt=0.0, le=1.0, description="Stop searching at this matchness.")
+    patience: int = Field(60, ge=1, description="Stop after this many candidates without improvement.")
+    window: int = Field(32, ge=4, le=512, description="Committed tokens a candidate is scored on.")
+    seed: int = Field(0, description="Seed of the search's random choices.")
+    quantize: QuantizeChoice = Field("none", description="Also run kept Linear modules in int8 "
+                                     "(none, dynamic_int8, quanto): a mixing-DSIA level.")
+
+    @field_validator("skip")
+    @classmethod
+    def _parse_skip(cls, value):
+        if value is not None:
+            for item in value:
+                Sublayer.parse(str(item))
+        return value
+
+
+class LayerSparsity(SelfDraftStrategy):
+    name = "layer_sparsity"
+    Options = LayerSparsityOptions
+
+    def setup(self, target: Target) -> None:
+        super().setup(target)
+        adapter, options = target.adapter, self.options
+        self.candidates = skippable_sublayers(adapter)
+        self.count = int((adapter.num_layers - 2) * 2 * options.sparsity)
+        self.fingerprint = model_fingerprint(target.model)
+        self.search: SkipSearch | None = None
+        self.skip: frozenset[Sublayer]
+        if options.skip is not None:
+            self.skip = frozenset(Sublayer.parse(s) for s in options.skip)
+            if bad := sorted(s for s in self.skip if s not in self.candidates):
+                raise ConfigError([f"layer_sparsity.skip: cannot skip {', '.join(map(str, bad))}; skippable "
+                                   f"are layers 1..{adapter.num_layers - 2} (attention of layers "
+                                   f"{list(adapter.mask_reference_layers)} always runs)"])
+            return
+        cached = None if options.search == "fresh" else load_cached(self.fingerprint, options.sparsity)
+        start = frozenset(Sublayer.parse(s) for s in cached["skip"]) if cached else frozenset()
+        if options.search == "off" or (cached and cached.get("done")):
+            if not cached:
+                raise ConfigError(["layer_sparsity: no skip set for this model; give `skip`, or set "
+                                   "`search: auto` to search for one while generating"])
+            self.skip = start
+            return
+        self.search = SkipSearch(self.candidates, self.count, budget=options.search_budget,
+                                 target_score=options.target_score, patience=options.patience,
+                                 seed=options.seed, best=start,
+                                 best_score=float(cached["score"]) if cached else -1.0,
+                                 evaluations=int(cached["evaluations"]) if cached else 0)
+        self.skip = self.search.best
+
+    def start(self, state: DecodingState) -> None:
+        self.truth: dict[int, int] = {}  # position -> the target's argmax there (this generation)
+
+    def build_variant(self, state: DecodingState) -> ModelVariant:
+        return self._variant_for(state, self.skip)
+
+    def _variant_for(self, state: DecodingState, skip: frozenset[Sublayer]) -> ModelVariant:
+        twins = shared_twins(state, self.options.quantize)
+        return build_variant(state.target.adapter, skip=skip, linear_twins=twins,
+                             description=f"{len(skip)} sublayers skipped")
+
+    def draft(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int) -> DraftResult:
+        if self.search is not None and not self.search.done:
+            self.search_step(state)
+        return super().draft(state, prefix, max_tokens)
+
+    def search_step(self, state: DecodingState) -> None:
+        """Score one candidate on the committed tokens; adopt it if it beats the best so far."""
+        search = self.search
+        candidate = search.propose()
+        score = matchness(state, self._variant_for(state, candidate), self.options.window, self.truth)
+        if score is None:
+            return
+        if search.report(candidate, score):
+            self.skip = candidate
+            self._variant = None
+        if search.done or search.evaluations % 10 == 0:
+            save_cached(self.fingerprint, self.options.sparsity, search.to_entry())
+
+
+@torch.inference_mode()
+def matchness(state: DecodingState, variant: ModelVariant, window: int, truth: dict[int, int]) -> float | None:
+    """Fraction of the last `window` committed positions where `variant`'s argmax equals the
+    target's, or None when fewer than 4 committed tokens are cached.
+
+    `truth` memoizes the target's argmax per position. Under greedy decoding a generated token is
+    the target's argmax at the position before it, so only prompt positions cost a target pass
+    (once); under sampling, positions are computed once each, in one pass per window.
+    """
+    target = state.target
+    length = target.length  # the cache holds tokens[:length]; tokens[length] is the root
+    width = min(window, length - 1)
+    if width < 4:
+        return None
+    start = length - width
+    if state.sampling.greedy:
+        for position in range(max(start, state.prompt_length - 1), length):
+            truth.setdefault(position, state.tokens[position + 1])
+    if any(position not in truth for position in range(start, length)):
+        predicted = _window_argmax(state, None, start, length)
+        for position, token in zip(range(start, length), predicted.tolist(), strict=True):
+            truth.setdefault(position, token)
+    expected = torch.tensor([truth[p] for p in range(start, length)], device=target.device)
+    return float((_window_argmax(state, variant, start, length) == expected).float().mean())
+
+
+def _window_argmax(state: DecodingState, variant: ModelVariant | None, start: int, length: int) -> torch.Tensor:
+    """[length − start] argmax of the target (variant None) or of `variant` at positions
+    start..length−1, in one pass reading the committed KV before `start` through a view."""
+    target = state.target
+    cache = target.adapter.prefix_view(target.cache, start)
+    device = target.device
+    ids = torch.tensor([state.tokens[start:length]], dtype=torch.long, device=device)
+    positions = torch.arange(start, length, device=device)[None]
+    with use_variant(target.adapter, variant) if variant is not None else contextlib.nullcontext():
+        logits = target.model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True).logits[0]
+    return logits.argmax(dim=-1)

@@ -1,0 +1,148 @@
+"""Quantized twins of float `nn.Linear` layers, for drafting with the target's own weights in int8.
+
+A *twin* is a separate module built once from a float `nn.Linear`: int8 weights, int8 activations,
+float32 in and out (`[..., in] -> [..., out]`, like the original). The draft machinery swaps twins
+in for a draft pass and the float originals back for verification; building a twin never touches
+its original (same parameters bitwise, no new attributes, tied weights left alone).
+
+Backends (one module each):
+
+| backend        | library                                           | activations                        | calibration |
+| -------------- | ------------------------------------------------- | ---------------------------------- | ----------- |
+| `dynamic_int8` | `torch.ao.nn.quantized.dynamic.Linear` (fbgemm/x86 prepacked int8 weights, per-channel by default) | int8, scale computed per call | no |
+| `quanto`       | optimum-quanto `QLinear` (frozen qint8 weights, always per-channel) | int8, static per-tensor scale | **yes**: a twin refuses to run until calibrated |
+
+Use:
+
+    from cas_spec.strategies import quantization as qz
+    twins = qz.build_twins(linears, "dynamic_int8")
+    if qz.needs_calibration(backend):
+        with qz.calibrating(backend):
+            ...   # forwards of the model with the twins swapped in, on representative text
+    qz.finish(twins, backend)
+    ...           # draft with the twins swapped in
+    qz.twin_bytes(twins)
+
+Measured on SmolLM2-135M (`benchmarks/int8_draft_cost.py`, AMD EPYC AVX2 without VNNI, 1 thread,
+300 cached tokens, a contended host): dynamic_int8 c ~0.5-0.65 at n=1 and ~0.4 at n=4 of a float32
+forward (~0.55-0.6 / 0.45-0.6 against the repo's fast float kernels), first-draft-token agreement
+0.905 over 200 greedy positions, 131 MiB of twins for 513 MiB of float32 weights; quanto c 2-6
+(`torch._int_mm` without VNNI is slower than a float matmul), agreement 0.67, 129 MiB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+BACKENDS: tuple[str, ...] = ("dynamic_int8", "quanto")
+
+__all__ = ["BACKENDS", "available_backends", "build_twins", "calibrating", "finish", "needs_calibration",
+           "twin_bytes"]
+
+
+def _module(backend: str):
+    if backend == "dynamic_int8":
+        from cas_spec.strategies.quantization import dynamic_int8
+
+        return dynamic_int8
+    if backend == "quanto":
+        from cas_spec.strategies.quantization import quanto
+
+        return quanto
+    raise ValueError(f"unknown quantization backend {backend!r}; known: {', '.join(BACKENDS)}")
+
+
+def available_backends() -> dict[str, str | None]:
+    """`{backend: None}` when usable here, else `{backend: why not}` (probed once, cheaply;
+    optimum-quanto is looked up, not imported)."""
+    return {name: _module(name).unavailable_reason() for name in BACKENDS}
+
+
+def _require(backend: str):
+    module = _module(backend)  # unknown names raise here
+    reason = module.unavailable_reason()
+    if reason is not None:
+        usable = [name for name, why in available_backends().items() if why is None]
+        raise RuntimeError(f"quantization backend {backend!r} is not available here: {reason}. "
+                           f"Available: {', '.join(usable) or 'none'}")
+    return module
+
+
+def build_twins(linears: Sequence[nn.Linear], backend: str, *, per_channel: bool = True
+                ) -> dict[nn.Linear, nn.Module]:
+    """A quantized twin for every given float `nn.Linear` (duplicates get one twin).
+
+    The originals are untouched: same parameters bitwise, no attribute added or changed. A weight
+    shared with another module (an LM head tied to the embedding) is only read.
+    `per_channel=False` (per-tensor weight scales) is supported by `dynamic_int8` only.
+    """
+    module = _require(backend)
+    twins: dict[nn.Linear, nn.Module] = {}
+    for linear in linears:
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"build_twins takes nn.Linear modules, got {type(linear).__name__}")
+        if linear in twins:
+            continue
+        if not linear.weight.is_floating_point():
+            raise TypeError(f"{type(linear).__name__} has a {linear.weight.dtype} weight; expected a float one")
+        twins[linear] = None  # type: ignore[assignment]
+    if not twins:
+        return {}
+    built = module.build(list(twins), per_channel=per_channel)
+    return dict(zip(twins, built))
+
+
+def needs_calibration(backend: str) -> bool:
+    """Whether the twins need `calibrating` forwards and `finish` before they can run."""
+    return _module(backend).NEEDS_CALIBRATION
+
+
+@contextlib.contextmanager
+def calibrating(backend: str) -> Iterator[None]:
+    """Inside the block, forwards through twins of `backend` record activation ranges
+    (optimum-quanto `Calibration`); a no-op for backends without static activation scales."""
+    with _require(backend).calibrating():
+        yield
+
+
+def finish(twins: Mapping[nn.Linear, nn.Module], backend: str) -> None:
+    """Make the twins ready to run after calibration (raises if one was never calibrated).
+    Idempotent; a no-op for `dynamic_int8`."""
+    _require(backend).finish(list(twins.values()))
+
+
+def twin_bytes(twins: Mapping[nn.Linear, nn.Module]) -> int:
+    """Bytes held by the twins: int8 weights, their scales (and zero points / column offsets for the
+    fbgemm packing), biases and activation scales. Storage shared between twins is counted once."""
+    from cas_spec.strategies.quantization import dynamic_int8
+
+    total, seen = 0, set()
+    for twin in twins.values():
+        if isinstance(twin, dynamic_int8.DynamicLinear):
+            total += dynamic_int8.nbytes(twin)
+            continue
+        for tensor in (*twin.parameters(recurse=True), *twin.buffers(recurse=True)):
+            total += _tensor_bytes(tensor, seen)
+    return total
+
+
+def _tensor_bytes(tensor: torch.Tensor, seen: set) -> int:
+    flatten = getattr(type(tensor), "__tensor_flatten__", None)
+    if flatten is not None and type(tensor) not in (torch.Tensor, nn.Parameter):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(tensor, name), seen) for name in names)
+    if isinstance(tensor, nn.Parameter) and type(tensor.data) is not torch.Tensor:
+        return _tensor_bytes(tensor.data, seen)
+    try:
+        storage = tensor.untyped_storage()
+        key = (storage.data_ptr(), storage.nbytes())
+        if key in seen:
+            return 0
+        seen.add(key)
+        return storage.nbytes()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return tensor.numel() * tensor.element_size()

@@ -1,0 +1,118 @@
+"""`SelfDraftStrategy`: the common draft loop of the self-speculative (DSIA) strategies.
+
+Notation: the target's distribution is p, the drafter's q. A self-speculative level drafts with
+the target model switched into a `ModelVariant` (`variants.py`): it feeds the tree root and the
+unverified `prefix` through the variant in one forward pass, then one token per pass, reading the
+target's KV of the committed tokens (the kept layers see exactly what the target sees) and
+writing KV for the tokens it feeds. Everything it wrote is rolled back before it returns, and the
+variant is swapped out in `finally`, so a draft that raises leaves neither the model nor the
+cache changed.
+
+Greedy decoding proposes the argmax of q (a point mass for the verifier). Sampling proposes a
+token drawn from q, warped exactly as the target's p is (temperature, top-k, top-p), and returns
+q in `draft_probs`, as the sampling verifier needs it. The confidence of each token is its
+probability under q. Drafting stops early when q's top probability falls below `stop_below`
+(SWIFT uses 0.8): a stopping rule that looks only at drafted tokens leaves the output
+distribution unchanged.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from cas_spec.core.interfaces import DraftStrategy
+from cas_spec.core.sampling import sample, target_probs
+from cas_spec.core.state import DecodingState
+from cas_spec.core.target import Target
+from cas_spec.core.types import EMPTY_DRAFT, DraftResult
+from cas_spec.strategies.variants import ModelVariant, use_variant
+
+
+class SelfDraftOptions(BaseModel):
+    """Options every self-speculative strategy shares."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stop_below: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Stop drafting when the draft's top token probability falls below this (0 = never).",
+    )
+
+
+class SelfDraftStrategy(DraftStrategy):
+    """A strategy that drafts with the target model in a cheaper mode (a `ModelVariant`)."""
+
+    deterministic = False  # samples from q when the pipeline samples
+    Options = SelfDraftOptions
+
+    def setup(self, target: Target) -> None:
+        self.target = target
+        self._variant: ModelVariant | None = None
+
+    @abstractmethod
+    def build_variant(self, state: DecodingState) -> ModelVariant:
+        """Build (once, at the first draft) the draft mode of `state.target`."""
+
+    def variant(self, state: DecodingState) -> ModelVariant | None:
+        """The variant to draft with this step (None: propose nothing)."""
+        if self._variant is None:
+            self._variant = self.build_variant(state)
+        return self._variant
+
+    def draft(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int) -> DraftResult:
+        variant = self.variant(state)
+        if variant is None or max_tokens <= 0:
+            return EMPTY_DRAFT
+        return draft_chain(variant, state, prefix, max_tokens, self.options.stop_below)
+
+
+@torch.inference_mode()
+def draft_chain(
+    variant: ModelVariant, state: DecodingState, prefix: tuple[int, ...], max_tokens: int, stop_below: float = 0.0,
+) -> DraftResult:
+    """Draft up to `max_tokens` tokens after `state.tokens + prefix` with `variant`, one token per pass."""
+    target = state.target
+    device = target.device
+    feed = [state.root_token, *prefix]
+    position = target.length
+    tokens: list[int] = []
+    confidence: list[float] = []
+    rows: list[torch.Tensor] = []
+    target.restore()
+    try:
+        with use_variant(target.adapter, variant):
+            while len(tokens) < max_tokens:
+                ids = torch.tensor([feed], dtype=torch.long, device=device)
+                positions = torch.arange(position, position + len(feed), device=device)[None]
+                logits = target.model(input_ids=ids, position_ids=positions, past_key_values=target.cache,
+                                      use_cache=True, logits_to_keep=1).logits[0, -1].float()
+                position += len(feed)
+                token, probability, top, q = _choose(logits, state)
+                if top < stop_below:
+                    break
+                tokens.append(token)
+                confidence.append(probability)
+                if q is not None:
+                    rows.append(q)
+                feed = [token]
+    finally:
+        target.restore()
+    return DraftResult(tokens=tuple(tokens), confidence=tuple(confidence),
+                       draft_probs=torch.stack(rows) if rows else None)
+
+
+def _choose(logits: torch.Tensor, state: DecodingState) -> tuple[int, float, float, torch.Tensor | None]:
+    """(token, q(token), max q, q if sampled else None) for one position's draft logits [V]."""
+    if state.sampling.greedy:
+        probs = torch.softmax(logits, dim=-1)
+        top, token = probs.max(dim=-1)
+        return int(token), float(top), float(top), None
+    q = target_probs(logits, state.sampling)
+    token = sample(q, state.generator)
+    return token, float(q[token]), float(q.max()), q
+
+
+__all__ = ["SelfDraftOptions", "SelfDraftStrategy", "draft_chain"]

@@ -1,0 +1,76 @@
+"""The chain scheduler's cost model, with fake levels, a fake cost table and fake timings (no model)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from cas_spec.core.interfaces import DraftStrategy
+from cas_spec.core.levels import Level
+from cas_spec.core.state import DecodingState
+from cas_spec.core.types import DraftResult, SamplingParams, StepTimings, Verdict
+from cas_spec.schedulers.acceptance import best_draft_length
+from cas_spec.schedulers.chain import ChainScheduler
+
+
+class Flat:
+    """A cost table where a forward over n ≤ 16 tokens costs as much as one."""
+
+    def cost(self, n: int, context: int) -> float:
+        return 1.0
+
+
+class Echo(DraftStrategy):
+    name = "echo"
+
+    def draft(self, state, prefix, max_tokens):
+        return DraftResult(tokens=tuple(range(10, 10 + max_tokens)))
+
+
+def make(k: int = 6):
+    level = Level("echo", Echo())
+    scheduler = ChainScheduler(ChainScheduler.Options(k=k, probe_interval=4), [level])
+    target = SimpleNamespace(costs=Flat(), length=50)
+    state = DecodingState(tokens=[1] * 51, prompt_length=51, sampling=SamplingParams(), generator=None,
+                          target=target, max_depth=k)
+    scheduler.start(state)
+    return scheduler, level, state
+
+
+def step(scheduler, state, *, accepted: int, draft_seconds_per_token: float, forward_seconds: float = 0.1):
+    tree = scheduler.build_tree(state)
+    drafted = tree.size - 1
+    accepted = min(accepted, drafted)
+    verdict = Verdict(accepted_nodes=tuple(range(1, accepted + 1)), accepted_tokens=(0,) * accepted, bonus_token=0)
+    proposed = scheduler.level.proposed - scheduler.proposed
+    timings = StepTimings(draft=proposed * draft_seconds_per_token, verify=forward_seconds, total=0.0)
+    scheduler.observe(tree, verdict, timings)
+    return drafted
+
+
+def test_a_free_level_drafts_up_to_k():
+    scheduler, _, state = make()
+    assert [step(scheduler, state, accepted=6, draft_seconds_per_token=0.0) for _ in range(5)] == [6] * 5
+
+
+def test_a_costly_level_is_asked_only_for_what_pays_before_it_drafts():
+    scheduler, level, state = make()
+    # First step: draft cost unknown (free), full draft; half the draft accepted.
+    assert step(scheduler, state, accepted=3, draft_seconds_per_token=0.05) == 6
+    assert scheduler.draft_cost == pytest.approx(0.5)
+    asked = []
+    for _ in range(3):
+        before = level.proposed
+        step(scheduler, state, accepted=2, draft_seconds_per_token=0.05)
+        asked.append(level.proposed - before)
+    best = best_draft_length(scheduler.estimate.alpha, 6, Flat().cost, 50, 0.5)
+    assert 0 < asked[-1] < 6 and asked[-1] <= best + 1
+
+
+def test_a_level_that_costs_more_than_it_brings_is_switched_off_and_probed():
+    scheduler, level, state = make()
+    step(scheduler, state, accepted=0, draft_seconds_per_token=0.3)  # c = 3 forwards per token
+    drafted = [step(scheduler, state, accepted=0, draft_seconds_per_token=0.3) for _ in range(8)]
+    assert drafted.count(0) >= 6  # plain steps ...
+    assert 6 in drafted  # ... with a full probe every probe_interval steps

@@ -1,0 +1,178 @@
+"""The self-speculative (DSIA) strategies: layer_sparsity, early_exit, quanto_activation.
+
+Greedy identity with plain decoding on every architecture the adapters claim and on the stories
+fixture; the q handed to the verifier is the q sampled from; seeded sampling matches the target
+distribution (slow); and a strategy that raises midway leaves the model and cache untouched.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cas_spec import load_pipeline
+from cas_spec.core.interfaces import Scheduler
+from cas_spec.core.tree import TreeBuilder
+from tests.conftest import IdTokenizer, tiny_llama
+from tests.core.test_engine_greedy import repetitive_prompt
+from tests.verifiers.test_sampling_verifier import chi2_critical, chi2_goodness
+
+AUTOREGRESSIVE = {"scheduler": {"kind": "autoregressive"}, "calibration": "off"}
+
+LEVELS = {
+    "early_exit": {"kind": "early_exit", "options": {"exit_layer": 2}},
+    "early_exit_no_reuse": {"kind": "early_exit", "options": {"exit_layer": 1, "reuse_kv": False}},
+    "layer_sparsity": {"kind": "layer_sparsity", "options": {"skip": ["1.mlp", "2.attention"]}},
+    "quanto_activation": {"kind": "quanto_activation", "options": {"backend": "dynamic_int8"}},
+    "skip_int8": {"kind": "layer_sparsity", "options": {"skip": ["2.mlp"], "quantize": "dynamic_int8"}},
+}
+
+
+def chain(name: str, k: int = 4, **sampling) -> dict:
+    return {"scheduler": {"kind": "chain", "options": {"level": name, "k": k, "adaptive": False}},
+            "levels": [{"name": name, **LEVELS[name]}], "calibration": "off",
+            **({"sampling": sampling} if sampling else {})}
+
+
+FAMILIES = [dict(family="llama", layers=4), dict(family="qwen2", layers=4, kv_heads=1),
+            dict(family="mistral", layers=4), dict(family="llama", layers=4, attn="eager")]
+
+
+@pytest.mark.parametrize("level", sorted(LEVELS))
+@pytest.mark.parametrize("shape", FAMILIES, ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
+def test_greedy_output_equals_plain_decoding_on_tiny_models(level, shape):
+    model = tiny_llama(3, **shape)
+    prompt = repetitive_prompt(3, model.config.vocab_size)
+    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=40)
+    speculative = load_pipeline(chain(level), model=model, tokenizer=IdTokenizer())
+    got = speculative.generate(prompt, max_new_tokens=40)
+    assert got.token_ids == plain.token_ids
+    assert got.stats.levels[level].drafted > 0
+
+
+@pytest.mark.parametrize("level", ["early_exit", "layer_sparsity", "quanto_activation"])
+def test_greedy_output_equals_plain_decoding_on_stories(stories, level):
+    model, tokenizer = stories
+    levels = {"early_exit": {"kind": "early_exit", "options": {"exit_layer": 3}},
+              "layer_sparsity": {"kind": "layer_sparsity", "options": {"skip": ["1.mlp", "2.attention", "3.mlp"]}},
+              "quanto_activation": {"kind": "quanto_activation"}}
+    config = {"scheduler": {"kind": "chain", "options": {"k": 4, "adaptive": False}}, "calibration": "off",
+              "levels": [{"name": level, **levels[level]}]}
+    prompt = "Once upon a time, there was a little girl named Lily. She"
+    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(prompt, max_new_tokens=60, chat=False)
+    got = load_pipeline(config, model=model, tokenizer=tokenizer).generate(prompt, max_new_tokens=60, chat=False)
+    assert got.token_ids == plain.token_ids
+    assert got.stats.mean_acceptance_length > 1.0
+
+
+class RoundRobinTree(Scheduler):
+    """Test scheduler: every level drafts a branch below the root, and the first level extends
+    each other branch's first token, so siblings come from different levels and branches share
+    prefixes."""
+
+    name = "round_robin_tree"
+
+    def build_tree(self, state):
+        builder = TreeBuilder(state.root_token)
+        budget = max(state.max_depth, 0)
+        for level in self.levels:
+            draft = level.draft(state, (), min(3, budget))
+            node = builder.add_chain(0, draft, level.name)
+            if len(draft) and budget > 1 and level is not self.levels[0]:
+                more = self.levels[0].draft(state, builder.path_tokens(node[0]), min(2, budget - 1))
+                builder.add_chain(node[0], more, self.levels[0].name)
+        return builder.build()
+
+
+def test_three_dsia_levels_in_one_pipeline_draft_a_shared_tree_losslessly():
+    from cas_spec.core.config import load_config
+    from cas_spec.core.hookspecs import hookimpl
+    from cas_spec.core.pipeline import Pipeline
+    from cas_spec.core.plugins import build_plugins
+
+    class Plugin:
+        @hookimpl
+        def register_schedulers(self, registry):
+            registry.add(RoundRobinTree)
+
+    plugins = build_plugins(entry_points=(), extra=[Plugin()])
+    config = load_config({
+        "scheduler": {"kind": "round_robin_tree"}, "calibration": "off",
+        "levels": [{"name": n, **LEVELS[n]} for n in ("quanto_activation", "layer_sparsity", "early_exit")],
+    }, plugins=plugins)
+    for seed in (0, 1):
+        model = tiny_llama(seed, layers=4)
+        prompt = repetitive_prompt(seed, model.config.vocab_size)
+        plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=40)
+        got = Pipeline(config, model, IdTokenizer(), plugins=plugins).generate(prompt, max_new_tokens=40)
+        assert got.token_ids == plain.token_ids
+        assert all(stats.drafted > 0 for stats in got.stats.levels.values())
+
+
+@pytest.mark.parametrize("level", ["early_exit", "layer_sparsity", "quanto_activation"])
+def test_sampling_draft_probs_are_the_distribution_sampled_from(level):
+    """Each returned row of q is the warped softmax of the variant's logits at that position, and
+    the token is a draw from it (rebuilt here from the variant directly)."""
+    from cas_spec.core.sampling import target_probs
+    from cas_spec.core.types import SamplingParams
+    from cas_spec.strategies.variants import use_variant
+
+    model = tiny_llama(5, layers=4)
+    sampling = SamplingParams(temperature=0.8, top_k=20, top_p=0.9, seed=1)
+    pipe = load_pipeline(chain(level, temperature=0.8, top_k=20, top_p=0.9), model=model, tokenizer=IdTokenizer())
+    strategy = pipe.levels[0].strategy
+    seen = []
+    original = strategy.draft
+
+    def spy(state, prefix, max_tokens):
+        result = original(state, prefix, max_tokens)
+        seen.append((list(state.tokens), result))
+        return result
+
+    strategy.draft = spy
+    pipe.generate(repetitive_prompt(5, 96), max_new_tokens=12, temperature=0.8, top_k=20, top_p=0.9, seed=1)
+    assert seen and all(r.draft_probs is not None for _, r in seen if len(r))
+    tokens, result = next((t, r) for t, r in seen if len(r) >= 2)
+    # Teacher-forced: the committed tokens through the target, then the root and the drafted
+    # tokens one at a time (dynamic int8 scales depend on the batch) through the variant, reading
+    # the target's KV as the drafter does.
+    cache = pipe.adapter.new_cache()
+    rows = []
+    with torch.no_grad():
+        model(input_ids=torch.tensor([tokens[:-1]]), past_key_values=cache, use_cache=True)
+        with use_variant(pipe.adapter, strategy._variant):
+            for i, token in enumerate([tokens[-1], *result.tokens[:-1]]):
+                logits = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True,
+                               position_ids=torch.tensor([[len(tokens) - 1 + i]])).logits[0, -1]
+                rows.append(target_probs(logits.float(), sampling))
+    rows = torch.stack(rows)
+    torch.testing.assert_close(result.draft_probs, rows, atol=1e-5, rtol=1e-4)
+    for i, token in enumerate(result.tokens):
+        assert rows[i, token] > 0
+        assert result.confidence[i] == pytest.approx(float(rows[i, token]), abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", ["early_exit", "layer_sparsity", "quanto_activation"])
+def test_seeded_sampling_matches_the_target_distribution(level):
+    vocab = 12
+    model = tiny_llama(0, vocab=vocab, hidden=16, layers=4, heads=2, kv_heads=1, intermediate=16)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(6.0)  # a peakier target: drafts get accepted and rejected
+    prompt = [5, 7, 5, 7, 5]
+    with torch.no_grad():
+        first = torch.softmax(model(input_ids=torch.tensor([prompt])).logits[0, -1].double(), -1)
+        second = torch.softmax(model(input_ids=torch.tensor([prompt + [a] for a in range(vocab)])).logits[:, -1].double(), -1)
+    eos = 2
+    exact = {(a, b): float(first[a] * second[a, b]) for a in range(vocab) for b in range(vocab) if a != eos}
+    exact[(eos,)] = float(first[eos])
+    pipe = load_pipeline(chain(level, k=2, temperature=1.0), model=model, tokenizer=IdTokenizer())
+    runs, counts, accepted = 3000, {}, 0
+    for seed in range(runs):
+        result = pipe.generate(list(prompt), max_new_tokens=2, temperature=1.0, seed=seed)
+        key = tuple(result.token_ids)
+        counts[key] = counts.get(key, 0) + 1
+        accepted += result.stats.levels[level].accepted
+    assert accepted > 0.1 * runs, "drafts must be accepted often enough for the test to mean anything"
+    stat, df = chi2_goodness(counts, exact, runs)
+    assert stat < chi2_critical(df, 1e-3), (stat, df)
