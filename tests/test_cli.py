@@ -213,7 +213,10 @@ sampling: {temperature: -0.5}
 
 def test_validate_unknown_preset(capsys):
     code, out, err = run(capsys, "validate", "nonesuch")
-    assert_user_error(code, out, err, "no file or preset named 'nonesuch'; presets: autoregressive, default")
+    from cas_spec.core.config import preset_names
+
+    assert {"autoregressive", "default", "cas-spec", "quanto-activation"} <= set(preset_names())
+    assert_user_error(code, out, err, f"no file or preset named 'nonesuch'; presets: {', '.join(preset_names())}")
 
 
 # -- plugins ------------------------------------------------------------------------------------
@@ -238,7 +241,8 @@ def test_plugins_json(capsys):
     data = json.loads(out)
     assert data["strategies"] == {name: "cas_spec.strategies" for name in (
         "early_exit", "layer_sparsity", "max_gram", "prompt_lookup", "quanto_activation")}
-    assert data["schedulers"] == {"autoregressive": "cas_spec.schedulers", "chain": "cas_spec.schedulers"}
+    assert data["schedulers"] == {name: "cas_spec.schedulers" for name in (
+        "autoregressive", "chain", "cs_drafting", "dytc", "lookup_tree", "static_tree")}
     assert data["verifiers"] == {"greedy": "cas_spec.verifiers", "sampling": "cas_spec.verifiers"}
     assert data["adapters"] == {"llama": "cas_spec.adapters", "gemma3": "cas_spec.adapters"}
     assert data["plugins"][:4] == ["cas_spec.strategies", "cas_spec.schedulers", "cas_spec.verifiers",

@@ -35,7 +35,7 @@ def test_a_yaml_file_is_named_after_its_stem(tmp_path):
 
 @pytest.mark.parametrize("text,fragments", [
     ("default,defualt", ["--methods entry 'defualt'", "no file or preset named 'defualt'",
-                         "presets: autoregressive, default"]),
+                         "presets: autoregressive, cas-spec, cs-drafting, default"]),
     ("hf:early_exit:x", ["--methods entry 'hf:early_exit:x'", "positive integer"]),
     ("hf:early_exit:0", ["--methods entry 'hf:early_exit:0'", "positive integer"]),
     ("hf:early_exit:", ["--methods entry 'hf:early_exit:'", "positive integer"]),

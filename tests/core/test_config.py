@@ -154,7 +154,7 @@ def test_extends_must_be_a_string(tmp_path):
 
 def test_unknown_source_names_the_presets(tmp_path):
     (problem,) = problems_of("no-such-preset")
-    assert "no-such-preset" in problem and "autoregressive, default" in problem
+    assert "no-such-preset" in problem and "autoregressive, cas-spec, cs-drafting, default" in problem
     (problem,) = problems_of(tmp_path / "missing.yaml")
     assert "no such pipeline file" in problem
 
@@ -299,7 +299,7 @@ def test_chain_scheduler_without_levels():
 
 def test_unknown_scheduler():
     (problem,) = problems_of({"scheduler": {"kind": "tree"}})
-    assert problem == "scheduler.kind: unknown scheduler 'tree'; available: autoregressive, chain"
+    assert problem == "scheduler.kind: unknown scheduler 'tree'; available: autoregressive, chain, cs_drafting, dytc, lookup_tree, static_tree"
 
 
 def test_yaml_syntax_error_reports_a_line(tmp_path):

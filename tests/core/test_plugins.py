@@ -22,7 +22,7 @@ from tests.conftest import IdTokenizer, tiny_llama
 
 BUILTINS = {
     "strategy": ["early_exit", "layer_sparsity", "max_gram", "prompt_lookup", "quanto_activation"],
-    "scheduler": ["autoregressive", "chain"],
+    "scheduler": ["autoregressive", "chain", "cs_drafting", "dytc", "lookup_tree", "static_tree"],
     "verifier": ["greedy", "sampling"],
     "adapter": ["gemma3", "llama"],
 }
@@ -123,7 +123,7 @@ def test_unknown_names_list_the_available_ones():
     plugins = build_plugins()
     with pytest.raises(UnknownPluginError, match=r"^unknown strategy 'nope'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation$"):
         plugins.strategies.get("nope")
-    with pytest.raises(UnknownPluginError, match=r"^unknown scheduler 'tree'; available: autoregressive, chain$"):
+    with pytest.raises(UnknownPluginError, match=r"^unknown scheduler 'tree'; available: autoregressive, chain, cs_drafting, dytc, lookup_tree, static_tree$"):
         plugins.schedulers.get("tree")
     with pytest.raises(UnknownPluginError, match=r"^unknown adapter 'gpt2'; available: gemma3, llama$"):
         plugins.registry("adapter").get("gpt2")

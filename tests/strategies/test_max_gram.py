@@ -452,7 +452,7 @@ def test_chain_max_gram_equals_plain_greedy_on_tiny_models(seed, options, tmp_pa
 @pytest.mark.parametrize("prompt", STORY_PROMPTS)
 def test_max_gram_preset_equals_plain_greedy_on_stories(stories, prompt):
     model, tokenizer = stories
-    speculative = load_pipeline("max_gram", model=model, tokenizer=tokenizer)
+    speculative = load_pipeline("max-gram", model=model, tokenizer=tokenizer)
     assert [(level.name, level.strategy.name) for level in speculative.levels] == [("mag", "max_gram")]
     got = speculative.generate(prompt, max_new_tokens=200)
     plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(prompt, max_new_tokens=200)

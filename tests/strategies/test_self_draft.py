@@ -176,3 +176,30 @@ def test_seeded_sampling_matches_the_target_distribution(level):
     assert accepted > 0.1 * runs, "drafts must be accepted often enough for the test to mean anything"
     stat, df = chi2_goodness(counts, exact, runs)
     assert stat < chi2_critical(df, 1e-3), (stat, df)
+
+
+@pytest.mark.parametrize("level", ["early_exit", "layer_sparsity"])
+def test_review_gives_the_levels_own_distribution_at_each_drafted_token(level):
+    """A level reviewing a draft (CS-Drafting's vertical cascade) sees, in one pass, the
+    distributions it would draft from one token at a time; the cache is left as it was."""
+    from cas_spec.core.state import DecodingState
+    from cas_spec.core.types import SamplingParams
+
+    model = tiny_llama(6, layers=4)
+    sampling = SamplingParams(temperature=0.9, top_k=30)
+    pipe = load_pipeline(chain(level), model=model, tokenizer=IdTokenizer())
+    strategy = pipe.levels[0].strategy
+    prompt = repetitive_prompt(6, 96)
+    pipe.target.prefill(prompt[:-1])
+    state = DecodingState(tokens=list(prompt), prompt_length=len(prompt), sampling=sampling,
+                          generator=torch.Generator().manual_seed(0), target=pipe.target)
+    lengths = [layer.get_seq_length() for layer in pipe.target.cache.layers]
+    drafted = strategy.draft(state, (7,), 3)
+    reviewed = strategy.review(state, (7,), drafted.tokens)
+    assert reviewed.shape == (4, model.config.vocab_size)
+    torch.testing.assert_close(reviewed[:3], drafted.draft_probs, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(reviewed.sum(-1), torch.ones(4))
+    assert [layer.get_seq_length() for layer in pipe.target.cache.layers] == lengths
+    assert pipe.levels[0].strategy.review is not None
+    from cas_spec.strategies.prompt_lookup import PromptLookup
+    assert PromptLookup().review(state, (), (1, 2)) is None

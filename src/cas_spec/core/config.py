@@ -35,6 +35,8 @@ class LevelConfig(_Strict):
 class SchedulerConfig(_Strict):
     kind: str = Field("chain", description="Registered scheduler name.")
     options: dict[str, Any] = Field(default_factory=dict, description="The scheduler's options.")
+    gate: bool = Field(False, description="Wrap the scheduler in the never-slower gate: decode plainly "
+                       "while measured speculation is slower than plain decoding, and probe again later.")
 
 
 class SamplingConfig(_Strict):

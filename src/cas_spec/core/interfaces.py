@@ -58,6 +58,13 @@ class DraftStrategy(Plugin):
         `draft_probs` must be the exact distribution each token was sampled from, or None.
         """
 
+    def review(self, state: DecodingState, prefix: tuple[int, ...], tokens: tuple[int, ...]) -> torch.Tensor | None:
+        """This level's own distribution at each of `tokens` and after the last one, for a cascade
+        in which it reviews a cheaper level's draft: [len(tokens) + 1, V] float32, row i = its
+        distribution after `state.tokens + prefix + tokens[:i]` (warped like the target's), or None
+        when the strategy cannot review (lookup strategies)."""
+        return None
+
 
 class Scheduler(Plugin):
     """Decides, every step, which levels draft which part of the token tree."""

@@ -53,6 +53,10 @@ class Pipeline:
             self.target.costs = self.calibration.costs
         scheduler_cls = plugins.schedulers.get(config.scheduler.kind)
         self.scheduler = scheduler_cls(scheduler_cls.Options(**config.scheduler.options), self.levels)
+        if config.scheduler.gate:
+            from cas_spec.schedulers.gate import NeverSlowerGate
+
+            self.scheduler = NeverSlowerGate(self.scheduler)
         self._verifiers = {name: plugins.verifiers.get(name)() for name in plugins.verifiers.names()}
 
     def calibrate(self, quick: bool = False, use_cache: bool = True, progress: bool = True):

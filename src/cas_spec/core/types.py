@@ -39,10 +39,16 @@ class DraftResult:
     tokens: tuple[int, ...]
     confidence: tuple[float, ...] = ()
     draft_probs: torch.Tensor | None = None  # [K, V] float32, row i = q that tokens[i] was sampled from
+    # Per drafted position, the drafter's runners-up as (token, probability), most likely first,
+    # the drafted token excluded; () when the drafter has none (lookup). Tree schedulers may add
+    # them as siblings: they are deterministic proposals (point masses for the verifier).
+    alternatives: tuple[tuple[tuple[int, float], ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.confidence and len(self.confidence) != len(self.tokens):
             raise ValueError("confidence must have one value per drafted token")
+        if self.alternatives and len(self.alternatives) != len(self.tokens):
+            raise ValueError("alternatives must have one entry per drafted token")
         if self.draft_probs is not None and self.draft_probs.shape[0] != len(self.tokens):
             raise ValueError("draft_probs must have one row per drafted token")
 

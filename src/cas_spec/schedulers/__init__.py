@@ -3,11 +3,19 @@
 from cas_spec.core.hookspecs import hookimpl
 from cas_spec.schedulers.autoregressive import AutoregressiveScheduler
 from cas_spec.schedulers.chain import ChainScheduler
+from cas_spec.schedulers.cs_drafting import CSDraftingScheduler
+from cas_spec.schedulers.dytc import DytcScheduler
+from cas_spec.schedulers.lookup_tree import LookupTreeScheduler
+from cas_spec.schedulers.static_tree import StaticTreeScheduler
 
-__all__ = ["AutoregressiveScheduler", "ChainScheduler"]
+__all__ = ["AutoregressiveScheduler", "CSDraftingScheduler", "ChainScheduler", "DytcScheduler", "LookupTreeScheduler", "StaticTreeScheduler"]
 
 
 @hookimpl
 def register_schedulers(registry):
     registry.add(AutoregressiveScheduler)
     registry.add(ChainScheduler)
+    registry.add(CSDraftingScheduler)
+    registry.add(DytcScheduler)
+    registry.add(StaticTreeScheduler)
+    registry.add(LookupTreeScheduler)

@@ -8,7 +8,7 @@ m + 1 tokens. α is estimated per level as an exponential moving average over ve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def expected_tokens(alpha: float, drafted: int) -> float:
@@ -50,3 +50,74 @@ def best_draft_length(alpha: float, available: int, cost, context: int, draft_co
         if value > best_value * (1 + 1e-9):
             best, best_value = m, value
     return best
+
+
+@dataclass
+class WindowedAcceptance:
+    """DyTC's per-level estimate (`notes/papers.md` §1.3): α̂ ← λ·α̂ + (1 − λ)·α_recent, with
+    α_recent the acceptance rate over the last `window` steps (steps that did not verify the
+    level's tokens count as nothing, so old evidence ages out even while the level is unused).
+
+    Counted per node whose parent was accepted (the i.i.d. chain model's α). Until `warmup` steps
+    with evidence are seen, α̂ is the running rate with `prior` worth two observations, so a new
+    level is tried and the first steps do not swing it too far."""
+
+    prior: float = 0.6
+    decay: float = 0.7  # λ
+    window: int = 20  # H, in steps
+    warmup: int = 20
+    alpha: float = 0.6
+    steps: int = 0  # steps with evidence
+    history: list[tuple[int, int]] = field(default_factory=list)  # (eligible, accepted) per step
+
+    def __post_init__(self) -> None:
+        self.alpha = self.prior
+
+    def update(self, eligible: int, accepted: int) -> None:
+        """One verified step: `accepted` of the `eligible` tokens of this level (0, 0 if unused)."""
+        self.history.append((eligible, accepted))
+        del self.history[:-self.window]
+        if eligible <= 0:
+            return
+        self.steps += 1
+        seen = sum(e for e, _ in self.history)
+        hits = sum(a for _, a in self.history)
+        if self.steps <= self.warmup:
+            self.alpha = (hits + 2 * self.prior) / (seen + 2)
+        else:
+            self.alpha = self.decay * self.alpha + (1 - self.decay) * hits / seen
+
+
+@dataclass
+class ConfidenceCalibration:
+    """Acceptance probability of a drafted token given its drafter's confidence, learned online.
+
+    Confidences are bucketed (draft probabilities in fifths; lookup match lengths 1..6+). A
+    token's probability is the level's α̂ scaled by how its bucket fares against the level's
+    tokens overall (both counted with forgetting, shrunk by `strength` pseudo-observations), so
+    the level's α̂ sets the level and the buckets only rank tokens within it."""
+
+    strength: float = 3.0
+    decay: float = 0.98
+    buckets: dict[int, list[float]] = field(default_factory=dict)  # key -> [accepted, eligible]
+
+    @staticmethod
+    def bucket(confidence: float, alternative: bool = False) -> int:
+        key = 10 + min(int(confidence), 6) if confidence >= 1.0 else min(int(confidence * 5), 4)
+        return key + (100 if alternative else 0)
+
+    def probability(self, key: int, alpha: float) -> float:
+        accepted, eligible = self.buckets.get(key, (0.0, 0.0))
+        total_accepted = sum(a for a, _ in self.buckets.values())
+        total_eligible = sum(e for _, e in self.buckets.values())
+        overall = (total_accepted + self.strength * 0.5) / (total_eligible + self.strength)
+        rate = (accepted + self.strength * overall) / (eligible + self.strength)
+        return min(alpha * rate / overall, 1.0)
+
+    def update(self, key: int, accepted: bool) -> None:
+        for counts in self.buckets.values():
+            counts[0] *= self.decay
+            counts[1] *= self.decay
+        counts = self.buckets.setdefault(key, [0.0, 0.0])
+        counts[0] += float(accepted)
+        counts[1] += 1.0

@@ -68,6 +68,7 @@ class LayerSparsity(SelfDraftStrategy):
         self.count = int((adapter.num_layers - 2) * 2 * options.sparsity)
         self.fingerprint = model_fingerprint(target.model)
         self.search: SkipSearch | None = None
+        self._searched_at: tuple[int, int] | None = None  # (generation, step) of the last search step
         self.skip: frozenset[Sublayer]
         if options.skip is not None:
             self.skip = frozenset(Sublayer.parse(s) for s in options.skip)
@@ -103,9 +104,17 @@ class LayerSparsity(SelfDraftStrategy):
                              description=f"{len(skip)} sublayers skipped")
 
     def draft(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int) -> DraftResult:
-        if self.search is not None and not self.search.done:
-            self.search_step(state)
+        self._search_once_per_step(state)
         return super().draft(state, prefix, max_tokens)
+
+    def review(self, state: DecodingState, prefix: tuple[int, ...], tokens: tuple[int, ...]) -> torch.Tensor | None:
+        self._search_once_per_step(state)  # a level that only reviews (CS-Drafting) searches too
+        return super().review(state, prefix, tokens)
+
+    def _search_once_per_step(self, state: DecodingState) -> None:
+        if self.search is not None and not self.search.done and self._searched_at != (id(state), state.step):
+            self._searched_at = (id(state), state.step)
+            self.search_step(state)
 
     def search_step(self, state: DecodingState) -> None:
         """Score one candidate on the committed tokens; adopt it if it beats the best so far."""

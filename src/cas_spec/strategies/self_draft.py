@@ -31,6 +31,9 @@ from cas_spec.core.types import EMPTY_DRAFT, DraftResult
 from cas_spec.strategies.variants import ModelVariant, use_variant
 
 
+ALTERNATIVES = 8  # runners-up reported per drafted token, for tree schedulers
+
+
 class SelfDraftOptions(BaseModel):
     """Options every self-speculative strategy shares."""
 
@@ -68,6 +71,10 @@ class SelfDraftStrategy(DraftStrategy):
             return EMPTY_DRAFT
         return draft_chain(variant, state, prefix, max_tokens, self.options.stop_below)
 
+    def review(self, state: DecodingState, prefix: tuple[int, ...], tokens: tuple[int, ...]) -> torch.Tensor | None:
+        variant = self.variant(state)
+        return None if variant is None else review_chain(variant, state, prefix, tokens)
+
 
 @torch.inference_mode()
 def draft_chain(
@@ -81,6 +88,7 @@ def draft_chain(
     tokens: list[int] = []
     confidence: list[float] = []
     rows: list[torch.Tensor] = []
+    alternatives: list[tuple[tuple[int, float], ...]] = []
     target.restore()
     try:
         with use_variant(target.adapter, variant):
@@ -90,29 +98,59 @@ def draft_chain(
                 logits = target.model(input_ids=ids, position_ids=positions, past_key_values=target.cache,
                                       use_cache=True, logits_to_keep=1).logits[0, -1].float()
                 position += len(feed)
-                token, probability, top, q = _choose(logits, state)
+                token, probs, sampled = _choose(logits, state)
+                probability, top = float(probs[token]), float(probs.max())
                 if top < stop_below:
                     break
                 tokens.append(token)
                 confidence.append(probability)
-                if q is not None:
-                    rows.append(q)
+                alternatives.append(_runners_up(probs, token))
+                if sampled:
+                    rows.append(probs)
                 feed = [token]
     finally:
         target.restore()
     return DraftResult(tokens=tuple(tokens), confidence=tuple(confidence),
-                       draft_probs=torch.stack(rows) if rows else None)
+                       draft_probs=torch.stack(rows) if rows else None, alternatives=tuple(alternatives))
 
 
-def _choose(logits: torch.Tensor, state: DecodingState) -> tuple[int, float, float, torch.Tensor | None]:
-    """(token, q(token), max q, q if sampled else None) for one position's draft logits [V]."""
+@torch.inference_mode()
+def review_chain(variant: ModelVariant, state: DecodingState, prefix: tuple[int, ...],
+                 tokens: tuple[int, ...]) -> torch.Tensor:
+    """[len(tokens) + 1, V] distributions of `variant` (warped as the target's p; one-hot argmax
+    when greedy) after `state.tokens + prefix + tokens[:i]`, in one teacher-forced pass."""
+    target = state.target
+    device = target.device
+    feed = [state.root_token, *prefix, *tokens]
+    positions = torch.arange(target.length, target.length + len(feed), device=device)[None]
+    target.restore()
+    try:
+        with use_variant(target.adapter, variant):
+            logits = target.model(input_ids=torch.tensor([feed], dtype=torch.long, device=device),
+                                  position_ids=positions, past_key_values=target.cache, use_cache=True,
+                                  logits_to_keep=len(tokens) + 1).logits[0].float()
+    finally:
+        target.restore()
+    return target_probs(logits, state.sampling)
+
+
+def _runners_up(probs: torch.Tensor, chosen: int) -> tuple[tuple[int, float], ...]:
+    """The ALTERNATIVES most likely tokens other than `chosen`, with their draft probability."""
+    top = torch.topk(probs, ALTERNATIVES + 1)
+    pairs = zip(top.indices.tolist(), top.values.tolist(), strict=True)
+    return tuple((t, p) for t, p in pairs if t != chosen and p > 0)[:ALTERNATIVES]
+
+
+def _choose(logits: torch.Tensor, state: DecodingState) -> tuple[int, torch.Tensor, bool]:
+    """(token, draft probabilities [V], whether the token was sampled from them) for one position.
+
+    Greedy: the argmax, with the plain softmax as confidence. Sampling: a draw from q, warped
+    exactly as the target's p is."""
     if state.sampling.greedy:
         probs = torch.softmax(logits, dim=-1)
-        top, token = probs.max(dim=-1)
-        return int(token), float(top), float(top), None
+        return int(probs.argmax()), probs, False
     q = target_probs(logits, state.sampling)
-    token = sample(q, state.generator)
-    return token, float(q[token]), float(q.max()), q
+    return sample(q, state.generator), q, True
 
 
-__all__ = ["SelfDraftOptions", "SelfDraftStrategy", "draft_chain"]
+__all__ = ["SelfDraftOptions", "SelfDraftStrategy", "draft_chain", "review_chain"]
