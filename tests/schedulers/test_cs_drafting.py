@@ -380,18 +380,11 @@ def test_greedy_output_equals_plain_decoding_on_stories(stories, leniency):
 @pytest.mark.slow
 @pytest.mark.parametrize("leniency", [1.0, 3.0])
 def test_seeded_sampling_matches_the_target_distribution(leniency):
-    vocab = 12
-    model = tiny_llama(0, vocab=vocab, hidden=16, layers=4, heads=2, kv_heads=1, intermediate=16)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(6.0)  # a peakier target: drafts get accepted and rejected
-    prompt = [5, 7, 5, 7, 5]
-    with torch.no_grad():
-        first = torch.softmax(model(input_ids=torch.tensor([prompt])).logits[0, -1].double(), -1)
-        batch = torch.tensor([prompt + [a] for a in range(vocab)])
-        second = torch.softmax(model(input_ids=batch).logits[:, -1].double(), -1)
-    eos = 2
-    exact = {(a, b): float(first[a] * second[a, b]) for a in range(vocab) for b in range(vocab) if a != eos}
-    exact[(eos,)] = float(first[eos])
+    from tests.helpers import PROMPT, peaked_tiny_model, two_token_distribution
+
+    model = peaked_tiny_model()
+    prompt = PROMPT
+    exact = two_token_distribution(model, prompt)
     levels = [TINY_LEVELS[0], TINY_LEVELS[1], {"name": "mag", "kind": "max_gram"}]
     config = {**cs_config(levels, leniency=leniency, k_matrix=[[1, 1, 1], [0, 1, 1], [0, 0, 2]]),
               "sampling": {"temperature": 1.0}}

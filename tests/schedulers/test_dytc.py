@@ -189,17 +189,11 @@ def test_dytc_sampling_matches_the_target_distribution():
     level beside it: the 2-token output distribution is the target's."""
     from tests.verifiers.test_sampling_verifier import chi2_critical, chi2_goodness
 
-    vocab = 12
-    model = tiny_llama(0, vocab=vocab, hidden=16, layers=4, heads=2, kv_heads=1, intermediate=16)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(6.0)
-    prompt = [5, 7, 5, 7, 5]
-    with torch.no_grad():
-        first = torch.softmax(model(input_ids=torch.tensor([prompt])).logits[0, -1].double(), -1)
-        second = torch.softmax(model(input_ids=torch.tensor([prompt + [a] for a in range(vocab)])).logits[:, -1].double(), -1)
-    eos = 2
-    exact = {(a, b): float(first[a] * second[a, b]) for a in range(vocab) for b in range(vocab) if a != eos}
-    exact[(eos,)] = float(first[eos])
+    from tests.helpers import PROMPT, peaked_tiny_model, two_token_distribution
+
+    model = peaked_tiny_model()
+    prompt = PROMPT
+    exact = two_token_distribution(model, prompt)
     config = {"scheduler": {"kind": "dytc", "options": {"siblings": 3, "sibling_min_prob": 0.0, "warmup": 0}},
               "levels": [{"name": "exit2", "kind": "early_exit", "options": {"exit_layer": 2}},
                          {"name": "pld", "kind": "prompt_lookup"}],

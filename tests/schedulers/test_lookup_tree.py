@@ -27,6 +27,7 @@ from cas_spec.schedulers.lookup_tree import (
 from cas_spec.strategies.prompt_lookup import Match, NgramIndex, PromptLookup, PromptLookupOptions
 from tests.conftest import IdTokenizer, tiny_llama
 from tests.core.test_engine_greedy import repetitive_prompt
+from tests.helpers import record_trees
 from tests.strategies.test_self_draft import AUTOREGRESSIVE
 
 
@@ -298,16 +299,6 @@ def lookup(**options) -> dict:
             "levels": [{"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "min_ngram": 1}}]}
 
 
-def record_trees(pipe) -> list:
-    seen = []
-    observe = pipe.scheduler.observe
-
-    def spy(tree, verdict, timings):
-        seen.append((tree, verdict))
-        observe(tree, verdict, timings)
-
-    pipe.scheduler.observe = spy
-    return seen
 
 
 CPU_COSTS = Table(lambda n: {1: 1.0, 2: 1.7, 3: 2.16, 4: 1.79}.get(n, 1.79 + 0.04 * (n - 4)))

@@ -21,6 +21,7 @@ from cas_spec.schedulers.static_tree import StaticTreeOptions, StaticTreeSchedul
 from tests.conftest import IdTokenizer, tiny_llama
 from tests.core.test_engine_greedy import repetitive_prompt
 from tests.strategies.test_self_draft import AUTOREGRESSIVE, LEVELS
+from tests.helpers import PROMPT, peaked_tiny_model, record_trees, two_token_distribution
 from tests.verifiers.test_sampling_verifier import chi2_critical, chi2_goodness
 
 
@@ -221,17 +222,6 @@ def static(name: str, **options) -> dict:
             "levels": [{"name": name, **LEVELS[name]}], "calibration": "off"}
 
 
-def record_trees(pipe) -> list:
-    """Spy on the scheduler: (tree, verdict) of every verified step."""
-    seen = []
-    observe = pipe.scheduler.observe
-
-    def spy(tree, verdict, timings):
-        seen.append((tree, verdict))
-        observe(tree, verdict, timings)
-
-    pipe.scheduler.observe = spy
-    return seen
 
 
 def assert_real_trees(seen) -> None:
@@ -283,19 +273,11 @@ def test_greedy_output_equals_plain_decoding_on_stories(stories, level):
 @pytest.mark.slow
 def test_seeded_sampling_matches_the_target_distribution():
     level = "early_exit"
-    vocab = 12
     # Seed and scale chosen (by the exact algebra) so that the drafted token is rejected about a
     # third of the time and a point-mass sibling then accepted most of the time: both paths count.
-    model = tiny_llama(25, vocab=vocab, hidden=16, layers=4, heads=2, kv_heads=1, intermediate=16)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(20.0)
-    prompt = [5, 7, 5, 7, 5]
-    with torch.no_grad():
-        first = torch.softmax(model(input_ids=torch.tensor([prompt])).logits[0, -1].double(), -1)
-        second = torch.softmax(model(input_ids=torch.tensor([prompt + [a] for a in range(vocab)])).logits[:, -1].double(), -1)
-    eos = 2
-    exact = {(a, b): float(first[a] * second[a, b]) for a in range(vocab) for b in range(vocab) if a != eos}
-    exact[(eos,)] = float(first[eos])
+    model = peaked_tiny_model(seed=25, scale=20.0)
+    prompt = PROMPT
+    exact = two_token_distribution(model, prompt)
     config = static(level, k=2, sampling_widths=(4, 4, 4, 4))
     config["sampling"] = {"temperature": 1.0}
     pipe = load_pipeline(config, model=model, tokenizer=IdTokenizer())

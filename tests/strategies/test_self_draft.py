@@ -15,6 +15,7 @@ from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.tree import TreeBuilder
 from tests.conftest import IdTokenizer, tiny_llama
 from tests.core.test_engine_greedy import repetitive_prompt
+from tests.helpers import PROMPT, peaked_tiny_model, two_token_distribution
 from tests.verifiers.test_sampling_verifier import chi2_critical, chi2_goodness
 
 AUTOREGRESSIVE = {"scheduler": {"kind": "autoregressive"}, "calibration": "off"}
@@ -155,17 +156,9 @@ def test_sampling_draft_probs_are_the_distribution_sampled_from(level):
 @pytest.mark.slow
 @pytest.mark.parametrize("level", ["early_exit", "layer_sparsity", "quanto_activation"])
 def test_seeded_sampling_matches_the_target_distribution(level):
-    vocab = 12
-    model = tiny_llama(0, vocab=vocab, hidden=16, layers=4, heads=2, kv_heads=1, intermediate=16)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(6.0)  # a peakier target: drafts get accepted and rejected
-    prompt = [5, 7, 5, 7, 5]
-    with torch.no_grad():
-        first = torch.softmax(model(input_ids=torch.tensor([prompt])).logits[0, -1].double(), -1)
-        second = torch.softmax(model(input_ids=torch.tensor([prompt + [a] for a in range(vocab)])).logits[:, -1].double(), -1)
-    eos = 2
-    exact = {(a, b): float(first[a] * second[a, b]) for a in range(vocab) for b in range(vocab) if a != eos}
-    exact[(eos,)] = float(first[eos])
+    model = peaked_tiny_model()
+    prompt = PROMPT
+    exact = two_token_distribution(model, prompt)
     pipe = load_pipeline(chain(level, k=2, temperature=1.0), model=model, tokenizer=IdTokenizer())
     runs, counts, accepted = 3000, {}, 0
     for seed in range(runs):

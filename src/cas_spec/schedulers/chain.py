@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.state import DecodingState
 from cas_spec.core.tree import chain_tree
 from cas_spec.core.types import EMPTY_DRAFT, DraftResult, StepTimings, TokenTree, Verdict
 from cas_spec.schedulers.acceptance import AcceptanceEstimate, best_draft_length
+from cas_spec.schedulers.single_level import SingleLevelScheduler
 
 
 class ChainOptions(BaseModel):
@@ -34,23 +34,9 @@ class ChainOptions(BaseModel):
     probe_interval: int = Field(8, ge=1, description="Verify a full draft at least this often.")
 
 
-class ChainScheduler(Scheduler):
+class ChainScheduler(SingleLevelScheduler):
     name = "chain"
     Options = ChainOptions
-
-    @classmethod
-    def check_levels(cls, options: ChainOptions, level_names: list[str]) -> list[str]:
-        if not level_names:
-            return ["levels: the chain scheduler needs one level to draft with"]
-        if options.level is not None and options.level not in level_names:
-            return [f"scheduler.options.level: no level named '{options.level}'; "
-                    f"levels: {', '.join(level_names)}"]
-        return []
-
-    def __init__(self, options, levels):
-        super().__init__(options, levels)
-        wanted = self.options.level
-        self.level = next(lv for lv in levels if wanted is None or lv.name == wanted)
 
     def start(self, state: DecodingState) -> None:
         self.estimate = AcceptanceEstimate(decay=self.options.ema_decay)

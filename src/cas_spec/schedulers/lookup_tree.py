@@ -39,10 +39,10 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.state import DecodingState
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import StepTimings, TokenTree, Verdict
+from cas_spec.schedulers.single_level import SingleLevelScheduler
 
 
 class LookupTreeOptions(BaseModel):
@@ -91,23 +91,12 @@ def best_tree_size(values: list[float], cost, context: int) -> int:
     return best
 
 
-class LookupTreeScheduler(Scheduler):
+class LookupTreeScheduler(SingleLevelScheduler):
     name = "lookup_tree"
     Options = LookupTreeOptions
 
-    @classmethod
-    def check_levels(cls, options: LookupTreeOptions, level_names: list[str]) -> list[str]:
-        if not level_names:
-            return ["levels: the lookup_tree scheduler needs one level to draft with"]
-        if options.level is not None and options.level not in level_names:
-            return [f"scheduler.options.level: no level named '{options.level}'; "
-                    f"levels: {', '.join(level_names)}"]
-        return []
-
     def __init__(self, options, levels):
         super().__init__(options, levels)
-        wanted = self.options.level
-        self.level = next(lv for lv in levels if wanted is None or lv.name == wanted)
         keep = getattr(self.level.strategy, "keep_occurrences", None)
         if keep is not None:
             keep(self.options.candidates)

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.state import DecodingState
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import DraftResult, TokenTree
+from cas_spec.schedulers.single_level import SingleLevelScheduler
 
 
 class StaticTreeOptions(BaseModel):
@@ -72,23 +72,9 @@ def width_for(top: float, thresholds: tuple[float, ...], widths: tuple[int, ...]
     return widths[index]
 
 
-class StaticTreeScheduler(Scheduler):
+class StaticTreeScheduler(SingleLevelScheduler):
     name = "static_tree"
     Options = StaticTreeOptions
-
-    @classmethod
-    def check_levels(cls, options: StaticTreeOptions, level_names: list[str]) -> list[str]:
-        if not level_names:
-            return ["levels: the static_tree scheduler needs one level to draft with"]
-        if options.level is not None and options.level not in level_names:
-            return [f"scheduler.options.level: no level named '{options.level}'; "
-                    f"levels: {', '.join(level_names)}"]
-        return []
-
-    def __init__(self, options, levels):
-        super().__init__(options, levels)
-        wanted = self.options.level
-        self.level = next(lv for lv in levels if wanted is None or lv.name == wanted)
 
     def build_tree(self, state: DecodingState) -> TokenTree:
         options = self.options
