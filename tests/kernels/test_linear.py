@@ -251,16 +251,23 @@ def test_onednn_marked_unavailable_runs_stock(model, spy):
     assert extra_memory_bytes(model, LinearPlan.uniform("onednn")) == 0
 
 
-@ONEDNN
-def test_onednn_failing_on_use_falls_back_and_says_so(model, monkeypatch):
-    def broken(x, packed, bias):
-        raise RuntimeError("simulated oneDNN failure")
+NATIVE = pytest.mark.skipif("native" not in available_kernels(),
+                            reason=f"native kernel unavailable: {kernel_status().get('native')}")
 
-    monkeypatch.setattr(linear_mod, "_onednn_linear", broken)
+
+@pytest.mark.parametrize("kernel,function,error", [
+    pytest.param("onednn", "_onednn_linear", RuntimeError("simulated onednn failure"), marks=ONEDNN),
+    pytest.param("native", "_native_linear", OSError("simulated native failure"), marks=NATIVE),
+])
+def test_a_kernel_failing_on_use_falls_back_and_says_so(model, monkeypatch, kernel, function, error):
+    def broken(*args):
+        raise error
+
+    monkeypatch.setattr(linear_mod, function, broken)
     ids = torch.randint(0, 256, (1, 24))
     reference = cached_logits(model, ids, [20, 4])[1]
-    with linear_kernels(model, LinearPlan.uniform("onednn")):
+    with linear_kernels(model, LinearPlan.uniform(kernel)):
         got = cached_logits(model, ids, [20, 4])[1]
     assert torch.equal(got, reference)
-    assert "simulated oneDNN failure" in kernel_status()["onednn"]
-    assert "onednn" not in available_kernels()
+    assert f"simulated {kernel} failure" in kernel_status()[kernel]
+    assert kernel not in available_kernels()

@@ -103,6 +103,14 @@ def test_dytc_prefers_the_level_with_the_better_measured_value(clock):
     assert scheduler.alpha["good"].alpha > 0.7 > 0.35 > scheduler.alpha["poor"].alpha
 
 
+def test_the_astar_objective_also_prefers_the_better_level(clock):
+    good, poor = Level("good", Scripted(clock, 0.3)), Level("poor", Scripted(clock, 0.3))
+    truth = {"good": lambda s: 0.85, "poor": lambda s: 0.2}
+    scheduler, trees = simulate([good, poor], truth, 120, objective="astar")
+    assert drafted_by(trees, "good", 40) > 5 * drafted_by(trees, "poor", 40)
+    assert scheduler.alpha["good"].alpha > 0.7
+
+
 def test_dytc_switches_a_collapsed_level_off_and_on_again(clock):
     level = Level("model", Scripted(clock, 0.4))
     truth = {"model": lambda s: 0.9 if s < 60 or s >= 140 else 0.0}

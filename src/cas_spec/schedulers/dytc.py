@@ -83,6 +83,7 @@ class DytcScheduler(Scheduler):
         self.scheduling_seconds = 0.0
         self._nodes: list[tuple[str, int, bool] | None] = [None]  # per node: (level, bucket, alternative)
         self._context = state.target.length
+        self.bottom = self._cheapest_level()
 
     # -- building ---------------------------------------------------------------------------
     def build_tree(self, state: DecodingState) -> TokenTree:
@@ -154,8 +155,12 @@ class DytcScheduler(Scheduler):
             return None
         return None
 
+    def _cheapest_level(self) -> str:
+        """The bottom level of the A* heuristic: the cheapest per drafted token, as measured."""
+        return min(self.levels, key=lambda lv: self.latency.draft(lv.name, 1, 1)).name
+
     def _astar(self, level: str, k: int) -> float:
-        bottom = min(self.levels, key=lambda lv: self.latency.draft(lv.name, 1, 1)).name
+        bottom = self.bottom
         alpha, alpha_bottom = self.alpha[level].alpha, self.alpha[bottom].alpha
         gain = sum(alpha ** i for i in range(1, k + 1)) + alpha ** k * alpha_bottom
         return gain / (self.latency.draft(level, 1, k) + self.latency.draft(bottom, 1, 1) + 1e-3)
@@ -211,6 +216,7 @@ class DytcScheduler(Scheduler):
     # -- learning ---------------------------------------------------------------------------
     def observe(self, tree: TokenTree, verdict: Verdict, timings: StepTimings) -> None:
         self.latency.observe(tree.size, self._context, timings)
+        self.bottom = self._cheapest_level()
         accepted = set(verdict.accepted_nodes)
         counts = {lv.name: [0, 0] for lv in self.levels}
         for i in range(1, tree.size):

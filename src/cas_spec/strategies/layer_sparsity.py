@@ -68,7 +68,7 @@ class LayerSparsity(SelfDraftStrategy):
         self.count = int((adapter.num_layers - 2) * 2 * options.sparsity)
         self.fingerprint = model_fingerprint(target.model)
         self.search: SkipSearch | None = None
-        self._searched_at: tuple[int, int] | None = None  # (generation, step) of the last search step
+        self._searched_at: int | None = None  # decoding step of the last search step (this generation)
         self.skip: frozenset[Sublayer]
         if options.skip is not None:
             self.skip = frozenset(Sublayer.parse(s) for s in options.skip)
@@ -94,6 +94,7 @@ class LayerSparsity(SelfDraftStrategy):
 
     def start(self, state: DecodingState) -> None:
         self.truth: dict[int, int] = {}  # position -> the target's argmax there (this generation)
+        self._searched_at = None
 
     def build_variant(self, state: DecodingState) -> ModelVariant:
         return self._variant_for(state, self.skip)
@@ -112,8 +113,8 @@ class LayerSparsity(SelfDraftStrategy):
         return super().review(state, prefix, tokens)
 
     def _search_once_per_step(self, state: DecodingState) -> None:
-        if self.search is not None and not self.search.done and self._searched_at != (id(state), state.step):
-            self._searched_at = (id(state), state.step)
+        if self.search is not None and not self.search.done and self._searched_at != state.step:
+            self._searched_at = state.step
             self.search_step(state)
 
     def search_step(self, state: DecodingState) -> None:
