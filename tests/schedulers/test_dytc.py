@@ -169,13 +169,24 @@ def test_dytc_on_stories_with_branching_trees(stories):
     assert pipe.scheduler.scheduling_seconds / got.stats.target_forwards < 0.005
 
 
-def test_the_gate_keeps_useless_drafting_near_one_forward_per_token():
+def test_the_gate_keeps_useless_drafting_near_one_forward_per_token(monkeypatch):
     """A tiny random model whose early-exit drafts are useless, with drafting made to look free
-    to the scheduler's cost model: only the gate's wall-clock measurement stops it."""
+    to the scheduler's cost model: only the gate's time measurement stops it. The engine's clock
+    is faked to advance one unit per model pass, so the test does not depend on machine load."""
+    from types import SimpleNamespace
+
+    from cas_spec.core import engine
+
     model = tiny_llama(11, layers=4, vocab=96, max_positions=512)
     prompt = torch.randint(3, 96, (24,), generator=torch.Generator().manual_seed(1)).tolist()
-    passes = {"n": 0}
-    handle = model.model.norm.register_forward_hook(lambda *a: passes.__setitem__("n", passes["n"] + 1))
+    passes = {"n": 0, "clock": 0.0}
+
+    def count(*args):
+        passes["n"] += 1
+        passes["clock"] += 1.0
+
+    monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: passes["clock"]))
+    handle = model.model.norm.register_forward_hook(count)
     try:
         results = {}
         for gate in (False, True):
