@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
 
     calibrate = commands.add_parser(
-        "calibrate", help="measure the cost of target forwards by number of tokens (cached)",
+        "calibrate", help="measure the cost of target forwards by number of tokens and of each level's drafts (cached)",
         epilog=EXAMPLES["calibrate"], formatter_class=fmt)
     calibrate.add_argument("-p", "--pipeline", default="default", help="preset name or YAML file")
     calibrate.add_argument("--model", help="model alias or local folder (overrides the pipeline's)")
@@ -165,6 +165,12 @@ def _calibrate(args) -> int:
         print(f"linear kernels by rows: {calibration.linear_plan.describe()} (weight copies: {extra:.0f} MiB)")
     print(f"attention: {calibration.attention or 'as loaded'}")
     print(table.format())
+    from cas_spec.costs.draft_costs import format_draft_costs
+
+    pipe.calibration = calibration
+    draft_costs = pipe.calibrate_drafts(quick=False, use_cache=args.show)
+    print()
+    print(format_draft_costs(draft_costs, {lc.name: lc.kind for lc in pipe.config.levels}))
     return 0
 
 

@@ -67,16 +67,18 @@ def test_the_table_has_every_group_and_method(quick):
     rows = table_rows(stdout)
     assert [(r[0].strip("*"), r[1]) for r in rows] == [(g, m) for g in [*GROUPS, "overall"] for m in METHODS]
     for row in rows:
-        group, method, up, vs_hf, accept, tps, mismatches, *split = row
+        group, method, up, vs_hf, accept, tps, mismatches, *split, scheduling = row
         assert up.endswith("×") and float(tps) > 0
         if method == "autoregressive":
             assert up == "1.00×" and accept == "1.00" and mismatches == "–"
         else:
             assert mismatches == ("0/2" if group == "**overall**" else "0/1")  # greedy: identical outputs
         if method.startswith("hf:"):
-            assert accept == "–" and split == ["–"] * 3 and vs_hf.endswith("×")
+            assert accept == "–" and split == ["–"] * 3 and scheduling == "–" and vs_hf.endswith("×")
         else:
             assert vs_hf == "–" and all(s.endswith("%") for s in split) and float(accept) >= 1.0
+            milliseconds, share = scheduling.split(" ms (")
+            assert float(milliseconds) >= 0.0 and share.endswith("%)")
     assert "identity vs transformers: the engine's autoregressive output equals greedy `generate` " \
            "token for token on 2/2 prompts" in stdout
     assert "bench" in stderr and "100%" in stderr  # the progress bar, on stderr

@@ -56,6 +56,10 @@ def test_chain_pld_equals_plain_greedy_on_tiny_models(seed, shape):
     assert got.token_ids == expected
     assert plain.generate(prompt, max_new_tokens=60).token_ids == expected
     assert got.stats.target_forwards <= 60
+    stats = got.stats  # the scheduler's own work is the draft time outside the levels' calls
+    assert 0.0 <= stats.scheduling_seconds <= stats.draft_seconds
+    assert stats.scheduling_seconds == pytest.approx(
+        max(stats.draft_seconds - sum(lv.seconds for lv in stats.levels.values()), 0.0))
 
 
 STORY_PROMPTS = [

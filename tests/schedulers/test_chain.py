@@ -21,11 +21,32 @@ class Flat:
         return 1.0
 
 
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLOCK = Clock()
+
+
 class Echo(DraftStrategy):
+    """Drafts counting tokens, each costing `seconds_per_token` on the fake clock."""
+
     name = "echo"
+    seconds_per_token = 0.0
 
     def draft(self, state, prefix, max_tokens):
+        CLOCK.now += self.seconds_per_token * max_tokens
         return DraftResult(tokens=tuple(range(10, 10 + max_tokens)))
+
+
+@pytest.fixture(autouse=True)
+def fake_clock(monkeypatch):
+    from cas_spec.core import levels
+
+    monkeypatch.setattr(levels.time, "perf_counter", CLOCK)
 
 
 def make(k: int = 6):
@@ -39,12 +60,13 @@ def make(k: int = 6):
 
 
 def step(scheduler, state, *, accepted: int, draft_seconds_per_token: float, forward_seconds: float = 0.1):
+    scheduler.level.strategy.seconds_per_token = draft_seconds_per_token
+    before = scheduler.level.seconds
     tree = scheduler.build_tree(state)
     drafted = tree.size - 1
     accepted = min(accepted, drafted)
     verdict = Verdict(accepted_nodes=tuple(range(1, accepted + 1)), accepted_tokens=(0,) * accepted, bonus_token=0)
-    proposed = scheduler.level.proposed - scheduler.proposed
-    timings = StepTimings(draft=proposed * draft_seconds_per_token, verify=forward_seconds, total=0.0)
+    timings = StepTimings(draft=scheduler.level.seconds - before, verify=forward_seconds, total=0.0)
     scheduler.observe(tree, verdict, timings)
     return drafted
 
@@ -58,7 +80,7 @@ def test_a_costly_level_is_asked_only_for_what_pays_before_it_drafts():
     scheduler, level, state = make()
     # First step: draft cost unknown (free), full draft; half the draft accepted.
     assert step(scheduler, state, accepted=3, draft_seconds_per_token=0.05) == 6
-    assert scheduler.draft_cost == pytest.approx(0.5)
+    assert scheduler.latency.draft("echo", 1, 1, 50) == pytest.approx(0.5)  # per token, in forwards
     asked = []
     for _ in range(3):
         before = level.proposed

@@ -114,13 +114,23 @@ def test_the_astar_objective_also_prefers_the_better_level(clock):
 def test_dytc_switches_a_collapsed_level_off_and_on_again(clock):
     level = Level("model", Scripted(clock, 0.4))
     truth = {"model": lambda s: 0.9 if s < 60 or s >= 140 else 0.0}
-    scheduler, trees = simulate([level], truth, 220, probe_interval=8)
+    scheduler, trees = simulate([level], truth, 260, probe_interval=8, max_probe_interval=32)
     on_before = sum(t.size > 1 for t in trees[30:60])
     off = sum(t.size > 1 for t in trees[100:140])
-    on_after = sum(t.size > 1 for t in trees[190:220])
+    on_after = sum(t.size > 1 for t in trees[220:260])
     assert on_before >= 28
     assert off <= 40 // 8 + 1  # only probes while acceptance is 0
-    assert on_after >= 25
+    assert on_after >= 36
+
+
+def test_a_level_that_never_pays_is_probed_ever_less_often(clock):
+    level = Level("model", Scripted(clock, 0.4))
+    scheduler, trees = simulate([level], {"model": lambda s: 0.0}, 400, probe_interval=8)
+    probes = [i for i, t in enumerate(trees) if t.size > 1]
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert all(t.size <= 2 for t in trees[20:])  # a probe drafts one token
+    assert gaps == sorted(gaps) and gaps[-1] >= 8 * gaps[0]
+    assert len(probes) <= 9
 
 
 def test_dytc_sizes_trees_by_the_verification_cost(clock):

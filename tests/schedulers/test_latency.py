@@ -47,3 +47,17 @@ def test_draft_costs_are_in_units_of_a_one_token_target_forward():
     assert model.draft("int8", 1, 3) == pytest.approx(0.75)  # 0.15 s / 0.2 s
     assert model.verify(9, 100) == 3.0
     assert LatencyModel(None).verify(11, 0) == pytest.approx(2.0)
+
+
+def test_calibrated_draft_costs_price_a_level_until_it_is_measured_online():
+    from cas_spec.costs.draft_costs import LevelDraftCost
+
+    level = FakeLevel("skip")
+    prior = LevelDraftCost(context_lengths=(64, 1000), per_call=(0.1, 0.3), per_token=(0.5, 0.7))
+    model = LatencyModel(Table(), [level], decay=0.5, draft_costs={"skip": prior})
+    assert model.draft("skip", 1, 2, context=64) == pytest.approx(1.1)
+    assert model.draft("skip", 1, 2, context=532) == pytest.approx(0.2 + 2 * 0.6)  # interpolated
+    assert model.draft("skip", 1, 2, context=5000) == pytest.approx(1.7)  # the last context holds beyond
+    level.calls, level.proposed, level.seconds = 1, 2, 0.08
+    model.observe(tree_size=5, context=100, timings=StepTimings(draft=0.08, verify=0.2 * 2.0, total=0.48))
+    assert model.draft("skip", 1, 2, context=64) == pytest.approx(0.4)  # measured: 0.08 s / 0.2 s

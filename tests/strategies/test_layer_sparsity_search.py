@@ -70,6 +70,24 @@ def test_the_search_finds_the_identity_sublayers_and_caches_them():
     assert changed.search is not None and changed.search.evaluations == 0
 
 
+def test_prepare_runs_the_search_to_the_end_ahead_of_generation_and_caches_it():
+    """What `cas-spec calibrate` does for a layer_sparsity level: the whole search on given text."""
+    import pytest
+
+    model = model_with_identity_sublayers()
+    with torch.no_grad():  # another fingerprint than the model of the test above, same identities
+        model.model.layers[2].mlp.up_proj.weight[0, 0] += 0.5
+    pipe = load_pipeline(searching(target_score=1.0), model=model, tokenizer=IdTokenizer())
+    strategy = pipe.levels[0].strategy
+    with pytest.raises(ValueError, match="at least"):
+        strategy.prepare(pipe.target, random_prompt(20, 64), progress=False)
+    strategy.prepare(pipe.target, random_prompt(300, model.config.vocab_size), progress=False)
+    assert strategy.search.done and set(strategy.skip) == IDENTITIES
+    cached = load_cached(model_fingerprint(model), 0.375)
+    assert cached["done"] and set(map(Sublayer.parse, cached["skip"])) == IDENTITIES
+    assert load_pipeline(searching(), model=model, tokenizer=IdTokenizer()).levels[0].strategy.search is None
+
+
 def test_search_off_without_a_set_is_a_clear_error():
     import pytest
 

@@ -47,6 +47,7 @@ class Row:
     overhead: float | None
     decode: float | None
     mismatches: int
+    scheduling: float | None = None  # seconds of the scheduler's own work (results since this field)
 
     @property
     def tokens_per_second(self) -> float:
@@ -61,6 +62,12 @@ class Row:
         if not self.decode:
             return None
         return self.draft / self.decode, self.verify / self.decode, self.overhead / self.decode
+
+    def scheduling_per_step(self) -> tuple[float, float] | None:
+        """(milliseconds of scheduling per step, its share of the decoding time)."""
+        if self.scheduling is None or not self.target_forwards or not self.decode:
+            return None
+        return 1e3 * self.scheduling / self.target_forwards, self.scheduling / self.decode
 
 
 def save_results(results: dict, out: Path) -> Path:
@@ -109,11 +116,13 @@ def _row(group: str, name: str, kind: str, recs: Sequence[dict]) -> Row:
     def total(key: str) -> float | None:
         return sum(s[key] for s in stats) if engine else None
 
+    scheduling = total("scheduling_seconds") if engine and all("scheduling_seconds" in s for s in stats) else None
+
     return Row(group=group, method=name, kind=kind, prompts=len(recs),
                new_tokens=sum(r["new_tokens"] for r in recs), seconds=sum(r["seconds"] for r in recs),
                target_forwards=total("target_forwards"), draft=total("draft_seconds"),
                verify=total("verify_seconds"), overhead=total("overhead_seconds"), decode=total("decode_seconds"),
-               mismatches=sum(bool(r["mismatch"]) for r in recs))
+               mismatches=sum(bool(r["mismatch"]) for r in recs), scheduling=scheduling)
 
 
 def speedup(row: Row, base: Row | None) -> float | None:
@@ -137,8 +146,8 @@ def render(results: dict) -> str:
         f"{s['threads']} thread{'s' if s['threads'] != 1 else ''}",
         "",
         "| group | method | speedup | vs hf:greedy | mean acceptance | tokens/s | mismatches "
-        "| draft | verify | overhead |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| draft | verify | overhead | scheduling per step |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for group, rows in table.items():
         for name, row in rows.items():
@@ -154,12 +163,14 @@ def render(results: dict) -> str:
                 f"{row.tokens_per_second:.1f}",
                 f"{row.mismatches}/{row.prompts}" if name != REFERENCE else DASH,
                 *([f"{x:.0%}" for x in split] if split else [DASH] * 3),
+                _scheduling(row),
             ]
             lines.append("| " + " | ".join(cells) + " |")
     lines.extend(level_table(results))
     lines.append("")
     lines.append("speedup: tokens/s relative to `autoregressive` (the engine's plain decoding) on the same prompts; "
-                 "draft/verify/overhead: share of the engine's decoding time.")
+                 "draft/verify/overhead: share of the engine's decoding time; scheduling: the scheduler's "
+                 "own work per step (drafting time outside the levels' draft calls), and its share.")
     if not greedy:
         lines.append(f"temperature {s['temperature']:g}: sampled outputs are not expected to be identical; "
                      "mismatches only count outputs that differ from the engine's autoregressive one.")
@@ -200,6 +211,11 @@ def level_table(results: dict) -> list[str]:
         return []
     return ["", "| method | level | α (accepted / drafted) | c (per proposed token, target forward = 1) "
             "| proposed | drafted |", "|---|---|--:|--:|--:|--:|", *rows]
+
+
+def _scheduling(row: Row) -> str:
+    per_step = row.scheduling_per_step()
+    return DASH if per_step is None else f"{per_step[0]:.2f} ms ({per_step[1]:.1%})"
 
 
 def _fmt(value: float | None) -> str:

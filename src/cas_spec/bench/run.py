@@ -159,6 +159,7 @@ def _record(question: Question, runner: Runner, prompt_tokens: int, output: Outp
             "prefill_seconds": stats.prefill_seconds, "draft_seconds": stats.draft_seconds,
             "verify_seconds": stats.verify_seconds, "overhead_seconds": stats.overhead_seconds,
             "decode_seconds": stats.decode_seconds, "stop_reason": stats.stop_reason,
+            "scheduling_seconds": stats.scheduling_seconds,
             "levels": {name: {"drafted": lv.drafted, "accepted": lv.accepted, "calls": lv.calls,
                               "proposed": lv.proposed, "seconds": lv.seconds}
                        for name, lv in stats.levels.items()},

@@ -9,6 +9,7 @@ forbidden. Notation: target = p, draft = q.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -49,6 +50,11 @@ class DraftStrategy(Plugin):
 
     def start(self, state: DecodingState) -> None:
         """Called before each generation, after prefill."""
+
+    def prepare(self, target: Target, text_ids: Sequence[int], progress: bool = True) -> None:
+        """One-time work done ahead of generation on real text by `cas-spec calibrate` (e.g.
+        `layer_sparsity` searches its skip set to the end). May use `target`'s cache freely: a
+        generation prefills its own. By default nothing."""
 
     @abstractmethod
     def draft(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int) -> DraftResult:

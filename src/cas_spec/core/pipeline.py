@@ -51,6 +51,7 @@ class Pipeline:
         if config.calibration == "auto":
             self.calibration = self.calibrate(quick=True, use_cache=True)
             self.target.costs = self.calibration.costs
+            self.target.draft_costs = self.calibrate_drafts(quick=True, use_cache=True)
         scheduler_cls = plugins.schedulers.get(config.scheduler.kind)
         self.scheduler = scheduler_cls(scheduler_cls.Options(**config.scheduler.options), self.levels)
         if config.scheduler.gate:
@@ -69,6 +70,25 @@ class Pipeline:
         kernels = self.config.kernels
         return calibrate(self.target, self.config.threads, kernels.linear, kernels.attention,
                          quick=quick, use_cache=use_cache, progress=progress)
+
+    def calibrate_drafts(self, quick: bool = False, use_cache: bool = True, progress: bool = True) -> dict:
+        """Level name -> its draft cost (`costs/draft_costs.py`): cached, or measured and cached.
+        The full calibration (`quick=False`) first lets each level do its one-time work
+        (`DraftStrategy.prepare`). Needs the calibration (the kernels the levels draft under);
+        {} without one or without levels."""
+        from cas_spec.costs.draft_costs import calibrated_draft_costs, calibration_text_ids
+
+        if self.calibration is None or not self.levels:
+            return {}
+        kinds = {lc.name: lc.kind for lc in self.config.levels}
+        with kernels_active(self.model, self.calibration):
+            if not quick:  # one-time work of the levels first (a skip-set search), on real text
+                text = calibration_text_ids(self.tokenizer, 512, self.model.config.vocab_size)
+                for level in self.levels:
+                    level.strategy.prepare(self.target, text, progress=progress)
+            return calibrated_draft_costs(self.target, self.levels, kinds, self.tokenizer,
+                                          key=self.calibration.costs.key, quick=quick, use_cache=use_cache,
+                                          progress=progress)
 
     # -- inputs ------------------------------------------------------------------------------
     def wants_chat(self, chat: bool | None) -> bool:

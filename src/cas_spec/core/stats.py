@@ -43,6 +43,7 @@ class StatsRecorder:
             overhead_seconds=max(decode_seconds - self.draft - self.verify, 0.0),
             decode_seconds=decode_seconds, stop_reason=stop_reason,
             acceptance_lengths=tuple(self.acceptance_lengths),
+            scheduling_seconds=max(self.draft - sum(level.seconds for level in self.levels), 0.0),
         )
 
 
@@ -55,7 +56,7 @@ def format_stats(stats: GenerationStats) -> str:
         f"speed               {stats.tokens_per_second:.1f} tokens/s",
         f"time                prefill {stats.prefill_seconds:.3f}s, decode {stats.decode_seconds:.3f}s "
         f"(draft {stats.draft_seconds:.3f}s, verify {stats.verify_seconds:.3f}s, "
-        f"overhead {stats.overhead_seconds:.3f}s)",
+        f"overhead {stats.overhead_seconds:.3f}s; scheduling {stats.scheduling_seconds:.3f}s of the draft time)",
     ]
     for name, level in stats.levels.items():
         rate = level.accepted / level.drafted if level.drafted else 0.0

@@ -20,6 +20,7 @@ class Target:
         self.cache = None
         self.length = 0  # committed tokens held by the cache
         self.costs = None  # a measured `CostTable` when the pipeline is calibrated, else None
+        self.draft_costs: dict = {}  # level name -> its calibrated `LevelDraftCost` (may be empty)
 
     @property
     def device(self) -> torch.device:

@@ -130,6 +130,7 @@ class GenerationStats:
     decode_seconds: float  # all decoding after prefill
     stop_reason: str  # "eos", "max_new_tokens" or "context_limit"
     acceptance_lengths: tuple[int, ...] = ()  # tokens committed by each target forward
+    scheduling_seconds: float = 0.0  # drafting time outside the levels' draft calls: the scheduler's own work
 
     @property
     def mean_acceptance_length(self) -> float:

@@ -36,17 +36,19 @@ class AcceptanceEstimate:
         self.steps += 1
 
 
-def best_draft_length(alpha: float, available: int, cost, context: int, draft_cost: float = 0.0) -> int:
+def best_draft_length(alpha: float, available: int, cost, context: int, draft_cost: float = 0.0,
+                      call_cost: float = 0.0) -> int:
     """How many tokens to draft, or of `available` drafted tokens to verify: maximise
-    E(m) / (cost(m + 1) + m · draft_cost).
+    E(m) / (cost(m + 1) + call_cost + m · draft_cost) over m ≥ 1, against 1 / cost(1) for m = 0.
 
     `cost(n, context)` is the relative cost of a target forward over n tokens (a `CostTable.cost`);
-    `draft_cost` is the cost of drafting one token in the same unit (0 once the draft is paid for).
-    Returns 0 when verifying the root alone (a plain decoding step) is best.
+    `draft_cost` and `call_cost` are the costs of drafting one token and of one draft call in the
+    same unit (0 once the draft is paid for). Returns 0 when verifying the root alone (a plain
+    decoding step) is best.
     """
     best, best_value = 0, 1.0 / cost(1, context)
     for m in range(1, available + 1):
-        value = expected_tokens(alpha, m) / (cost(m + 1, context) + m * draft_cost)
+        value = expected_tokens(alpha, m) / (cost(m + 1, context) + call_cost + m * draft_cost)
         if value > best_value * (1 + 1e-9):
             best, best_value = m, value
     return best
@@ -59,8 +61,9 @@ class WindowedAcceptance:
     level's tokens count as nothing, so old evidence ages out even while the level is unused).
 
     Counted per node whose parent was accepted (the i.i.d. chain model's α). Until `warmup` steps
-    with evidence are seen, α̂ is the running rate with `prior` worth two observations, so a new
-    level is tried and the first steps do not swing it too far."""
+    with evidence are seen, α̂ is the running rate over all of them with `prior` worth two
+    observations, so a new level is tried, the first steps do not swing it too far, and a level
+    seen only through sparse probes is judged on all its probes, not on the last one."""
 
     prior: float = 0.6
     decay: float = 0.7  # λ
@@ -69,6 +72,8 @@ class WindowedAcceptance:
     alpha: float = 0.6
     steps: int = 0  # steps with evidence
     history: list[tuple[int, int]] = field(default_factory=list)  # (eligible, accepted) per step
+    seen: int = 0  # eligible tokens since the start
+    hits: int = 0  # accepted tokens since the start
 
     def __post_init__(self) -> None:
         self.alpha = self.prior
@@ -80,11 +85,13 @@ class WindowedAcceptance:
         if eligible <= 0:
             return
         self.steps += 1
-        seen = sum(e for e, _ in self.history)
-        hits = sum(a for _, a in self.history)
+        self.seen += eligible
+        self.hits += accepted
         if self.steps <= self.warmup:
-            self.alpha = (hits + 2 * self.prior) / (seen + 2)
+            self.alpha = (self.hits + 2 * self.prior) / (self.seen + 2)
         else:
+            seen = sum(e for e, _ in self.history)
+            hits = sum(a for _, a in self.history)
             self.alpha = self.decay * self.alpha + (1 - self.decay) * hits / seen
 
 

@@ -2,9 +2,10 @@
 
 With a measured cost table (the pipeline's calibration) and `adaptive: true`, the chain is
 trimmed to the length m that maximises expected committed tokens per unit of cost,
-E(m) / (cost(m + 1) + m · c), with the level's acceptance α estimated online (see
-`acceptance.py`) and c, the cost of drafting one token relative to a one-token target forward,
-measured online from the step timings: a level whose drafting costs (a self-speculative one) is
+E(m) / (cost(m + 1) + c_call + m · c), with the level's acceptance α estimated online (see
+`acceptance.py`) and c_call, c the costs of a draft call and of a drafted token relative to a
+one-token target forward, from the shared `LatencyModel` (calibrated ahead, refined online from
+the step timings): a level whose drafting costs (a self-speculative one) is
 asked for only as many tokens as pay, before it drafts; a free one (lookup) drafts up to `k` and
 the draft is trimmed afterwards. On a
 CPU where a forward over 2–3 tokens costs far more than one, this turns a poor draft into a plain
@@ -21,6 +22,7 @@ from cas_spec.core.state import DecodingState
 from cas_spec.core.tree import chain_tree
 from cas_spec.core.types import EMPTY_DRAFT, DraftResult, StepTimings, TokenTree, Verdict
 from cas_spec.schedulers.acceptance import AcceptanceEstimate, best_draft_length
+from cas_spec.schedulers.latency import LatencyModel
 from cas_spec.schedulers.single_level import SingleLevelScheduler
 
 
@@ -41,9 +43,8 @@ class ChainScheduler(SingleLevelScheduler):
     def start(self, state: DecodingState) -> None:
         self.estimate = AcceptanceEstimate(decay=self.options.ema_decay)
         self.skipped = 0
-        self.draft_cost = 0.0  # seconds per drafted token / seconds per one-token target forward (EMA)
-        self.proposed = self.level.proposed
         self.costs, self.context = state.target.costs, state.target.length
+        self.latency = LatencyModel(self.costs, [self.level], draft_costs=getattr(state.target, "draft_costs", None))
 
     def build_tree(self, state: DecodingState) -> TokenTree:
         limit = min(self.options.k, state.max_depth)
@@ -54,7 +55,9 @@ class ChainScheduler(SingleLevelScheduler):
         context, alpha = state.target.length, self.estimate.alpha
         probing = self.skipped + 1 >= self.options.probe_interval
         if not probing:  # a level whose drafting costs: decide how much to draft before paying for it
-            limit = best_draft_length(alpha, limit, costs.cost, context, self.draft_cost)
+            name = self.level.name
+            limit = best_draft_length(alpha, limit, costs.cost, context, self.latency.draft(name, 0, 1, context),
+                                      self.latency.draft(name, 1, 0, context))
         draft = self.level.draft(state, (), limit) if limit else EMPTY_DRAFT
         keep = len(draft) if probing else best_draft_length(alpha, len(draft), costs.cost, context)
         self.skipped = 0 if keep else self.skipped + 1
@@ -62,11 +65,7 @@ class ChainScheduler(SingleLevelScheduler):
 
     def observe(self, tree: TokenTree, verdict: Verdict, timings: StepTimings) -> None:
         self.estimate.update(tree.size - 1, len(verdict.accepted_nodes))
-        proposed, self.proposed = self.level.proposed - self.proposed, self.level.proposed
-        if proposed and self.costs is not None and timings.verify > 0:
-            forward = timings.verify / self.costs.cost(tree.size, self.context)
-            observed = timings.draft / proposed / forward
-            self.draft_cost = observed if self.draft_cost == 0.0 else 0.8 * self.draft_cost + 0.2 * observed
+        self.latency.observe(tree.size, self.context, timings)
 
 
 def _trim(draft: DraftResult, keep: int) -> DraftResult:

@@ -22,8 +22,12 @@ target forward:
 4. **Stopping.** Growth stops when the best expansion would not raise the step value, at
    `max_nodes`, or at the step's depth limit; then leaves whose removal raises the value are
    pruned. A level whose measured value does not pay is thus not used, and a step where nothing
-   pays is plain autoregressive decoding; a level unused for `probe_interval` steps drafts a
-   short probe so that its estimate can recover.
+   pays is plain autoregressive decoding. A level unused for its probe interval drafts a probe
+   of `probe_tokens` at the root, so that its estimate can recover; the interval starts at
+   `probe_interval` and doubles after each probe that does not bring the level back into use
+   (up to `max_probe_interval`), so a level that never pays costs ever less.
+5. **Costs.** Verification from the calibrated cost table; drafts from the latency model,
+   which starts from the calibrated draft costs (`cas-spec calibrate`) and learns online.
 
 Choices where the paper is silent (each an option where it matters): the window counts steps;
 α̂ counts tokens whose parent was accepted; the stopping rule and the step-value objective; the
@@ -60,6 +64,8 @@ class DytcOptions(BaseModel):
     siblings: int = Field(2, ge=0, le=8, description="Runners-up of a model draft added as siblings.")
     sibling_min_prob: float = Field(0.1, ge=0.0, le=1.0, description="Least draft probability of a sibling.")
     probe_interval: int = Field(16, ge=1, description="Steps after which an unused level drafts a probe.")
+    max_probe_interval: int = Field(256, ge=1, description="Longest probe interval after failed probes.")
+    probe_tokens: int = Field(1, ge=1, le=64, description="Tokens a probe drafts.")
 
 
 Objective = Callable[..., float]
@@ -75,15 +81,18 @@ class DytcScheduler(Scheduler):
 
     def start(self, state: DecodingState) -> None:
         o = self.options
-        self.latency = LatencyModel(state.target.costs, self.levels)
+        self.latency = LatencyModel(state.target.costs, self.levels,
+                                    draft_costs=getattr(state.target, "draft_costs", None))
         self.alpha = {lv.name: WindowedAcceptance(prior=o.prior_alpha, decay=o.ema_decay, window=o.window,
                                                   warmup=o.warmup) for lv in self.levels}
         self.calibration = {lv.name: ConfidenceCalibration() for lv in self.levels}
         self.last_used = {lv.name: 0 for lv in self.levels}
+        self.probe_every = {lv.name: o.probe_interval for lv in self.levels}
+        self.probes = 0  # probes drafted in this generation
         self.scheduling_seconds = 0.0
         self._nodes: list[tuple[str, int, bool] | None] = [None]  # per node: (level, bucket, alternative)
         self._context = state.target.length
-        self.bottom = self._cheapest_level()
+        self.bottom = self._cheapest_level(self._context)
 
     # -- building ---------------------------------------------------------------------------
     def build_tree(self, state: DecodingState) -> TokenTree:
@@ -103,10 +112,15 @@ class DytcScheduler(Scheduler):
             before = time.perf_counter()
             draft = level.draft(state, builder.path_tokens(leaf), k)
             drafting += time.perf_counter() - before
-            spent += self.latency.draft(level.name, 1, len(draft))
+            spent += self.latency.draft(level.name, 1, len(draft), context)
             self.last_used[level.name] = state.step
             if level.name == probe:
                 probe = None
+                self.probes += 1
+                self.probe_every[level.name] = min(2 * self.probe_every[level.name],
+                                                   self.options.max_probe_interval)
+            else:  # chosen on its value: back to the shortest probe interval
+                self.probe_every[level.name] = self.options.probe_interval
             if not len(draft):
                 exhausted.add((leaf, level.name))
                 continue
@@ -117,7 +131,7 @@ class DytcScheduler(Scheduler):
         return tree
 
     def _due_probe(self, state: DecodingState) -> str | None:
-        due = [lv.name for lv in self.levels if state.step - self.last_used[lv.name] >= self.options.probe_interval]
+        due = [lv.name for lv in self.levels if state.step - self.last_used[lv.name] >= self.probe_every[lv.name]]
         return due[0] if due else None
 
     def _best_expansion(self, builder, p_acc, expected, spent, context, exhausted, state, probe):
@@ -135,16 +149,16 @@ class DytcScheduler(Scheduler):
             for level in self.levels:
                 if (leaf, level.name) in exhausted:
                     continue
+                forced = level.name == probe and leaf == 0
+                if forced:  # a due probe comes first, and is short
+                    return leaf, level, min(limit, self.options.probe_tokens)
                 alpha = self.alpha[level.name].alpha
                 for k in range(1, limit + 1):
                     gain = p_acc[leaf] * sum(alpha ** i for i in range(1, k + 1))
-                    cost = spent + self.latency.draft(level.name, 1, k) + self.latency.verify(size + k, context)
+                    cost = spent + self.latency.draft(level.name, 1, k, context) + self.latency.verify(size + k, context)
                     value = (1.0 + expected + gain) / cost
-                    score = value if self.options.objective == "step_value" else self._astar(level.name, k)
-                    forced = level.name == probe and leaf == 0
-                    if forced:  # a due probe comes first, at the length the objective likes best
-                        score += 1e9
-                    if (value > current * (1 + 1e-9) or forced) and score > best_score:
+                    score = value if self.options.objective == "step_value" else self._astar(level.name, k, context)
+                    if value > current * (1 + 1e-9) and score > best_score:
                         best, best_score = (leaf, level, k), score
             if best is not None:
                 return best
@@ -155,15 +169,15 @@ class DytcScheduler(Scheduler):
             return None
         return None
 
-    def _cheapest_level(self) -> str:
+    def _cheapest_level(self, context: int) -> str:
         """The bottom level of the A* heuristic: the cheapest per drafted token, as measured."""
-        return min(self.levels, key=lambda lv: self.latency.draft(lv.name, 1, 1)).name
+        return min(self.levels, key=lambda lv: self.latency.draft(lv.name, 1, 1, context)).name
 
-    def _astar(self, level: str, k: int) -> float:
+    def _astar(self, level: str, k: int, context: int) -> float:
         bottom = self.bottom
         alpha, alpha_bottom = self.alpha[level].alpha, self.alpha[bottom].alpha
         gain = sum(alpha ** i for i in range(1, k + 1)) + alpha ** k * alpha_bottom
-        return gain / (self.latency.draft(level, 1, k) + self.latency.draft(bottom, 1, 1) + 1e-3)
+        return gain / (self.latency.draft(level, 1, k, context) + self.latency.draft(bottom, 1, 1, context) + 1e-3)
 
     def _add_draft(self, builder, nodes, p_acc, leaf: int, level: str, draft: DraftResult) -> float:
         """Add `draft` (and its runners-up as siblings) below `leaf`; returns the added Σ P_acc."""
@@ -216,7 +230,7 @@ class DytcScheduler(Scheduler):
     # -- learning ---------------------------------------------------------------------------
     def observe(self, tree: TokenTree, verdict: Verdict, timings: StepTimings) -> None:
         self.latency.observe(tree.size, self._context, timings)
-        self.bottom = self._cheapest_level()
+        self.bottom = self._cheapest_level(self._context)
         accepted = set(verdict.accepted_nodes)
         counts = {lv.name: [0, 0] for lv in self.levels}
         for i in range(1, tree.size):

@@ -8,62 +8,30 @@ Draft costs are learned online from the engine's step timings and the levels' co
 time spent in each level's draft calls, and how many calls and proposed tokens it took), as
 seconds = a·calls + b·tokens by least squares with exponential forgetting (`decay` per step),
 and divided by the measured seconds of a one-token target forward (verification seconds of the
-step divided by the table's cost of that tree size). A level not measured yet costs 0: it is
-tried first and priced from then on. The papers fit a Bayesian linear regression with roofline
+step divided by the table's cost of that tree size). Until a level has drafted in this
+generation, its cost comes from the calibrated `DraftCostTable` (`costs/draft_costs.py`,
+measured ahead per level and context length and cached); a level with neither costs 0, so it
+is tried and priced from then on. The papers fit a Bayesian linear regression with roofline
 features (not published); two features fitted per pipeline on the machine it runs on are what
 the data here support.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 
 from cas_spec.core.levels import Level
 from cas_spec.core.types import StepTimings
-
-
-@dataclass
-class LevelCost:
-    """seconds ≈ per_call · calls + per_token · tokens, least squares with forgetting.
-
-    When calls and tokens are too collinear to separate (a level always drafting the same
-    length), or the fit goes negative, the time is all put on tokens (or on calls when there are
-    no tokens)."""
-
-    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("cc", "ct", "tt", "cs", "ts", "c", "t", "s"), 0.0))
-    per_call: float = 0.0
-    per_token: float = 0.0
-    observations: int = 0
-
-    def update(self, calls: int, tokens: int, seconds: float, decay: float) -> None:
-        new = {"cc": calls * calls, "ct": calls * tokens, "tt": tokens * tokens, "cs": calls * seconds,
-               "ts": tokens * seconds, "c": calls, "t": tokens, "s": seconds}
-        self.sums = {k: decay * v + new[k] for k, v in self.sums.items()}
-        self.observations += 1
-        m = self.sums
-        det = m["cc"] * m["tt"] - m["ct"] ** 2
-        if det > 1e-3 * m["cc"] * m["tt"]:
-            per_call = (m["tt"] * m["cs"] - m["ct"] * m["ts"]) / det
-            per_token = (m["cc"] * m["ts"] - m["ct"] * m["cs"]) / det
-            if per_call >= 0 and per_token >= 0:
-                self.per_call, self.per_token = per_call, per_token
-                return
-        if m["t"] > 0:
-            self.per_call, self.per_token = 0.0, m["s"] / m["t"]
-        else:
-            self.per_call, self.per_token = m["s"] / m["c"], 0.0
-
-    def seconds(self, calls: int, tokens: int) -> float:
-        return self.per_call * calls + self.per_token * tokens
+from cas_spec.costs.draft_costs import LevelCost, LevelDraftCost
 
 
 class LatencyModel:
     """Predicts, in one-token target forwards, the cost of verifying n tokens and of drafting."""
 
-    def __init__(self, costs=None, levels: Sequence[Level] = (), decay: float = 0.9):
+    def __init__(self, costs=None, levels: Sequence[Level] = (), decay: float = 0.9,
+                 draft_costs: Mapping[str, LevelDraftCost] | None = None):
         self.costs = costs  # a `CostTable`, or None
+        self.draft_costs = dict(draft_costs or {})  # level name -> calibrated prior
         self.decay = decay
         self.levels = list(levels)
         self.level_costs = {level.name: LevelCost() for level in self.levels}
@@ -79,11 +47,12 @@ class LatencyModel:
             return self.costs.cost(n, context)
         return 1.0 + 0.1 * (n - 1)
 
-    def draft(self, level: str, calls: int, tokens: int) -> float:
-        """Cost of `calls` draft calls of `level` proposing `tokens` tokens in all."""
-        if not self.forward_seconds:
-            return 0.0
-        return self.level_costs[level].seconds(calls, tokens) / self.forward_seconds
+    def draft(self, level: str, calls: int, tokens: int, context: int = 0) -> float:
+        """Cost of `calls` draft calls of `level` proposing `tokens` tokens in all, at `context`."""
+        if self.forward_seconds and self.measured(level):
+            return self.level_costs[level].seconds(calls, tokens) / self.forward_seconds
+        prior = self.draft_costs.get(level)
+        return prior.cost(calls, tokens, context) if prior is not None else 0.0
 
     def measured(self, level: str) -> bool:
         return self.level_costs[level].observations > 0
@@ -102,9 +71,9 @@ class LatencyModel:
                 self.level_costs[name].update(d_calls, d_tokens, d_seconds, self.decay)
         self._counters = now
 
-    def describe(self) -> dict[str, dict[str, float]]:
+    def describe(self, context: int = 0) -> dict[str, dict[str, float]]:
         """Per level: cost of one call and of one token, in one-token target forwards."""
-        return {name: {"per_call": self.draft(name, 1, 0), "per_token": self.draft(name, 0, 1)}
+        return {name: {"per_call": self.draft(name, 1, 0, context), "per_token": self.draft(name, 0, 1, context)}
                 for name in self.level_costs}
 
 

@@ -26,11 +26,14 @@ from pydantic import Field, field_validator
 from cas_spec.core.errors import ConfigError
 from cas_spec.core.state import DecodingState
 from cas_spec.core.target import Target
-from cas_spec.core.types import DraftResult
+from cas_spec.core.types import DraftResult, SamplingParams
 from cas_spec.strategies.quanto_activation import QuantizeChoice, shared_twins
 from cas_spec.strategies.self_draft import SelfDraftOptions, SelfDraftStrategy
 from cas_spec.strategies.skip_search import SkipSearch, load_cached, model_fingerprint, save_cached
 from cas_spec.strategies.variants import ModelVariant, Sublayer, build_variant, skippable_sublayers, use_variant
+
+
+PREPARE_WINDOW = 96  # tokens every candidate is scored on when the search runs ahead (`prepare`)
 
 
 class LayerSparsityOptions(SelfDraftOptions):
@@ -112,16 +115,44 @@ class LayerSparsity(SelfDraftStrategy):
         self._search_once_per_step(state)  # a level that only reviews (CS-Drafting) searches too
         return super().review(state, prefix, tokens)
 
+    def prepare(self, target: Target, text_ids, progress: bool = True) -> None:
+        """Search the skip set to the end on `text_ids` (`cas-spec calibrate`), every candidate
+        scored on the same `PREPARE_WINDOW` tokens, so that generation starts with the final set."""
+        text = list(text_ids)
+        if len(text) < PREPARE_WINDOW + 2:
+            raise ValueError(f"layer_sparsity.prepare needs at least {PREPARE_WINDOW + 2} tokens of text")
+        search = self.search
+        if search is None or search.done:
+            return
+        from tqdm import tqdm
+
+        target.prefill(text[:-1])
+        state = DecodingState(tokens=text, prompt_length=len(text), sampling=SamplingParams(), generator=None,
+                              target=target)
+        self.truth = {}
+        bar = tqdm(total=search.budget, initial=search.evaluations, unit="set", disable=not progress,
+                   leave=False, desc=f"searching a skip set (sparsity {self.options.sparsity})")
+        try:
+            while not search.done:
+                before = search.evaluations
+                self.search_step(state, window=PREPARE_WINDOW)
+                bar.update(search.evaluations - before)
+        finally:
+            bar.close()
+            self.truth = {}
+        save_cached(self.fingerprint, self.options.sparsity, search.to_entry())
+
     def _search_once_per_step(self, state: DecodingState) -> None:
         if self.search is not None and not self.search.done and self._searched_at != state.step:
             self._searched_at = state.step
             self.search_step(state)
 
-    def search_step(self, state: DecodingState) -> None:
-        """Score one candidate on the committed tokens; adopt it if it beats the best so far."""
+    def search_step(self, state: DecodingState, window: int | None = None) -> None:
+        """Score one candidate on the last `window` committed tokens (default: the option);
+        adopt it if it beats the best so far."""
         search = self.search
         candidate = search.propose()
-        score = matchness(state, self._variant_for(state, candidate), self.options.window, self.truth)
+        score = matchness(state, self._variant_for(state, candidate), window or self.options.window, self.truth)
         if score is None:
             return
         if search.report(candidate, score):

@@ -1,0 +1,259 @@
+"""`DraftCostTable`: what one draft call of each level costs, measured ahead and cached.
+
+The latency model (`schedulers/latency.py`) prices a level's draft as per_call + per_token · k,
+in one-token target forwards at the same context. Online it fits these from the engine's step
+timings; this table is where it starts, so that a scheduler neither tries an expensive level at
+full length because it has not been timed yet, nor waits for the first steps to learn that
+prompt lookup is nearly free.
+
+Measurement (`measure_draft_costs`): on a real text (the shipped Spec-Bench questions), at a
+few context lengths, each level drafts 1 and 4 tokens below the last committed token, in a
+shuffled order per repeat, interleaved with one-token target forwards on the same cache; the
+medians of draft seconds over one-token forward seconds are fitted as per_call + per_token ·
+proposed tokens by least squares. A level's first call at a context is a warm-up and not timed
+(it pays one-time work: twins, variants, and a `layer_sparsity` search step on that text).
+
+Cached per calibration key (model shape, machine, threads, kernels) and level signature (its
+strategy kind and options), in the same folder as the cost tables.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import random
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from cas_spec.costs.table import costs_dir
+
+FORMAT_VERSION = 1
+DRAFT_LENGTHS = (1, 4)
+
+
+@dataclass
+class LevelCost:
+    """seconds ≈ per_call · calls + per_token · tokens, least squares with forgetting.
+
+    When calls and tokens are too collinear to separate (a level always drafting the same
+    length), or the fit goes negative, the time is all put on tokens (or on calls when there are
+    no tokens)."""
+
+    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("cc", "ct", "tt", "cs", "ts", "c", "t", "s"), 0.0))
+    per_call: float = 0.0
+    per_token: float = 0.0
+    observations: int = 0
+
+    def update(self, calls: int, tokens: int, seconds: float, decay: float) -> None:
+        new = {"cc": calls * calls, "ct": calls * tokens, "tt": tokens * tokens, "cs": calls * seconds,
+               "ts": tokens * seconds, "c": calls, "t": tokens, "s": seconds}
+        self.sums = {k: decay * v + new[k] for k, v in self.sums.items()}
+        self.observations += 1
+        m = self.sums
+        det = m["cc"] * m["tt"] - m["ct"] ** 2
+        if det > 1e-3 * m["cc"] * m["tt"]:
+            per_call = (m["tt"] * m["cs"] - m["ct"] * m["ts"]) / det
+            per_token = (m["cc"] * m["ts"] - m["ct"] * m["cs"]) / det
+            if per_call >= 0 and per_token >= 0:
+                self.per_call, self.per_token = per_call, per_token
+                return
+        if m["t"] > 0:
+            self.per_call, self.per_token = 0.0, m["s"] / m["t"]
+        else:
+            self.per_call, self.per_token = m["s"] / m["c"], 0.0
+
+    def seconds(self, calls: int, tokens: int) -> float:
+        return self.per_call * calls + self.per_token * tokens
+
+
+@dataclass(frozen=True)
+class LevelDraftCost:
+    """A level's draft cost at each measured context, in one-token target forwards there."""
+
+    context_lengths: tuple[int, ...]  # ascending
+    per_call: tuple[float, ...]  # [context]
+    per_token: tuple[float, ...]  # [context]
+
+    def cost(self, calls: int, tokens: int, context: int) -> float:
+        return calls * _interpolate(self.context_lengths, self.per_call, context) + \
+            tokens * _interpolate(self.context_lengths, self.per_token, context)
+
+
+def _interpolate(xs: Sequence[int], ys: Sequence[float], x: int) -> float:
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    hi = bisect.bisect_left(xs, x)
+    t = (x - xs[hi - 1]) / (xs[hi] - xs[hi - 1])
+    return ys[hi - 1] * (1 - t) + ys[hi] * t
+
+
+def level_signature(kind: str, options) -> str:
+    """What a level's draft cost depends on besides the model and machine: its kind and options."""
+    data = options.model_dump(mode="json") if hasattr(options, "model_dump") else dict(options or {})
+    text = json.dumps({"kind": kind, "options": data}, sort_keys=True)
+    return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def _path(key: str):
+    return costs_dir() / f"{key}.draft.json"
+
+
+def load_draft_costs(key: str) -> dict[str, dict]:
+    """signature -> {"cost": LevelDraftCost, "quick": bool} cached for calibration `key`."""
+    try:
+        data = json.loads(_path(key).read_text())
+        if data.get("format") != FORMAT_VERSION:
+            return {}
+        return {sig: {"cost": LevelDraftCost(tuple(e["context_lengths"]), tuple(e["per_call"]),
+                                             tuple(e["per_token"])), "quick": bool(e.get("quick"))}
+                for sig, e in data["levels"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def save_draft_costs(key: str, entries: dict[str, dict]) -> None:
+    levels = {sig: {"context_lengths": list(e["cost"].context_lengths), "per_call": list(e["cost"].per_call),
+                    "per_token": list(e["cost"].per_token), "quick": e["quick"]} for sig, e in entries.items()}
+    path = _path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"format": FORMAT_VERSION, "levels": levels}, indent=1))
+    tmp.replace(path)
+
+
+def fit_call_and_token(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """(per_call, per_token) ≥ 0 with cost ≈ per_call + per_token · tokens over (tokens, cost) points."""
+    fit = LevelCost()
+    for tokens, cost in points:
+        fit.update(1, int(tokens), cost, decay=1.0)
+    return fit.per_call, fit.per_token
+
+
+@torch.inference_mode()
+def measure_draft_costs(target, levels, text_ids: Sequence[int], context_lengths=(64, 300, 1000),
+                        repeats: int = 5, progress: bool = True, seed: int = 0) -> dict[str, LevelDraftCost]:
+    """Level name -> its measured `LevelDraftCost` (see the module docstring)."""
+    from tqdm import tqdm
+
+    from cas_spec.core.state import DecodingState
+    from cas_spec.core.tree import TreeBuilder
+    from cas_spec.core.types import SamplingParams
+
+    limit = min(target.adapter.context_length, len(text_ids)) - max(DRAFT_LENGTHS) - 2
+    contexts = tuple(sorted({c for c in context_lengths if c <= limit})) or (max(4, limit),)
+    rng = random.Random(seed)
+    points: dict[str, list[list[tuple[float, float]]]] = {lv.name: [] for lv in levels}
+    bar = tqdm(total=len(contexts) * len(levels) * (repeats * (len(DRAFT_LENGTHS) + 1) + 1),
+               desc="calibrating draft costs", unit="call", disable=not progress, file=sys.stderr, leave=False)
+    try:
+        for context in contexts:
+            target.prefill(list(text_ids[:context]))
+            state = DecodingState(tokens=list(text_ids[:context + 1]), prompt_length=context + 1,
+                                  sampling=SamplingParams(), generator=None, target=target,
+                                  max_depth=max(DRAFT_LENGTHS))
+            root = TreeBuilder(state.root_token).build()
+            for level in levels:
+                level.strategy.start(state)
+                level.strategy.draft(state, (), max(DRAFT_LENGTHS))  # warm-up: one-time work
+                target.restore()
+                bar.update()
+                samples: dict[int, list[tuple[float, int]]] = {k: [] for k in DRAFT_LENGTHS}
+                forwards: list[float] = []
+                for _ in range(repeats):
+                    order = [*DRAFT_LENGTHS, 0]  # 0: a one-token target forward, the unit
+                    rng.shuffle(order)
+                    for k in order:
+                        start = time.perf_counter()
+                        if k:
+                            proposed = len(level.strategy.draft(state, (), k))
+                        else:
+                            target.forward_tree(root)
+                        seconds = time.perf_counter() - start
+                        target.restore()
+                        if k:
+                            samples[k].append((seconds, proposed))
+                        else:
+                            forwards.append(seconds)
+                        bar.update()
+                unit = statistics.median(forwards)
+                points[level.name].append([
+                    (statistics.median(p for _, p in samples[k]), statistics.median(s for s, _ in samples[k]) / unit)
+                    for k in DRAFT_LENGTHS])
+    finally:
+        bar.close()
+        target.restore()
+    result = {}
+    for name, per_context in points.items():
+        fits = [fit_call_and_token(p) for p in per_context]
+        result[name] = LevelDraftCost(contexts, tuple(c for c, _ in fits), tuple(t for _, t in fits))
+    return result
+
+
+def format_draft_costs(costs: dict[str, LevelDraftCost], kinds: dict[str, str]) -> str:
+    """The table `cas-spec calibrate` shows: per level and context, per call and per token."""
+    if not costs:
+        return "draft costs: no levels"
+    lines = ["draft cost of a level, in one-token target forwards: per call + per drafted token",
+             f"{'level':<14}{'kind':<20}{'context':>8}{'per call':>10}{'per token':>11}"]
+    for name, cost in costs.items():
+        for i, context in enumerate(cost.context_lengths):
+            lines.append(f"{name if i == 0 else '':<14}{kinds.get(name, '') if i == 0 else '':<20}"
+                         f"{context:>8}{cost.per_call[i]:>10.3f}{cost.per_token[i]:>11.3f}")
+    return "\n".join(lines)
+
+
+def calibration_text_ids(tokenizer, tokens: int, vocab_size: int) -> list[int]:
+    """At least `tokens` token ids of real text: the shipped Spec-Bench questions, in file order.
+
+    A tokenizer that cannot encode them (a test double) gets seeded random ids instead: costs
+    hardly depend on the text, only lookup levels find fewer matches in it."""
+    from cas_spec.bench.questions import load_questions
+
+    _, questions = load_questions()
+    ids: list[int] = []
+    try:
+        for question in questions:
+            ids.extend(tokenizer(question.prompt + "\n\n", add_special_tokens=False)["input_ids"])
+            if len(ids) >= tokens:
+                return ids
+    except (ValueError, TypeError, KeyError):
+        pass
+    rng = random.Random(0)
+    return [rng.randrange(vocab_size) for _ in range(tokens)]
+
+
+def calibrated_draft_costs(target, levels, kinds: dict[str, str], tokenizer, *, key: str, quick: bool,
+                           use_cache: bool, progress: bool = True) -> dict[str, LevelDraftCost]:
+    """Each level's draft cost: from the cache for calibration `key`, else measured and cached.
+
+    A quick entry (first use: one context, 3 repeats) serves until a full one (`cas-spec
+    calibrate`: three contexts, 5 repeats) replaces it."""
+    signatures = {lv.name: level_signature(kinds[lv.name], lv.strategy.options) for lv in levels}
+    cached = load_draft_costs(key)
+    result, missing = {}, []
+    for level in levels:
+        entry = cached.get(signatures[level.name]) if use_cache else None
+        if entry is not None and (quick or not entry["quick"]):
+            result[level.name] = entry["cost"]
+        else:
+            missing.append(level)
+    if missing:
+        contexts = (300,) if quick else (64, 300, 1000)
+        text = calibration_text_ids(tokenizer, max(contexts) + 2 * max(DRAFT_LENGTHS),
+                                    target.model.config.vocab_size)
+        measured = measure_draft_costs(target, missing, text, contexts, repeats=3 if quick else 5,
+                                       progress=progress)
+        for name, cost in measured.items():
+            cached[signatures[name]] = {"cost": cost, "quick": quick}
+            result[name] = cost
+        save_draft_costs(key, cached)
+    return {lv.name: result[lv.name] for lv in levels}

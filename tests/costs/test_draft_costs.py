@@ -1,0 +1,81 @@
+"""Draft costs measured ahead (`costs/draft_costs.py`): the fit, the cache, the measurement on a
+tiny model, and what `cas-spec calibrate` shows."""
+
+from __future__ import annotations
+
+import pytest
+
+from cas_spec import load_pipeline
+from cas_spec.costs import draft_costs as dc
+from tests.conftest import IdTokenizer, tiny_llama
+
+
+def test_the_fit_splits_a_call_cost_from_a_token_cost():
+    per_call, per_token = dc.fit_call_and_token([(1, 0.7), (4, 1.6)])
+    assert per_call == pytest.approx(0.4) and per_token == pytest.approx(0.3)
+    assert dc.fit_call_and_token([(0, 0.002), (0, 0.002)]) == pytest.approx((0.002, 0.0))
+
+
+def test_cache_round_trip_and_signatures_follow_the_options(tmp_path, monkeypatch):
+    monkeypatch.setattr(dc, "costs_dir", lambda: tmp_path)
+    cost = dc.LevelDraftCost((64, 300), (0.01, 0.02), (0.5, 0.6))
+    dc.save_draft_costs("key", {"sig": {"cost": cost, "quick": True}})
+    assert dc.load_draft_costs("key") == {"sig": {"cost": cost, "quick": True}}
+    assert dc.load_draft_costs("other") == {}
+    (tmp_path / "key.draft.json").write_text("{not json")
+    assert dc.load_draft_costs("key") == {}
+
+    from cas_spec.strategies.layer_sparsity import LayerSparsityOptions
+
+    a = dc.level_signature("layer_sparsity", LayerSparsityOptions(sparsity=0.4))
+    assert a == dc.level_signature("layer_sparsity", LayerSparsityOptions(sparsity=0.4))
+    assert a != dc.level_signature("layer_sparsity", LayerSparsityOptions(sparsity=0.6))
+
+
+CONFIG = {"scheduler": {"kind": "dytc"},
+          "levels": [{"name": "exit1", "kind": "early_exit", "options": {"exit_layer": 1}},
+                     {"name": "pld", "kind": "prompt_lookup"}]}
+
+
+def test_a_pipeline_measures_its_levels_once_and_reuses_the_cache(monkeypatch):
+    calls = []
+    measure = dc.measure_draft_costs
+
+    def counting(target, levels, *args, **kwargs):
+        calls.append([lv.name for lv in levels])
+        return measure(target, levels, *args, **kwargs)
+
+    monkeypatch.setattr(dc, "measure_draft_costs", counting)
+    model = tiny_llama(31, layers=4, vocab=96, max_positions=512)
+    pipe = load_pipeline(CONFIG, model=model, tokenizer=IdTokenizer())
+    assert calls == [["exit1", "pld"]]  # quick, on first use
+    costs = pipe.target.draft_costs
+    assert set(costs) == {"exit1", "pld"} and costs["exit1"].context_lengths == (300,)
+    for cost in costs.values():
+        assert min(cost.per_call + cost.per_token) >= 0.0
+    load_pipeline(CONFIG, model=model, tokenizer=IdTokenizer())
+    assert len(calls) == 1  # cached
+    full = pipe.calibrate_drafts(quick=False, use_cache=True, progress=False)
+    assert len(calls) == 2 and full["exit1"].context_lengths == (64, 300)  # 1,000 does not fit 512
+    assert pipe.calibrate_drafts(quick=True, use_cache=True, progress=False) == full  # full serves quick
+    assert len(calls) == 2
+    shown = dc.format_draft_costs(full, {"exit1": "early_exit", "pld": "prompt_lookup"})
+    assert "exit1" in shown and "early_exit" in shown and "per token" in shown
+
+
+def test_without_calibration_no_draft_costs_are_measured():
+    config = dict(CONFIG, calibration="off")
+    pipe = load_pipeline(config, model=tiny_llama(32, layers=4), tokenizer=IdTokenizer())
+    assert pipe.target.draft_costs == {} and pipe.calibrate_drafts() == {}
+
+
+def test_calibration_text_is_real_text_or_seeded_ids_for_a_tokenizer_that_cannot_encode_it():
+    from transformers import AutoTokenizer
+
+    from tests.conftest import STORIES
+
+    ids = dc.calibration_text_ids(AutoTokenizer.from_pretrained(STORIES), 300, vocab_size=512)
+    assert len(ids) >= 300 and len(set(ids)) > 50
+    fallback = dc.calibration_text_ids(IdTokenizer(), 300, vocab_size=96)
+    assert len(fallback) == 300 and max(fallback) < 96
+    assert fallback == dc.calibration_text_ids(IdTokenizer(), 300, vocab_size=96)

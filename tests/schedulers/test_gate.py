@@ -1,0 +1,80 @@
+"""The never-slower gate's decision rule, with a fake inner scheduler and fake step timings."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from cas_spec.core.interfaces import Scheduler
+from cas_spec.core.tree import TreeBuilder
+from cas_spec.core.types import StepTimings, Verdict
+from cas_spec.schedulers.gate import NeverSlowerGate
+
+FORWARD = 0.1  # seconds of a plain step
+
+
+class Inner(Scheduler):
+    name = "inner"
+
+    def __init__(self):
+        super().__init__(None, [])
+        self.steps = 0
+
+    def build_tree(self, state):
+        self.steps += 1
+        builder = TreeBuilder(state.root_token)
+        builder.add(0, 7, "x", 1.0)
+        return builder.build()
+
+    def observe(self, tree, verdict, timings):
+        pass
+
+
+class Costs:
+    def cost(self, n, context=0):
+        return 1.0 + 0.2 * (n - 1)  # a two-node tree costs 1.2 plain steps
+
+
+def run(gate: NeverSlowerGate, speculative_step, steps: int) -> list[bool]:
+    """Drive `gate` for `steps` steps; `speculative_step(i)` gives (tokens, seconds) of a
+    speculative step i. Returns, per step, whether it was speculative."""
+    state = SimpleNamespace(root_token=1, step=0, target=SimpleNamespace(costs=Costs(), length=50))
+    gate.start(state)
+    spoke = []
+    for i in range(steps):
+        state.step = i
+        tree = gate.build_tree(state)
+        speculative = tree.size > 1
+        tokens, seconds = speculative_step(i) if speculative else (1, FORWARD)
+        verdict = Verdict(tuple(range(1, tokens)), (5,) * (tokens - 1), 0)  # + the bonus token
+        gate.observe(tree, verdict, StepTimings(draft=0.0, verify=seconds, total=seconds))
+        spoke.append(speculative)
+    return spoke
+
+
+def test_a_bursty_drafter_that_pays_overall_is_never_switched_off():
+    # nine misses costing 1.2 plain steps each, then a run of six tokens: 15 tokens per 11.3 steps
+    def step(i):
+        return (6, 1.2 * FORWARD) if i % 10 == 9 else (1, 1.2 * FORWARD)
+
+    gate = NeverSlowerGate(Inner())
+    assert all(run(gate, step, 200)) and gate.triggers == 0
+
+
+def test_a_drafter_slower_than_plain_decoding_is_switched_off_and_probed_ever_less():
+    gate = NeverSlowerGate(Inner())
+    spoke = run(gate, lambda i: (1, 2.0 * FORWARD), 1000)
+    assert sum(spoke) < 45  # under 5 % of the steps: the first ones and short probes
+    starts = [i for i in range(1, 1000) if spoke[i] and not spoke[i - 1]]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert gaps == sorted(gaps) and len(gaps) >= 3
+
+
+def test_a_drafter_that_stops_paying_is_caught_and_one_that_recovers_is_taken_back():
+    def step(i):
+        return (3, 1.1 * FORWARD) if i < 100 or i >= 300 else (1, 1.5 * FORWARD)
+
+    gate = NeverSlowerGate(Inner(), max_hold=32)
+    spoke = run(gate, step, 500)
+    assert all(spoke[:100])
+    assert sum(spoke[150:300]) < 30
+    assert sum(spoke[400:500]) == 100
