@@ -247,3 +247,17 @@ def test_dytc_sampling_matches_the_target_distribution():
     assert branching > 0.2 * runs, "trees with siblings must be verified for the test to mean anything"
     stat, df = chi2_goodness(counts, exact, runs)
     assert stat < chi2_critical(df, 1e-3), (stat, df)
+
+
+def test_what_dytc_learned_carries_over_to_the_next_generation(clock):
+    level = Level("model", Scripted(clock, 0.4))
+    scheduler, _ = simulate([level], {"model": lambda s: 0.0}, 120, probe_interval=8)
+    alpha, interval = scheduler.alpha["model"].alpha, scheduler.probe_every["model"]
+    assert alpha < 0.3 and interval > 8
+    same_target = scheduler.latency.costs
+    state = DecodingState(tokens=[1] * 11, prompt_length=11, sampling=SamplingParams(), generator=None,
+                          target=SimpleNamespace(costs=same_target, length=10), max_depth=8)
+    level.reset_counters()
+    scheduler.start(state)
+    assert scheduler.alpha["model"].alpha == alpha and scheduler.probe_every["model"] == interval
+    assert scheduler.build_tree(state).size == 1  # the next prompt starts without the level

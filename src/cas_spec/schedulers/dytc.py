@@ -27,7 +27,11 @@ target forward:
    `probe_interval` and doubles after each probe that does not bring the level back into use
    (up to `max_probe_interval`), so a level that never pays costs ever less.
 5. **Costs.** Verification from the calibrated cost table; drafts from the latency model,
-   which starts from the calibrated draft costs (`cas-spec calibrate`) and learns online.
+   which starts from the calibrated draft costs (`cas-spec calibrate`) and learns online. A
+   level whose full draft costs under `free_cost` (prompt lookup, max-gram) drafts at the root
+   first, every step: deciding whether to ask for it would cost more than asking, and its
+   proposal (with its confidence) is what the other levels are weighed against; pruning drops
+   what of it does not pay.
 
 Choices where the paper is silent (each an option where it matters): the window counts steps;
 α̂ counts tokens whose parent was accepted; the stopping rule and the step-value objective; the
@@ -66,6 +70,8 @@ class DytcOptions(BaseModel):
     probe_interval: int = Field(16, ge=1, description="Steps after which an unused level drafts a probe.")
     max_probe_interval: int = Field(256, ge=1, description="Longest probe interval after failed probes.")
     probe_tokens: int = Field(1, ge=1, le=64, description="Tokens a probe drafts.")
+    free_cost: float = Field(0.02, ge=0.0, description="A level whose full draft costs less than this (in "
+                             "one-token target forwards) drafts at the root every step, before growth.")
 
 
 Objective = Callable[..., float]
@@ -80,14 +86,21 @@ class DytcScheduler(Scheduler):
         return [] if level_names else ["levels: dytc needs at least one level to draft with"]
 
     def start(self, state: DecodingState) -> None:
+        """Before a generation. What was learned in earlier generations of this pipeline (level
+        costs, acceptance estimates, confidence calibration, probe intervals) carries over, so a
+        level that does not pay is not tried afresh for every prompt; the EMAs adapt to the new
+        text within a few steps."""
         o = self.options
-        self.latency = LatencyModel(state.target.costs, self.levels,
-                                    draft_costs=getattr(state.target, "draft_costs", None))
-        self.alpha = {lv.name: WindowedAcceptance(prior=o.prior_alpha, decay=o.ema_decay, window=o.window,
-                                                  warmup=o.warmup) for lv in self.levels}
-        self.calibration = {lv.name: ConfidenceCalibration() for lv in self.levels}
+        draft_costs = getattr(state.target, "draft_costs", None)
+        if getattr(self, "latency", None) is None or self.latency.costs is not state.target.costs:
+            self.latency = LatencyModel(state.target.costs, self.levels, draft_costs=draft_costs)
+            self.alpha = {lv.name: WindowedAcceptance(prior=o.prior_alpha, decay=o.ema_decay, window=o.window,
+                                                      warmup=o.warmup) for lv in self.levels}
+            self.calibration = {lv.name: ConfidenceCalibration() for lv in self.levels}
+            self.probe_every = {lv.name: o.probe_interval for lv in self.levels}
+        else:
+            self.latency.restart()  # the engine reset the levels' counters
         self.last_used = {lv.name: 0 for lv in self.levels}
-        self.probe_every = {lv.name: o.probe_interval for lv in self.levels}
         self.probes = 0  # probes drafted in this generation
         self.scheduling_seconds = 0.0
         self._nodes: list[tuple[str, int, bool] | None] = [None]  # per node: (level, bucket, alternative)
@@ -104,6 +117,17 @@ class DytcScheduler(Scheduler):
         expected, spent = 0.0, 0.0
         exhausted: set[tuple[int, str]] = set()
         probe = self._due_probe(state)
+        for level in self._free_levels(context):  # costless drafts first: what they propose informs the rest
+            limit = min(self.options.max_draft, state.max_depth, self.options.max_nodes - builder.size)
+            if limit <= 0:
+                break
+            before = time.perf_counter()
+            draft = level.draft(state, (), limit)
+            drafting += time.perf_counter() - before
+            self.last_used[level.name] = state.step
+            exhausted.add((0, level.name))
+            if len(draft):
+                expected += self._add_draft(builder, nodes, p_acc, 0, level.name, draft)
         while builder.size < self.options.max_nodes:
             choice = self._best_expansion(builder, p_acc, expected, spent, context, exhausted, state, probe)
             if choice is None:
@@ -129,6 +153,14 @@ class DytcScheduler(Scheduler):
         tree = self._prune(builder, nodes, p_acc, spent, context)
         self.scheduling_seconds += time.perf_counter() - start - drafting
         return tree
+
+    def _free_levels(self, context: int) -> list:
+        """Levels whose full draft costs next to nothing (lookups), as calibrated or measured."""
+        if not self.latency.draft_costs and not self.latency.forward_seconds:
+            return []  # nothing known yet about any level's cost
+        return [lv for lv in self.levels
+                if (self.latency.measured(lv.name) or lv.name in self.latency.draft_costs)
+                and self.latency.draft(lv.name, 1, self.options.max_draft, context) < self.options.free_cost]
 
     def _due_probe(self, state: DecodingState) -> str | None:
         due = [lv.name for lv in self.levels if state.step - self.last_used[lv.name] >= self.probe_every[lv.name]]

@@ -8,7 +8,9 @@ steps have run). The excess time is summed as a one-sided CUSUM, deficit ← max
 seconds − (1 + `margin`) · tokens / plain rate), so a step that commits a run of copied tokens
 pays off the misses before it: drafters are bursty, and a mean over a few steps misreads them.
 When the deficit exceeds `patience` plain steps, the next `hold` steps decode plainly without
-calling the wrapped scheduler; then speculation is probed again, and each failed probe doubles
+calling the wrapped scheduler; then speculation is probed again, on probation (its deficit
+starts one plain step short of the trigger, so a drafter that keeps losing is caught within one
+plain step's worth of loss, and one that pays clears it), and each failed probe doubles
 the hold (up to `max_hold`), so the probes' share of a long generation shrinks; `min_steps`
 speculative steps without a trigger restore the first hold.
 
@@ -35,12 +37,19 @@ class NeverSlowerGate(Scheduler):
         self.base_hold, self.max_hold = hold, max_hold
 
     def start(self, state: DecodingState) -> None:
+        """Before a generation. The plain rate, the hold length and what is left of a hold carry
+        over from the pipeline's previous generation: a drafter found not to pay is not tried
+        afresh at the start of every prompt (where short generations would pay for it most)."""
         self.inner.start(state)
-        self.plain_rate: float | None = None  # EMA of plain steps' tokens/s
+        previous = getattr(self, "_state", None)
+        if previous is None or previous.target is not state.target:
+            self.plain_rate: float | None = None  # EMA of plain steps' tokens/s
+            self.hold = self.base_hold
+            self.plain_until = 0
+        else:
+            self.plain_until = max(self.plain_until - previous.step, 0)  # the rest of a hold
         self.deficit = 0.0  # seconds speculation lost against plain decoding (CUSUM)
         self.clean_steps = 0  # speculative steps since the last trigger
-        self.hold = self.base_hold
-        self.plain_until = 0
         self.plain_steps = 0  # steps the gate decoded plainly (for statistics and tests)
         self.triggers = 0  # times the gate switched speculation off
         self._plain = False
@@ -75,7 +84,8 @@ class NeverSlowerGate(Scheduler):
         if self.deficit > self.patience * plain_step:
             self.plain_until = self._state.step + self.hold
             self.hold = min(2 * self.hold, self.max_hold)
-            self.deficit, self.clean_steps = 0.0, 0
+            # A probe starts on probation: one plain step's worth of loss ends it.
+            self.deficit, self.clean_steps = max(self.patience - 1.0, 0.0) * plain_step, 0
             self.triggers += 1
         elif self.clean_steps >= self.min_steps:
             self.hold = self.base_hold

@@ -41,6 +41,10 @@ class LatencyModel:
     def _snapshot(self) -> dict[str, tuple[int, int, float]]:
         return {lv.name: (lv.calls, lv.proposed, lv.seconds) for lv in self.levels}
 
+    def restart(self) -> None:
+        """A new generation: the levels' counters were reset; what was learned stays."""
+        self._counters = self._snapshot()
+
     def verify(self, n: int, context: int) -> float:
         """Cost of one target forward over n tokens (n ≥ 1)."""
         if self.costs is not None:
