@@ -11,13 +11,15 @@ PROMPT ?= Summarize in one sentence: The Eiffel Tower is a wrought-iron lattice 
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt examples/retrieval/pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "is ignored" || true
 	# torch first, pinned to the CPU build; the constraints file keeps every later step on it
 	PIP_CONSTRAINT=constraints.txt $(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "is ignored" || true
 	PIP_CONSTRAINT=constraints.txt $(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+	# the example third-party plugin (examples/retrieval), installed the way a user installs one
+	PIP_CONSTRAINT=constraints.txt $(BIN)/python -m pip install -q --disable-pip-version-check --no-build-isolation -e examples/retrieval 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -c "import cas_spec, torch; print('cas-spec ready, torch', torch.__version__)"
 	touch $(STAMP)
 
@@ -28,6 +30,9 @@ demo: setup
 test: setup
 	$(BIN)/cas-spec fetch smollm2-135m >/dev/null
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	# the example plugin's own tests, as its own session (its own pytest settings)
+	$(BIN)/python -m pytest examples/retrieval/tests $(PYTEST_ARGS)
+	CAS_SPEC_LOAD_ENTRYPOINTS=1 $(BIN)/cas-spec plugins | grep -q "retrieval"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

@@ -10,6 +10,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+# The tiny model builders live in the testing kit; re-exported for `from tests.conftest import ...`.
+from cas_spec.testing.models import IdTokenizer, tiny_gemma3, tiny_llama  # noqa: F401
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Calibration tables measured by the tests go to a throw-away cache; models stay in the real one.
 _REAL_CACHE = Path(os.environ.get("CAS_SPEC_CACHE") or Path.home() / ".cache" / "cas-spec")
@@ -28,60 +31,6 @@ settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHES
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STORIES = FIXTURES / "stories260K"
-
-
-def tiny_llama(seed: int = 0, *, vocab: int = 96, hidden: int = 32, layers: int = 3, heads: int = 4,
-               kv_heads: int = 2, intermediate: int = 48, max_positions: int = 256, family: str = "llama",
-               attn: str = "sdpa"):
-    """A random Llama-family model (llama, qwen2, mistral) small enough to build in milliseconds."""
-    import transformers
-
-    config_cls, model_cls = {
-        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
-        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
-    }[family]
-    config = config_cls(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
-                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                        max_position_embeddings=max_positions, bos_token_id=1, eos_token_id=2,
-                        pad_token_id=0, attn_implementation=attn)
-    torch.manual_seed(seed)
-    return model_cls(config).eval()
-
-
-def tiny_gemma3(seed: int = 0, *, vocab: int = 96, hidden: int = 32, heads: int = 4, kv_heads: int = 1,
-                head_dim: int = 16, intermediate: int = 48, window: int = 8,
-                layer_types: tuple[str, ...] = ("sliding_attention", "sliding_attention", "full_attention",
-                                                "sliding_attention"),
-                max_positions: int = 512, attn: str = "sdpa"):
-    """A random Gemma 3 text model with a small sliding window, so short sequences cross it."""
-    import transformers
-
-    config = transformers.Gemma3TextConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
-        num_hidden_layers=len(layer_types), num_attention_heads=heads, num_key_value_heads=kv_heads,
-        head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=window, layer_types=list(layer_types),
-        max_position_embeddings=max_positions, bos_token_id=2, eos_token_id=1, pad_token_id=0,
-        attn_implementation=attn)
-    torch.manual_seed(seed)
-    model = transformers.Gemma3ForCausalLM(config).eval()
-    with torch.no_grad():  # random RMSNorm weights (stock init is 0 = identity) make layers differ more
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
-                param.normal_(0.0, 0.3)
-    return model
-
-
-class IdTokenizer:
-    """A minimal tokenizer for tiny random models: text is a space-separated list of ids."""
-
-    chat_template = None
-
-    def __call__(self, text, add_special_tokens=True):
-        return {"input_ids": [int(t) for t in text.split()]}
-
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(str(i) for i in ids)
 
 
 @pytest.fixture(scope="session")

@@ -250,9 +250,33 @@ def test_plugins_json(capsys):
     assert data["broken"] == {}
 
 
+@pytest.fixture
+def with_a_broken_plugin(monkeypatch):
+    """The process-wide plugin set, plus a third-party plugin that failed to import."""
+    import importlib.metadata
+
+    from cas_spec.core import plugins as plugins_module
+
+    broken = importlib.metadata.EntryPoint(name="shiny", value="cas_spec_no_such_module_xyz:plugin", group="cas_spec")
+    plugins = plugins_module.build_plugins([broken])
+    monkeypatch.setattr(plugins_module, "get_plugins", lambda: plugins)
+    return plugins
+
+
+def test_plugins_lists_broken_plugins(capsys, with_a_broken_plugin):
+    code, out, _ = run(capsys, "plugins")
+    assert code == 0
+    assert out.endswith("broken plugins:\n  shiny                ModuleNotFoundError: "
+                        "No module named 'cas_spec_no_such_module_xyz'\n")
+    code, out, _ = run(capsys, "plugins", "--json")
+    data = json.loads(out)
+    assert data["broken"] == {"shiny": "ModuleNotFoundError: No module named 'cas_spec_no_such_module_xyz'"}
+    assert "shiny" not in data["plugins"] and data["strategies"]["prompt_lookup"] == "cas_spec.strategies"
+
+
 # -- help ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command", ["generate", "plugins", "validate", "fetch"])
+@pytest.mark.parametrize("command", ["generate", "plugins", "validate", "calibrate", "bench", "fetch"])
 def test_each_subcommand_help_shows_examples(capsys, command):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
@@ -268,7 +292,7 @@ def test_top_level_help_lists_the_commands(capsys):
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("generate", "plugins", "validate", "fetch"):
+    for command in ("generate", "plugins", "validate", "calibrate", "bench", "fetch"):
         assert command in out
 
 
@@ -277,6 +301,34 @@ def test_no_command_is_a_usage_error(capsys):
         main([])
     assert info.value.code == 2
     assert "usage: cas-spec" in capsys.readouterr().err
+
+
+# -- progress bars ------------------------------------------------------------------------------
+
+BAR = re.compile(r"\r|it/s|\d+%\|")  # what a tqdm bar leaves on a stream
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(capsys):
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    code, out, err = run(capsys, "generate", *MODEL, "-n", "4", "--no-chat", "Once upon a time")
+    assert code == 0 and out.strip()
+    assert not BAR.search(err), err
+    assert hf_logging.is_progress_bar_enabled() == enabled  # transformers' setting is restored
+
+
+def test_progress_bars_on_a_terminal(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    code, _, err = run(capsys, "generate", *MODEL, "-n", "4", "--no-chat", "Once upon a time")
+    assert code == 0 and "Loading weights" in err  # transformers' bar, left on
+
+
+def test_calibrate_prints_its_tables_and_no_progress_bars_off_a_terminal(capsys):
+    code, out, err = run(capsys, "calibrate", *MODEL, "--threads", "1")
+    assert code == 0
+    assert out.startswith(f"model {STORIES}, threads 1, key ") and "draft cost of a level" in out
+    assert not BAR.search(err), err
 
 
 # -- a real process -----------------------------------------------------------------------------

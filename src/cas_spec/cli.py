@@ -1,15 +1,17 @@
 """The `cas-spec` command: generate, plugins, validate, calibrate, bench, fetch.
 
-Generated text goes to stdout; statistics, progress and errors to stderr. A mistake of the
-user's making exits with status 2 and a one-line cause; any other failure exits with 1.
+Generated text goes to stdout; statistics, progress and errors to stderr. Progress bars (model
+download and conversion, loading, calibration) show only when stderr is a terminal. A mistake of
+the user's making exits with status 2 and a one-line cause; any other failure exits with 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 EXAMPLES = {
     "generate": """examples:
@@ -23,7 +25,9 @@ EXAMPLES = {
   cas-spec plugins --json""",
     "validate": """examples:
   cas-spec validate my-pipeline.yaml
-  cas-spec validate default --set levels.0.options.num_tokens=5""",
+  cas-spec validate default --set levels.0.options.num_tokens=5
+
+Every problem is listed with its dotted location; the exit status is 2 if there is any.""",
     "calibrate": """examples:
   cas-spec calibrate                       # the default pipeline's model, machine and threads
   cas-spec calibrate --model tests/fixtures/stories260K --show""",
@@ -83,6 +87,28 @@ def _parser() -> argparse.ArgumentParser:
                                 epilog=EXAMPLES["fetch"], formatter_class=fmt)
     fetch.add_argument("model", help="model alias")
     return parser
+
+
+def _show_progress() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
+
+
+@contextlib.contextmanager
+def _progress_bars(show: bool) -> Iterator[None]:
+    """transformers' own bars (loading weights) follow ours: off unless stderr is a terminal."""
+    if show:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _generate(args) -> int:
@@ -154,7 +180,8 @@ def _calibrate(args) -> int:
     if args.threads:
         overrides.append(f"threads={args.threads}")
     pipe = load_pipeline(args.pipeline, overrides=overrides)
-    calibration = pipe.calibrate(quick=False, use_cache=args.show)
+    progress = _show_progress()
+    calibration = pipe.calibrate(quick=False, use_cache=args.show, progress=progress)
     table = calibration.costs
     print(f"model {pipe.config.model}, threads {pipe.config.threads}, key {table.key}"
           f"{' (quick)' if table.quick else ''}")
@@ -168,7 +195,7 @@ def _calibrate(args) -> int:
     from cas_spec.costs.draft_costs import format_draft_costs
 
     pipe.calibration = calibration
-    draft_costs = pipe.calibrate_drafts(quick=False, use_cache=args.show)
+    draft_costs = pipe.calibrate_drafts(quick=False, use_cache=args.show, progress=progress)
     print()
     print(format_draft_costs(draft_costs, {lc.name: lc.kind for lc in pipe.config.levels}))
     return 0
@@ -183,7 +210,7 @@ def _bench(args) -> int:
 def _fetch(args) -> int:
     from cas_spec.core.models import ALIASES, resolve_model_path
 
-    print(resolve_model_path(args.model))
+    print(resolve_model_path(args.model, progress=_show_progress()))
     source = ALIASES.get(args.model)
     if source is not None:
         print(f"{source.alias}: {source.description}; licence: {source.licence}", file=sys.stderr)
@@ -196,9 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from cas_spec.core.errors import UserError
 
+    command = {"generate": _generate, "plugins": _plugins, "validate": _validate,
+               "calibrate": _calibrate, "fetch": _fetch, "bench": _bench}[args.command]
+    loads_models = args.command in ("generate", "calibrate", "fetch", "bench")
     try:
-        return {"generate": _generate, "plugins": _plugins, "validate": _validate,
-                "calibrate": _calibrate, "fetch": _fetch, "bench": _bench}[args.command](args)
+        with _progress_bars(_show_progress()) if loads_models else contextlib.nullcontext():
+            return command(args)
     except UserError as exc:
         print(f"cas-spec: error: {exc}", file=sys.stderr)
         return 2

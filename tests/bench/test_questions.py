@@ -111,3 +111,32 @@ def test_selection_passes_over_questions_that_do_not_fit():
     assert [q.question_id for q in skipped] == [161, 163, 481, 483]
     chosen, skipped = select(groups, ["rag"], 2, fits=lambda q: False)
     assert chosen == [] and len(skipped) == 80
+
+
+def test_line_numbers_count_newlines_only(tmp_path):
+    """A JSON string may hold U+2028, form feeds and other characters str.splitlines breaks at;
+    they neither split a question nor shift the line number of a later error."""
+    path = tmp_path / "q.jsonl"
+    odd = "first\u2028second\x0cthird\x1cfourth\x85fifth"
+    first = json.dumps({"question_id": 1, "category": "qa", "turns": [odd]}, ensure_ascii=False)
+    path.write_bytes(f"{first}\r\n{line(2)}\r\n".encode() + b'{"question_id": 3, "category": "qa"}\r\n')
+    with pytest.raises(QuestionFileError, match=f"^{path} line 3: field 'turns' is missing$"):
+        load_questions(path)
+    path.write_bytes(f"{first}\r\n{line(2)}\r\n".encode())
+    _, questions = load_questions(path)
+    assert [q.prompt for q in questions] == [odd, "What is 2 + 2?"] and [q.line for q in questions] == [1, 2]
+
+
+def test_a_file_saved_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(line(1) + "\n" + line(2) + "\n", encoding="utf-8-sig")
+    _, questions = load_questions(path)
+    assert [q.question_id for q in questions] == [1, 2]
+
+
+def test_bad_json_reports_line_and_column(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(line(1) + "\n" + line(2) + "\n" + '{"question_id": 3, "category": qa, "turns": ["x"]}\n')
+    with pytest.raises(QuestionFileError) as info:
+        load_questions(path)
+    assert str(info.value) == f"{path} line 3: bad JSON: Expecting value (column 32)"

@@ -319,3 +319,61 @@ def test_empty_file_is_the_empty_pipeline(tmp_path):
     path = write(tmp_path / "empty.yaml", "# nothing\n")
     config = load_config(path, ["scheduler.kind=autoregressive"])
     assert config.levels == [] and config.scheduler.kind == "autoregressive"
+
+
+# -- safety of inputs -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tag", ["!!python/object/apply:os.system", "!!python/object/new:os.system",
+                                 "!!python/name:os.system", "!!python/object:collections.OrderedDict"])
+def test_a_python_tag_is_rejected_and_nothing_is_constructed(tmp_path, tag):
+    flag = tmp_path / "constructed"
+    path = write(tmp_path / "evil.yaml", f"model: x\nlevels: {tag} [\"touch {flag}\"]\n")
+    (problem,) = problems_of(path)
+    assert problem == (f"<yaml> line 2: tag '{tag}' is not allowed: a pipeline is plain data "
+                       "(mappings, lists, strings, numbers, booleans, null)")
+    assert not flag.exists()
+
+
+def test_a_python_tag_in_an_override_is_rejected(tmp_path):
+    flag = tmp_path / "constructed"
+    item = f'model=!!python/object/apply:os.system ["touch {flag}"]'
+    (problem,) = problems_of("default", [item])
+    assert problem.startswith(f"--set {item}: tag '!!python/object/apply:os.system' is not allowed")
+    assert not flag.exists()
+
+
+@pytest.mark.parametrize("parent", [
+    "http://example.com/p.yaml", "https://example.com/p.yaml", "file:///etc/p.yaml", "ftp://example.com/p.yaml",
+    "HTTPS://example.com/p.yaml", "file:/etc/p.yaml", "//host/share/p.yaml", "\\\\host\\share\\p.yaml",
+    "s3://bucket/p.yaml",
+])
+def test_extends_cannot_reach_a_url_or_a_network_path(tmp_path, parent):
+    path = write(tmp_path / "u.yaml", f"extends: '{parent}'\n")
+    (problem,) = problems_of(path)
+    assert problem == f"extends: '{parent}' is a URL or a network path; only local files and presets are allowed"
+    with pytest.raises(ConfigError, match="is a URL or a network path"):
+        load_config({"extends": parent})  # a mapping source is checked the same way
+
+
+def test_extends_a_local_absolute_path_still_works(tmp_path):
+    base = write(tmp_path / "base" / "b.yaml", "scheduler: {kind: autoregressive}\nmax_new_tokens: 4\n")
+    child = write(tmp_path / "child.yaml", f"extends: {base}\n")
+    assert load_config(child).max_new_tokens == 4
+
+
+def test_a_problem_in_an_extended_file_names_that_file_and_line(tmp_path):
+    base = write(tmp_path / "base.yaml", "model: x\nsampling: {temperature: 0\n")
+    child = write(tmp_path / "child.yaml", "extends: base.yaml\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(child)
+    assert info.value.source == str(base)
+    assert str(info.value).startswith(f"invalid pipeline {base}: <yaml> line 3:")
+
+
+def test_a_bad_field_names_the_file_and_the_dotted_location(tmp_path):
+    path = write(tmp_path / "bad.yaml", "scheduler: {kind: chain, options: {k: many}}\n"
+                                        "levels: [{name: pld, kind: prompt_lookup}]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (f"invalid pipeline {path}: scheduler.options.k: "
+                               "Input should be a valid integer, unable to parse string as an integer")

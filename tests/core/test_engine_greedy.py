@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cas_spec import load_pipeline
+from cas_spec.testing.models import repetitive_prompt
 from tests.conftest import IdTokenizer, tiny_llama
 
 CHAIN_PLD = {
@@ -24,13 +25,6 @@ def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
         out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
                              max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
     return out[0, len(prompt_ids):].tolist()
-
-
-def repetitive_prompt(seed: int, vocab: int, length: int = 40) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    motif = torch.randint(3, vocab, (7,), generator=g).tolist()
-    noise = torch.randint(3, vocab, (length,), generator=g).tolist()
-    return noise[: length // 2] + motif + noise[length // 2:] + motif[:4]
 
 
 SHAPES = [

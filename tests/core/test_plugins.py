@@ -383,3 +383,21 @@ def test_a_plugin_that_fails_midway_registers_nothing(tmp_path, monkeypatch):
     assert "half_registered" not in plugins.strategies
     assert plugins.broken["half_plugin"] == "RuntimeError: second class failed"
     assert "prompt_lookup" in plugins.strategies
+
+
+def test_an_entry_point_outside_the_allow_list_is_never_imported(make_module, monkeypatch, tmp_path):
+    """Discovered through importlib.metadata like an installed package: not named in
+    CAS_SPEC_PLUGINS, its module is not imported at all (its import would leave a flag)."""
+    flag = tmp_path / "imported"
+    spy = make_module(f"open({str(flag)!r}, 'w').close()\n" + STRATEGY_PLUGIN.replace('"NAME"', "'spied'"))
+    allowed = strategy_plugin(make_module)
+    eps = [entry_point("spy", f"{spy}:plugin"), entry_point("allowed", f"{allowed}:plugin")]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda *, group: eps if group == "cas_spec" else [])
+    monkeypatch.setenv("CAS_SPEC_LOAD_ENTRYPOINTS", "1")
+    monkeypatch.setenv("CAS_SPEC_PLUGINS", "allowed")
+    plugins = build_plugins()
+    assert not flag.exists() and spy not in sys.modules
+    assert plugins.loaded == [*BUILTIN_MODULES, "allowed"] and plugins.broken == {}
+    assert "spied" not in plugins.strategies and "repeat_last" in plugins.strategies
+    monkeypatch.setenv("CAS_SPEC_PLUGINS", "allowed,spy")  # the control: once allowed, it is imported
+    assert "spied" in build_plugins().strategies and flag.exists()

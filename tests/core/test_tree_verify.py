@@ -8,8 +8,9 @@ import torch
 
 from cas_spec.adapters import resolve_adapter
 from cas_spec.core.target import Target
-from cas_spec.core.tree import TreeBuilder, ancestor_matrix, tree_attention_mask
+from cas_spec.core.tree import ancestor_matrix, tree_attention_mask
 from cas_spec.core.types import SamplingParams
+from cas_spec.testing.exact import tree_from_branches as build_tree
 from cas_spec.verifiers.greedy import GreedyVerifier
 from tests.conftest import tiny_llama
 
@@ -37,14 +38,6 @@ def prefilled_target(model):
     target = Target(model, resolve_adapter(model))
     target.prefill(PROMPT[:-1])
     return target
-
-
-def build_tree(root, branches):
-    """branches: list of (parent node, token) in insertion order."""
-    builder = TreeBuilder(root)
-    for parent, token in branches:
-        builder.add(parent, token, level="hand")
-    return builder.build()
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -21,54 +21,16 @@ from cas_spec.core import verify
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import SamplingParams
 from cas_spec.core.verify import SiblingStep, emission_distribution, greedy_walk
+from cas_spec.testing.exact import as_distribution as _as_dist
+from cas_spec.testing.exact import random_distribution as _random_dist
+from cas_spec.testing.strategies import distributions
 from cas_spec.verifiers.greedy import GreedyVerifier
 
 ATOL = 1e-9
 
 
+# Distributions: from the testing kit (`cas_spec.testing.exact`, `cas_spec.testing.strategies`).
 # ----------------------------------------------------------------------------------------------
-# Distributions
-# ----------------------------------------------------------------------------------------------
-def _as_dist(weights) -> torch.Tensor:
-    w = torch.tensor(weights, dtype=torch.float64)
-    return w / w.sum()
-
-
-@st.composite
-def distributions(draw, vocab: int) -> torch.Tensor:
-    """A [V] float64 distribution. Small integer weights make exact coincidences (p == q,
-    r ≤ q, ties, zeros) common; float weights cover the generic case; point masses the extremes."""
-    kind = draw(st.sampled_from(["int", "float", "point"]))
-    if kind == "point":
-        return _point(vocab, draw(st.integers(0, vocab - 1)))
-    if kind == "int":
-        weights = draw(st.lists(st.integers(0, 3), min_size=vocab, max_size=vocab).filter(lambda w: sum(w) > 0))
-    else:
-        weights = draw(st.lists(st.one_of(st.just(0.0), st.floats(0.01, 1.0)), min_size=vocab,
-                                max_size=vocab).filter(lambda w: sum(w) > 0))
-    return _as_dist(weights)
-
-
-def _point(vocab: int, token: int) -> torch.Tensor:
-    out = torch.zeros(vocab, dtype=torch.float64)
-    out[token] = 1.0
-    return out
-
-
-def _random_dist(rng: random.Random, vocab: int) -> torch.Tensor:
-    """Same variety as `distributions`, from a seeded RNG (for lazily derived conditionals)."""
-    kind = rng.choice(["int", "int", "float", "float", "point"])
-    if kind == "point":
-        return _point(vocab, rng.randrange(vocab))
-    while True:
-        if kind == "int":
-            weights = [float(rng.randint(0, 3)) for _ in range(vocab)]
-        else:
-            weights = [0.0 if rng.random() < 0.3 else rng.uniform(0.01, 1.0) for _ in range(vocab)]
-        if sum(weights) > 0:
-            return _as_dist(weights)
-
-
 def _support(q: torch.Tensor) -> list[tuple[int, float]]:
     return [(x, float(w)) for x, w in enumerate(q.tolist()) if w > 0]
 

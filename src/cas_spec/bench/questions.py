@@ -66,7 +66,7 @@ def resolve_path(source: str | Path | None) -> tuple[str, str]:
     path = Path(source).expanduser()
     if path.is_file():
         try:
-            return str(path), path.read_text(encoding="utf-8")
+            return str(path), path.read_text(encoding="utf-8-sig")  # a leading BOM is not JSON
         except (OSError, UnicodeDecodeError) as exc:
             raise QuestionFileError(f"cannot read question file '{path}': {exc}") from None
     if str(source) in SHIPPED:
@@ -78,10 +78,14 @@ def resolve_path(source: str | Path | None) -> tuple[str, str]:
 
 
 def parse_questions(text: str, label: str = "<questions>") -> list[Question]:
-    """Every question of a JSONL text; the first problem raises, naming the line and the field."""
+    """Every question of a JSONL text; the first problem raises, naming the line and the field.
+
+    Lines end at '\n' only (a '\r' before it is JSON whitespace): `str.splitlines` would also
+    split at characters a JSON string may hold raw, such as U+2028, and miscount the lines.
+    """
     questions: list[Question] = []
     seen: dict[int | str, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         where = f"{label} line {number}"

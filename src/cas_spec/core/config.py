@@ -1,13 +1,16 @@
 """Pipelines in YAML, validated by pydantic.
 
 A pipeline names the model, the scheduler, the levels (configured strategies) and how tokens are
-sampled. `extends:` merges a base file (a path relative to the file, or a shipped preset name);
-`key.path=value` overrides set single values (list items by index: `levels.0.options.k=5`).
+sampled. `extends:` merges a base file (a path relative to the file, or a shipped preset name;
+never a URL or a network path); `key.path=value` overrides set single values (list items by
+index: `levels.0.options.k=5`). YAML is plain data: a tag that would construct a Python object
+(`!!python/object`) is an error, and nothing is ever constructed or executed.
 A bad pipeline fails once, listing every problem with its dotted location.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -60,23 +63,26 @@ class PipelineConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = float32 on CPU, bfloat16 on CUDA.")
-    threads: int | None = Field(1, ge=1, description="CPU threads for torch (None = leave as is).")
-    chat: bool | None = Field(None, description="Apply the chat template; None = when the model has one.")
+    threads: int | None = Field(1, ge=1, description="CPU threads for torch (null = leave as is).")
+    chat: bool | None = Field(None, description="Apply the chat template; null = when the model has one.")
     max_new_tokens: int = Field(128, ge=1, description="Default generation budget.")
     calibration: Literal["auto", "off"] = Field(
         "auto", description="auto = use the cached cost table, or measure a quick one on first use.")
     kernels: KernelsConfig = Field(default_factory=KernelsConfig,
                                    description="CPU float32 kernels (used only when calibrated).")
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig,
+                                       description="Which scheduler decides who drafts what, and its options.")
 
     @field_validator("calibration", mode="before")
     @classmethod
     def _yaml_off(cls, value):
         return "off" if value is False else value  # YAML reads a bare `off` as false
 
-    levels: list[LevelConfig] = Field(default_factory=list)
+    levels: list[LevelConfig] = Field(default_factory=list,
+                                      description="The drafting levels: named, configured strategies.")
     verifier: str = Field("auto", description="auto = greedy at temperature 0, sampling otherwise.")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig,
+                                     description="How tokens are chosen: greedy, or sampled like the target.")
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -94,13 +100,24 @@ def _preset_text(name: str) -> str:
     return resources.files(PRESETS_PACKAGE).joinpath(f"{name}.yaml").read_text()
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong, for a YAML error; a tag that would construct a Python object is named."""
+    problem = getattr(exc, "problem", None) or str(exc)
+    if isinstance(exc, yaml.constructor.ConstructorError):
+        tag = re.search(r"tag '([^']*)'", problem)
+        name = tag.group(1).replace("tag:yaml.org,2002:", "!!") if tag else "?"
+        problem = (f"tag '{name}' is not allowed: a pipeline is plain data "
+                   "(mappings, lists, strings, numbers, booleans, null)")
+    return problem
+
+
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.safe_load(text)  # never yaml.load: no tag may construct an object
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError([f"<yaml>{where}: {getattr(exc, 'problem', exc)}"], source) from None
+        raise ConfigError([f"<yaml>{where}: {_yaml_problem(exc)}"], source) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -125,8 +142,9 @@ def _resolve_extends(data: dict[str, Any], base_dir: Path | None, source: str,
         return data
     if not isinstance(parent, str):
         raise ConfigError(["extends: expected a file path or preset name"], source)
-    if "://" in parent:
-        raise ConfigError([f"extends: '{parent}' is a URL; only local files and presets are allowed"], source)
+    if _is_remote(parent):
+        raise ConfigError([f"extends: '{parent}' is a URL or a network path; only local files and presets "
+                           "are allowed"], source)
     key = str((base_dir / parent).resolve()) if base_dir and (base_dir / parent).exists() else parent
     if key in seen:
         raise ConfigError([f"extends: cycle through '{parent}'"], source)
@@ -142,6 +160,14 @@ def _resolve_extends(data: dict[str, Any], base_dir: Path | None, source: str,
     return _merge(parent_data, data)
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:")  # 'https:', 'file:', ...; not a drive letter 'C:'
+
+
+def _is_remote(path: str) -> bool:
+    """A URL (any scheme) or a network path (//host/share, \\\\host\\share)."""
+    return "://" in path or path.startswith(("//", "\\\\", "/\\", "\\/")) or bool(_SCHEME.match(path))
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """'a.b.0.c=value' → (['a', 'b', '0', 'c'], parsed YAML scalar)."""
     if "=" not in item:
@@ -152,6 +178,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError([f"--set {item}: empty key in '{path}'"])
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError([f"--set {item}: {_yaml_problem(exc)}"]) from None
     except yaml.YAMLError:
         value = raw
     return keys, value

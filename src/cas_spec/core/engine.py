@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+import torch
+
 from cas_spec.core.interfaces import Scheduler, Verifier
 from cas_spec.core.levels import Level
 from cas_spec.core.sampling import make_generator
@@ -18,6 +20,7 @@ from cas_spec.core.target import Target
 from cas_spec.core.types import GenerationStats, SamplingParams, StepTimings
 
 TokenCallback = Callable[[list[int]], None]
+LogitsCallback = Callable[[torch.Tensor], None]  # [n, V]: the target logits of a step's n committed tokens
 
 
 def generate_tokens(
@@ -30,11 +33,13 @@ def generate_tokens(
     sampling: SamplingParams,
     eos_token_ids: Sequence[int] = (),
     on_tokens: TokenCallback | None = None,
+    on_logits: LogitsCallback | None = None,
 ) -> tuple[list[int], GenerationStats]:
     """Generate up to `max_new_tokens` tokens after `prompt_ids`; returns (new tokens, statistics).
 
     Callers validate inputs (`Pipeline.generate` does); here `prompt_ids` is non-empty and fits
-    the context.
+    the context. After each step `on_tokens` receives the committed tokens and `on_logits` the
+    target logits each of them was verified or sampled against (one row per token).
     """
     context_length = target.adapter.context_length
     eos = set(eos_token_ids)
@@ -87,6 +92,8 @@ def generate_tokens(
         scheduler.observe(tree, verdict, timings)
         if on_tokens is not None:
             on_tokens(new)
+        if on_logits is not None:
+            on_logits(_committed_logits(target_logits, verdict, len(new)))
         if hit_eos is not None:
             stop_reason = "eos"
             break
@@ -99,6 +106,17 @@ def generate_tokens(
     return new_tokens, stats
 
 
+def _committed_logits(target_logits: torch.Tensor, verdict, count: int) -> torch.Tensor:
+    """[count, V]: the rows of the target forward that chose the committed tokens.
+
+    Row i of the forward is the target's distribution after tree node i, so the root's row
+    chose the first accepted token, each accepted node's row the next one, and the last row on
+    the path the bonus token.
+    """
+    rows = (0, *verdict.accepted_nodes)[:count]
+    return target_logits[torch.tensor(rows, dtype=torch.long, device=target_logits.device)]
+
+
 def _check_tree(tree, state: DecodingState, scheduler: Scheduler) -> None:
     if int(tree.tokens[0]) != state.root_token:
         raise RuntimeError(f"scheduler '{scheduler.name}' built a tree whose root is not the newest token")
@@ -109,4 +127,4 @@ def _check_tree(tree, state: DecodingState, scheduler: Scheduler) -> None:
         )
 
 
-__all__ = ["generate_tokens", "TokenCallback"]
+__all__ = ["generate_tokens", "LogitsCallback", "TokenCallback"]

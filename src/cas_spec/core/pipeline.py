@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from cas_spec.core.calibration import kernels_active
 from cas_spec.core.config import PipelineConfig, load_config
 from cas_spec.core.engine import generate_tokens
 from cas_spec.core.errors import InputError
+from cas_spec.core.interop import GenerationOptions, StreamerBridge, options_from_generation_config
 from cas_spec.core.levels import Level
 from cas_spec.core.plugins import Plugins, get_plugins
+from cas_spec.core.sampling import warp_logits
 from cas_spec.core.types import GenerationStats, SamplingParams
+
+Prompt = str | Sequence[int] | torch.Tensor | Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -22,14 +29,25 @@ class GenerationResult:
     token_ids: list[int]  # the new tokens
     prompt_token_ids: list[int]
     stats: GenerationStats
+    sequences: torch.Tensor | None = None  # [1, prompt + new] int64, like `model.generate`'s output
+    # With output_scores: per new token a [1, V] float32 tensor, the target logits it was verified or
+    # sampled against, warped as transformers' `scores` are (raw logits when greedy); else None.
+    scores: tuple[torch.Tensor, ...] | None = None
+
+
+def _progress_default(progress: bool | None) -> bool:
+    """None = show progress bars when standard error is a terminal."""
+    if progress is not None:
+        return progress
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
 
 
 class Pipeline:
     """A model, its levels, a scheduler and a verifier. Build with `load_pipeline`."""
 
-    def __init__(self, config: PipelineConfig, model, tokenizer, plugins: Plugins | None = None):
-        import torch
-
+    def __init__(self, config: PipelineConfig, model, tokenizer, plugins: Plugins | None = None,
+                 progress: bool | None = None):
         from cas_spec.adapters import resolve_adapter
         from cas_spec.core.target import Target
 
@@ -41,6 +59,7 @@ class Pipeline:
             torch.set_num_threads(config.threads)
         self.adapter = resolve_adapter(model, plugins.adapters)
         self.target = Target(model, self.adapter)
+        self.target.tokenizer = tokenizer  # before the levels' setup: some read text with it
         self.levels = []
         for lc in config.levels:
             strategy_cls = plugins.strategies.get(lc.kind)
@@ -49,9 +68,10 @@ class Pipeline:
             level.strategy.setup(self.target)
         self.calibration = None
         if config.calibration == "auto":
-            self.calibration = self.calibrate(quick=True, use_cache=True)
+            progress = _progress_default(progress)
+            self.calibration = self.calibrate(quick=True, use_cache=True, progress=progress)
             self.target.costs = self.calibration.costs
-            self.target.draft_costs = self.calibrate_drafts(quick=True, use_cache=True)
+            self.target.draft_costs = self.calibrate_drafts(quick=True, use_cache=True, progress=progress)
         scheduler_cls = plugins.schedulers.get(config.scheduler.kind)
         self.scheduler = scheduler_cls(scheduler_cls.Options(**config.scheduler.options), self.levels)
         if config.scheduler.gate:
@@ -101,11 +121,27 @@ class Pipeline:
             raise InputError("this model has no chat template; use raw completion (--no-chat)")
         return chat
 
-    def encode(self, prompt: str | list[int], chat: bool | None = None) -> list[int]:
-        """Prompt token ids: token ids pass through; text goes through the chat template or not."""
-        if isinstance(prompt, list):
+    def encode(self, prompt: Prompt, chat: bool | None = None) -> list[int]:
+        """Prompt token ids: token ids (a list, a 1-D or [1, L] tensor, a tokenizer's output) pass
+        through; text goes through the chat template or not."""
+        if isinstance(prompt, Mapping):
+            if "input_ids" not in prompt:
+                raise InputError("a mapping prompt needs 'input_ids' (a tokenizer's output)")
+            prompt = prompt["input_ids"]
+        if isinstance(prompt, torch.Tensor):
+            if prompt.dim() == 2 and prompt.shape[0] != 1:
+                raise InputError(f"input_ids hold a batch of {prompt.shape[0]}; cas-spec decodes one sequence")
+            if prompt.dim() not in (1, 2) or prompt.is_floating_point():
+                raise InputError(f"input_ids must be a 1-D or [1, L] integer tensor, got {tuple(prompt.shape)} "
+                                 f"{prompt.dtype}")
+            prompt = prompt.reshape(-1).tolist()
+        if isinstance(prompt, list | tuple):
+            if len(prompt) == 1 and isinstance(prompt[0], list | tuple):  # [[ids]]: a batch of one
+                prompt = prompt[0]
             return [int(t) for t in prompt]
-        if not prompt or not prompt.strip():
+        if not isinstance(prompt, str):
+            raise InputError(f"the prompt must be text or token ids, got {type(prompt).__name__}")
+        if not prompt.strip():
             raise InputError("the prompt is empty")
         if self.wants_chat(chat):
             ids = self.tokenizer.apply_chat_template(
@@ -124,7 +160,7 @@ class Pipeline:
     # -- generation --------------------------------------------------------------------------
     def generate(
         self,
-        prompt: str | list[int],
+        prompt: Prompt,
         *,
         max_new_tokens: int | None = None,
         chat: bool | None = None,
@@ -133,33 +169,88 @@ class Pipeline:
         top_p: float | None = None,
         seed: int | None = None,
         on_text: Callable[[str], None] | None = None,
+        generation_config=None,
+        streamer=None,
+        output_scores: bool | None = None,
     ) -> GenerationResult:
-        """Generate a continuation of `prompt` (text or token ids); `on_text` receives streamed text."""
-        max_new_tokens = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if max_new_tokens < 1:
+        """Generate a continuation of `prompt` (text or token ids); `on_text` receives streamed text.
+
+        transformers interop: `generation_config` (a `GenerationConfig`, resolved against the
+        model's own as `model.generate` does; explicit keyword arguments override it), `streamer`
+        (anything with `put(tensor)` and `end()`, fed as `generate` feeds it) and `output_scores`
+        (`GenerationResult.scores`). See `cas_spec.core.interop`.
+        """
+        bridge = StreamerBridge(streamer) if streamer is not None else None
+        try:
+            return self._generate(prompt, max_new_tokens, chat, on_text, generation_config, bridge, output_scores,
+                                  dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
+        finally:
+            if bridge is not None:
+                bridge.end()
+
+    def _generate(self, prompt: Prompt, max_new_tokens: int | None, chat: bool | None, on_text,
+                  generation_config, bridge: StreamerBridge | None, output_scores: bool | None,
+                  sampling_overrides: dict[str, Any]) -> GenerationResult:
+        if max_new_tokens is not None and max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         prompt_ids = self.encode(prompt, chat)
         if not prompt_ids:
             raise InputError("the prompt is empty")
+        options = (options_from_generation_config(generation_config, self.model, len(prompt_ids))
+                   if generation_config is not None else None)
+        if max_new_tokens is None:
+            max_new_tokens = options.max_new_tokens if options else None
+            max_new_tokens = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
+            if max_new_tokens < 1:
+                raise InputError(f"generation_config.max_new_tokens must be at least 1, got {max_new_tokens}")
         limit = self.adapter.context_length
         if len(prompt_ids) >= limit:
             raise InputError(f"the prompt has {len(prompt_ids)} tokens; the model's context holds {limit}")
-        sampling = self.sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        streamer = _TextStreamer(self.tokenizer, on_text) if on_text else None
+        sampling = self.sampling(options, **sampling_overrides)
+        eos = options.eos_token_ids if options and options.eos_token_ids is not None else self.adapter.eos_token_ids
+        if output_scores is None:
+            output_scores = bool(options and options.output_scores)
+
+        text_streamer = _TextStreamer(self.tokenizer, on_text) if on_text else None
+        step_logits: list[torch.Tensor] = []
+
+        def on_tokens(tokens: list[int]) -> None:
+            if text_streamer is not None:
+                text_streamer.push(tokens)
+            if bridge is not None:
+                bridge.put(tokens)
+
+        if bridge is not None:
+            bridge.put_prompt(prompt_ids)
         with kernels_active(self.model, self.calibration):
             new_ids, stats = generate_tokens(
                 self.target, self.scheduler, self.verifier_for(sampling), self.levels, prompt_ids,
-                max_new_tokens, sampling, eos_token_ids=self.adapter.eos_token_ids,
-                on_tokens=streamer.push if streamer else None,
+                max_new_tokens, sampling, eos_token_ids=eos, on_tokens=on_tokens,
+                on_logits=step_logits.append if output_scores else None,
             )
-        if streamer:
-            streamer.flush()
+        if text_streamer is not None:
+            text_streamer.flush()
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-        return GenerationResult(text=text, token_ids=new_ids, prompt_token_ids=prompt_ids, stats=stats)
+        sequences = torch.tensor([prompt_ids + new_ids], dtype=torch.long, device=self.target.device)
+        return GenerationResult(text=text, token_ids=new_ids, prompt_token_ids=prompt_ids, stats=stats,
+                                sequences=sequences, scores=_scores(step_logits, sampling) if output_scores else None)
 
-    def sampling(self, **overrides: Any) -> SamplingParams:
-        base = SamplingParams(**self.config.sampling.model_dump())
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    def sampling(self, base: GenerationOptions | None = None, **overrides: Any) -> SamplingParams:
+        """The pipeline's sampling settings (or a generation config's), with non-None overrides."""
+        params = SamplingParams(**self.config.sampling.model_dump())
+        if base is not None:
+            params = replace(params, temperature=base.temperature, top_k=base.top_k, top_p=base.top_p)
+        return replace(params, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _scores(step_logits: list[torch.Tensor], sampling: SamplingParams) -> tuple[torch.Tensor, ...]:
+    """Per new token a [1, V] tensor: raw logits when greedy, else warped as the verifier warps them."""
+    if not step_logits:
+        return ()
+    logits = torch.cat(step_logits)
+    if not sampling.greedy:
+        logits = warp_logits(logits, sampling)
+    return tuple(logits.split(1))
 
 
 class _TextStreamer:
@@ -191,12 +282,13 @@ def load_pipeline(
     model=None,
     tokenizer=None,
     overrides: Iterable[str] = (),
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Pipeline:
     """Load a pipeline from a preset name, a YAML file or a dict.
 
     Pass an already loaded transformers `model` and `tokenizer` to use them instead of the
-    pipeline's `model:` entry.
+    pipeline's `model:` entry. `progress`: progress bars on standard error while a model is
+    fetched or converted and while calibrating (None = when standard error is a terminal).
     """
     config = load_config(source, overrides)
     if (model is None) != (tokenizer is None):
@@ -204,5 +296,13 @@ def load_pipeline(
     if model is None:
         from cas_spec.core.models import load_model
 
-        model, tokenizer = load_model(config.model, config.device, config.dtype, progress=progress)
-    return Pipeline(config, model, tokenizer)
+        model, tokenizer = load_model(config.model, config.device, config.dtype,
+                                      progress=_progress_default(progress))
+    return Pipeline(config, model, tokenizer, progress=progress)
+
+
+def generate(model, tokenizer, prompt: Prompt, pipeline: str | Path | Mapping[str, Any] = "default",
+             **kwargs: Any) -> GenerationResult:
+    """One call, like `model.generate`: load `pipeline` on this model and generate. Keep a
+    `Pipeline` (`load_pipeline`) for repeated calls: loading sets its levels up each time."""
+    return load_pipeline(pipeline, model=model, tokenizer=tokenizer).generate(prompt, **kwargs)

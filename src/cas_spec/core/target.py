@@ -21,6 +21,7 @@ class Target:
         self.length = 0  # committed tokens held by the cache
         self.costs = None  # a measured `CostTable` when the pipeline is calibrated, else None
         self.draft_costs: dict = {}  # level name -> its calibrated `LevelDraftCost` (may be empty)
+        self.tokenizer = None  # the pipeline's tokenizer, for strategies that read text (e.g. a corpus)
 
     @property
     def device(self) -> torch.device:

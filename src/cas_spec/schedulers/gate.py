@@ -1,7 +1,7 @@
 """`NeverSlowerGate`: wraps any scheduler so that speculation never runs slower than plain decoding.
 
-Enabled per pipeline with `scheduler: {gate: true}` (on in the shipped presets). It measures,
-in wall-clock time, each speculative step against what plain decoding would have taken for the
+Enabled per pipeline with `scheduler: {gate: true}` (on in the `cas-spec` and `cs-drafting`
+presets). It measures, in wall-clock time, each speculative step against what plain decoding would have taken for the
 same tokens (tokens / plain rate, the plain rate an EMA over plain steps, one target forward
 over the root alone; predicted from the verification timings and the cost table until plain
 steps have run). The excess time is summed as a one-sided CUSUM, deficit ← max(0, deficit +

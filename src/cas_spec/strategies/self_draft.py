@@ -136,7 +136,7 @@ def review_chain(variant: ModelVariant, state: DecodingState, prefix: tuple[int,
 
 def _runners_up(probs: torch.Tensor, chosen: int) -> tuple[tuple[int, float], ...]:
     """The ALTERNATIVES most likely tokens other than `chosen`, with their draft probability."""
-    top = torch.topk(probs, ALTERNATIVES + 1)
+    top = torch.topk(probs, min(ALTERNATIVES + 1, probs.shape[-1]))  # vocabularies under 9 tokens too
     pairs = zip(top.indices.tolist(), top.values.tolist(), strict=True)
     return tuple((t, p) for t, p in pairs if t != chosen and p > 0)[:ALTERNATIVES]
 

@@ -1,0 +1,112 @@
+"""Tiny random models of every architecture the adapters support, and a tokenizer for them.
+
+Nothing here needs pytest or hypothesis: `from cas_spec.testing.models import tiny_llama` works
+with the core install. Every builder seeds torch before initialising, so a seed names one model.
+The models are float32 and small enough to build in milliseconds and to decode tens of tokens in
+a few milliseconds on one CPU thread, which is what makes token-for-token checks cheap.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: The architectures a contract checks by default: the Llama family and Gemma 3.
+ARCHITECTURES = ("llama", "qwen2", "mistral", "gemma3")
+GEMMA3_LAYER_TYPES = ("sliding_attention", "sliding_attention", "full_attention", "sliding_attention")
+
+
+def tiny_llama(seed: int = 0, *, vocab: int = 96, hidden: int = 32, layers: int = 3, heads: int = 4,
+               kv_heads: int = 2, intermediate: int = 48, max_positions: int = 256, family: str = "llama",
+               attn: str = "sdpa"):
+    """A random Llama-family model (`family`: llama, qwen2 or mistral); eos 2, bos 1, pad 0."""
+    import transformers
+
+    config_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+    }[family]
+    config = config_cls(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                        max_position_embeddings=max_positions, bos_token_id=1, eos_token_id=2,
+                        pad_token_id=0, attn_implementation=attn)
+    torch.manual_seed(seed)
+    return model_cls(config).eval()
+
+
+def tiny_gemma3(seed: int = 0, *, vocab: int = 96, hidden: int = 32, heads: int = 4, kv_heads: int = 1,
+                head_dim: int = 16, intermediate: int = 48, window: int = 8,
+                layer_types: tuple[str, ...] = GEMMA3_LAYER_TYPES, max_positions: int = 512, attn: str = "sdpa"):
+    """A random Gemma 3 text model with a small sliding window (8), so short sequences cross it;
+    eos 1, bos 2, pad 0. Layers 0 and 2 size the sliding and full masks (their attention always runs)."""
+    import transformers
+
+    config = transformers.Gemma3TextConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+        num_hidden_layers=len(layer_types), num_attention_heads=heads, num_key_value_heads=kv_heads,
+        head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=window, layer_types=list(layer_types),
+        max_position_embeddings=max_positions, bos_token_id=2, eos_token_id=1, pad_token_id=0,
+        attn_implementation=attn)
+    torch.manual_seed(seed)
+    model = transformers.Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():  # random RMSNorm weights (stock init is 0 = identity) make layers differ more
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.normal_(0.0, 0.3)
+    return model
+
+
+def tiny_model(architecture: str, seed: int = 0):
+    """The contracts' model of `architecture` (one of `ARCHITECTURES`): 4 decoder layers and a
+    96-token vocabulary each, so one set of level options (say `exit_layer: 1` or
+    `skip: ["1.attention", "2.mlp"]`) fits all of them."""
+    if architecture == "gemma3":
+        return tiny_gemma3(seed)
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture '{architecture}'; choose from {', '.join(ARCHITECTURES)}")
+    return tiny_llama(seed, family=architecture, layers=4)
+
+
+def peaked_llama(seed: int = 0, scale: float = 6.0, vocab: int = 12):
+    """A 4-layer tiny Llama with a 12-token vocabulary and its LM head scaled up: a peaky target,
+    so drafts are both accepted and rejected often and an exact law over two or three tokens has
+    few cells (eos 2)."""
+    model = tiny_llama(seed, vocab=vocab, hidden=16, layers=4, heads=2, kv_heads=1, intermediate=16)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(scale)
+    return model
+
+
+def sampling_llama(seed: int = 3, scale: float = 32.0, vocab: int = 10):
+    """The contracts' sampling target: `peaked_llama` with a 10-token vocabulary and a steeper
+    head. After (5, 7, 5, 7, 5) its most likely token has about 0.4, a first-layer exit drafts
+    from a q (top 0.6) about 0.2 away in total variation, end-of-sequence (2) is rare, and three
+    quarters of the 3-token law lies in 15 cells, so seeded tests over a few hundred runs detect a
+    wrong draft law. (10, not fewer: self-speculative drafters report 8 runners-up per token.)"""
+    return peaked_llama(seed, scale=scale, vocab=vocab)
+
+
+def repetitive_prompt(seed: int, vocab: int, length: int = 40) -> list[int]:
+    """`length` random ids in [3, vocab) with a 7-token motif inserted in the middle and its first
+    four tokens repeated at the end (`length` + 11 ids): lookup drafters find a match."""
+    g = torch.Generator().manual_seed(seed)
+    motif = torch.randint(3, vocab, (7,), generator=g).tolist()
+    noise = torch.randint(3, vocab, (length,), generator=g).tolist()
+    return noise[: length // 2] + motif + noise[length // 2:] + motif[:4]
+
+
+class IdTokenizer:
+    """A minimal tokenizer for tiny random models: text is a space-separated list of ids."""
+
+    chat_template = None
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [int(t) for t in text.split()]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(str(i) for i in ids)
+
+
+__all__ = ["ARCHITECTURES", "IdTokenizer", "peaked_llama", "repetitive_prompt", "sampling_llama", "tiny_gemma3",
+           "tiny_llama",
+           "tiny_model"]

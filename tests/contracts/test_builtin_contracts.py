@@ -1,0 +1,89 @@
+"""The built-in strategies and schedulers pass the plugin contracts of `cas_spec.testing`.
+
+Options are chosen for the contracts' tiny models (4 layers): early exit after layer 1, an
+explicit skip set that every architecture allows (layers 0 and 2 size Gemma 3's masks).
+"""
+
+from __future__ import annotations
+
+from cas_spec.testing import SchedulerContract, StrategyContract
+
+PLD = {"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "min_ngram": 1, "num_tokens": 6}}
+EXIT1 = {"name": "exit1", "kind": "early_exit", "options": {"exit_layer": 1}}
+
+
+# -- strategies ---------------------------------------------------------------------------------------
+class TestPromptLookup(StrategyContract):
+    plugin_name = "prompt_lookup"
+    options = {"max_ngram": 3, "min_ngram": 1, "num_tokens": 6}
+    invalid_options = [{"max_ngram": 0}, {"num_tokens": 300}, {"min_ngram": 4, "max_ngram": 2}]
+
+
+class TestMaxGram(StrategyContract):
+    plugin_name = "max_gram"
+    options = {"max_ngram": 8, "num_tokens": 6}
+    invalid_options = [{"num_tokens": 0}, {"occurrence": "middle"}]
+
+
+class TestLayerSparsity(StrategyContract):
+    plugin_name = "layer_sparsity"
+    options = {"skip": ["1.attention", "2.mlp"]}
+    invalid_options = [{"sparsity": 1.5}, {"skip": ["1.ffn"]}]
+
+
+class TestEarlyExit(StrategyContract):
+    plugin_name = "early_exit"
+    options = {"exit_layer": 1}
+    invalid_options = [{"exit_layer": 0}, {"stop_below": 2.0}]
+
+
+class TestQuantoActivation(StrategyContract):
+    plugin_name = "quanto_activation"
+    options = {"backend": "dynamic_int8"}
+    invalid_options = [{"backend": "fp4"}]
+
+
+# -- schedulers ---------------------------------------------------------------------------------------
+class TestChain(SchedulerContract):
+    plugin_name = "chain"
+    options = {"k": 4, "adaptive": False}
+    invalid_options = [{"k": 0}, {"level": "nope"}]
+    levels = [PLD]
+
+
+class TestDytc(SchedulerContract):
+    plugin_name = "dytc"
+    options = {"warmup": 2, "probe_interval": 4}
+    invalid_options = [{"max_nodes": 1}, {"objective": "best"}]
+    levels = [EXIT1, PLD]
+
+
+class TestCsDrafting(SchedulerContract):
+    plugin_name = "cs_drafting"
+    options = {"k_matrix": [[2, 4], [0, 4]]}
+    invalid_options = [{"leniency": 0.5}, {"k_matrix": [[1, 2, 3], [0, 1, 1], [0, 0, 1]]}]
+    levels = [EXIT1, PLD]
+
+
+class TestStaticTree(SchedulerContract):
+    plugin_name = "static_tree"
+    options = {"k": 4, "max_nodes": 12}
+    invalid_options = [{"max_nodes": 0}, {"thresholds": [0.9, 0.1, 0.95]}]
+    levels = [EXIT1]
+
+
+class TestLookupTree(SchedulerContract):
+    plugin_name = "lookup_tree"
+    options = {"level": "pld", "adaptive": False}
+    invalid_options = [{"candidates": 0}, {"level": "nope"}]
+    levels = [PLD]
+
+
+class TestAutoregressive(SchedulerContract):
+    """Plain decoding through the engine: `expects_drafts = False`, so the checks confirm that it
+    never drafts and stays exact; registration, options and leakage as for any scheduler."""
+
+    plugin_name = "autoregressive"
+    invalid_options = [{"k": 4}]
+    levels = []
+    expects_drafts = False
