@@ -18,6 +18,7 @@ from cas_spec.core.sampling import target_probs
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import SamplingParams, TokenTree, Verdict
 from cas_spec.core.verify import SiblingStep
+from cas_spec.testing.stats import chi2_critical
 from cas_spec.verifiers import sampling as sampling_module
 from cas_spec.verifiers.sampling import SamplingVerifier
 from tests.conftest import IdTokenizer, tiny_llama
@@ -45,20 +46,6 @@ def assert_valid_verdict(verdict: Verdict, tree: TokenTree, probs: torch.Tensor)
     assert 0 <= verdict.bonus_token < vocab
     assert probs[node, verdict.bonus_token] > 0, "the bonus must have positive target probability"
     assert verdict.new_tokens == verdict.accepted_tokens + (verdict.bonus_token,)
-
-
-def chi2_critical(df: int, alpha: float) -> float:
-    """The (1 − alpha) quantile of χ²(df), by bisection on torch's Chi2 cdf
-    (`torch.distributions.Chi2.icdf` is not implemented)."""
-    dist = torch.distributions.Chi2(torch.tensor(float(df), dtype=torch.float64))
-    lo, hi = 0.0, float(df) + 20.0 * (2.0 * df) ** 0.5 + 50.0
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if float(dist.cdf(torch.tensor(mid, dtype=torch.float64))) < 1.0 - alpha:
-            lo = mid
-        else:
-            hi = mid
-    return hi
 
 
 def test_chi2_critical_known_values():
