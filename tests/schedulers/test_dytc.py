@@ -223,7 +223,8 @@ def test_dytc_sampling_matches_the_target_distribution():
     model = peaked_tiny_model()
     prompt = PROMPT
     exact = two_token_distribution(model, prompt)
-    config = {"scheduler": {"kind": "dytc", "options": {"siblings": 3, "sibling_min_prob": 0.0, "warmup": 0}},
+    config = {"scheduler": {"kind": "dytc", "options": {"siblings": 3, "sibling_min_prob": 0.0, "warmup": 0,
+                                                        "carry_over": False}},  # every run starts alike
               "levels": [{"name": "exit2", "kind": "early_exit", "options": {"exit_layer": 2}},
                          {"name": "pld", "kind": "prompt_lookup"}],
               "sampling": {"temperature": 1.0}, "calibration": "off"}
@@ -261,3 +262,6 @@ def test_what_dytc_learned_carries_over_to_the_next_generation(clock):
     scheduler.start(state)
     assert scheduler.alpha["model"].alpha == alpha and scheduler.probe_every["model"] == interval
     assert scheduler.build_tree(state).size == 1  # the next prompt starts without the level
+    scheduler.options = scheduler.options.model_copy(update={"carry_over": False})
+    scheduler.start(state)
+    assert scheduler.alpha["model"].alpha == scheduler.options.prior_alpha  # unless told to forget

@@ -70,6 +70,8 @@ class DytcOptions(BaseModel):
     probe_interval: int = Field(16, ge=1, description="Steps after which an unused level drafts a probe.")
     max_probe_interval: int = Field(256, ge=1, description="Longest probe interval after failed probes.")
     probe_tokens: int = Field(1, ge=1, le=64, description="Tokens a probe drafts.")
+    carry_over: bool = Field(True, description="Keep what was learned (costs, acceptance, calibration, probe "
+                             "intervals) from one generation of the pipeline to the next.")
     free_cost: float = Field(0.02, ge=0.0, description="A level whose full draft costs less than this (in "
                              "one-token target forwards) drafts at the root every step, before growth.")
 
@@ -87,12 +89,13 @@ class DytcScheduler(Scheduler):
 
     def start(self, state: DecodingState) -> None:
         """Before a generation. What was learned in earlier generations of this pipeline (level
-        costs, acceptance estimates, confidence calibration, probe intervals) carries over, so a
-        level that does not pay is not tried afresh for every prompt; the EMAs adapt to the new
-        text within a few steps."""
+        costs, acceptance estimates, confidence calibration, probe intervals) carries over
+        (`carry_over`, default on), so a level that does not pay is not tried afresh for every
+        prompt; the EMAs adapt to the new text within a few steps."""
         o = self.options
         draft_costs = getattr(state.target, "draft_costs", None)
-        if getattr(self, "latency", None) is None or self.latency.costs is not state.target.costs:
+        fresh = not o.carry_over or getattr(self, "latency", None) is None
+        if fresh or self.latency.costs is not state.target.costs:
             self.latency = LatencyModel(state.target.costs, self.levels, draft_costs=draft_costs)
             self.alpha = {lv.name: WindowedAcceptance(prior=o.prior_alpha, decay=o.ema_decay, window=o.window,
                                                       warmup=o.warmup) for lv in self.levels}
