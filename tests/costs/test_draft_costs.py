@@ -37,7 +37,8 @@ CONFIG = {"scheduler": {"kind": "dytc"},
                      {"name": "pld", "kind": "prompt_lookup"}]}
 
 
-def test_a_pipeline_measures_its_levels_once_and_reuses_the_cache(monkeypatch):
+def test_a_pipeline_measures_its_levels_once_and_reuses_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(dc, "costs_dir", lambda: tmp_path)  # not what other tests' pipelines cached
     calls = []
     measure = dc.measure_draft_costs
 

@@ -10,7 +10,8 @@ from cas_spec.core.types import EMPTY_DRAFT, DraftResult
 
 
 class Level:
-    """A named strategy instance. Schedulers draft through `Level.draft`, which is timed."""
+    """A named strategy instance. Schedulers draft through `Level.draft` and review through
+    `Level.review`, which are timed."""
 
     def __init__(self, name: str, strategy: DraftStrategy):
         self.name = name
@@ -39,6 +40,16 @@ class Level:
             )
         self.proposed += len(result)
         return result
+
+    def review(self, state: DecodingState, prefix: tuple[int, ...], tokens: tuple[int, ...]):
+        """The strategy's `review` of `tokens` (a cascade's intermediate review), timed and
+        counted as a call like a draft: its time is this level's time, not the scheduler's."""
+        start = time.perf_counter()
+        try:
+            return self.strategy.review(state, prefix, tokens)
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
 
     def __repr__(self) -> str:
         return f"Level({self.name!r}, {type(self.strategy).__name__})"

@@ -19,7 +19,6 @@ strategy kind and options), in the same folder as the cost tables.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import random
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cas_spec.costs.table import costs_dir
+from cas_spec.costs.table import context_weights, costs_dir
 
 FORMAT_VERSION = 1
 DRAFT_LENGTHS = (1, 4)
@@ -82,18 +81,8 @@ class LevelDraftCost:
     per_token: tuple[float, ...]  # [context]
 
     def cost(self, calls: int, tokens: int, context: int) -> float:
-        return calls * _interpolate(self.context_lengths, self.per_call, context) + \
-            tokens * _interpolate(self.context_lengths, self.per_token, context)
-
-
-def _interpolate(xs: Sequence[int], ys: Sequence[float], x: int) -> float:
-    if x <= xs[0]:
-        return ys[0]
-    if x >= xs[-1]:
-        return ys[-1]
-    hi = bisect.bisect_left(xs, x)
-    t = (x - xs[hi - 1]) / (xs[hi] - xs[hi - 1])
-    return ys[hi - 1] * (1 - t) + ys[hi] * t
+        return sum(w * (calls * self.per_call[i] + tokens * self.per_token[i])
+                   for i, w in context_weights(self.context_lengths, context))
 
 
 def level_signature(kind: str, options) -> str:

@@ -28,15 +28,7 @@ class CostTable:
     extra: dict = field(default_factory=dict)  # e.g. the kernel plan and raw timings
 
     def _context_weights(self, context: int) -> list[tuple[int, float]]:
-        ctx = self.context_lengths
-        if len(ctx) == 1 or context <= ctx[0]:
-            return [(0, 1.0)]
-        if context >= ctx[-1]:
-            return [(len(ctx) - 1, 1.0)]
-        hi = bisect.bisect_left(ctx, context)
-        lo = hi - 1
-        t = (context - ctx[lo]) / (ctx[hi] - ctx[lo])
-        return [(lo, 1.0 - t), (hi, t)]
+        return context_weights(self.context_lengths, context)
 
     def _size_cost(self, row: tuple[float, ...], n: int) -> float:
         sizes = self.sizes
@@ -85,6 +77,19 @@ class CostTable:
             lines.append(f"{n:>6}" + "".join(f"{self.relative[i][j]:>10.2f}" for i in range(len(self.context_lengths))))
         lines.append("1-token step".rjust(6) + "".join(f"{s * 1e3:>8.1f}ms" for s in self.step_seconds))
         return "\n".join(lines)
+
+
+def context_weights(contexts: tuple[int, ...], context: int) -> list[tuple[int, float]]:
+    """(index, weight) pairs interpolating linearly between the measured context lengths
+    (ascending) at `context`; the nearest one outside their range."""
+    if len(contexts) == 1 or context <= contexts[0]:
+        return [(0, 1.0)]
+    if context >= contexts[-1]:
+        return [(len(contexts) - 1, 1.0)]
+    hi = bisect.bisect_left(contexts, context)
+    lo = hi - 1
+    t = (context - contexts[lo]) / (contexts[hi] - contexts[lo])
+    return [(lo, 1.0 - t), (hi, t)]
 
 
 def _cpu_name() -> str:

@@ -55,7 +55,6 @@ off the diagonal and 1 on the diagonal below the top row. Nothing is learned onl
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from itertools import accumulate
 from typing import Literal
@@ -208,7 +207,6 @@ class CSDraftingScheduler(Scheduler):
                 self.plans.append(list(zip(range(s, n), accumulate(row), strict=True)))
         if horizontal:
             self.plans[1:] = [[] for _ in self.plans[1:]]
-        self.scheduling_seconds = 0.0  # time in build_tree outside the levels' draft and review calls
         self.steps = 0
 
     @torch.inference_mode()
@@ -216,8 +214,6 @@ class CSDraftingScheduler(Scheduler):
         builder = TreeBuilder(state.root_token)
         if state.max_depth <= 0 or not self.order:
             return builder.build()
-        start = time.perf_counter()
-        inside = sum(level.seconds for level in self.order)
         self.greedy = state.sampling.greedy
         # Greedy reviews compare softmax probabilities as the paper's code does; review() would
         # return one-hot argmax rows under greedy sampling parameters.
@@ -227,11 +223,8 @@ class CSDraftingScheduler(Scheduler):
         node = 0
         for tok in tokens[:state.max_depth]:
             node = builder.add(node, tok.token, tok.level, tok.confidence, tok.law if laws else None)
-        tree = builder.build()
-        inside = sum(level.seconds for level in self.order) - inside
-        self.scheduling_seconds += time.perf_counter() - start - inside
         self.steps += 1
-        return tree
+        return builder.build()
 
     # -- the recursion ----------------------------------------------------------------------
     def _call(self, state: DecodingState, prefix: tuple[int, ...], s: int, room: int) -> list[_Token]:
@@ -268,12 +261,7 @@ class CSDraftingScheduler(Scheduler):
         """Level i reviews `draft` (continuing `prefix`); returns the accepted prefix plus one token."""
         level = self.order[i]
         tokens = tuple(t.token for t in draft)
-        start = time.perf_counter()
-        try:
-            rows = level.strategy.review(self.review_state, prefix, tokens)
-        finally:
-            level.seconds += time.perf_counter() - start
-            level.calls += 1
+        rows = level.review(self.review_state, prefix, tokens)
         if rows is None:
             return draft  # this level cannot review now: it abstains
         m = len(draft)

@@ -35,13 +35,12 @@ target forward:
 
 Choices where the paper is silent (each an option where it matters): the window counts steps;
 α̂ counts tokens whose parent was accepted; the stopping rule and the step-value objective; the
-confidence calibration. Scheduling overhead (time in `build_tree` outside draft calls) is kept
-in `scheduling_seconds`.
+confidence calibration. Scheduling overhead (drafting time outside the levels' draft calls) is
+reported for every scheduler in `GenerationStats.scheduling_seconds`.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Literal
 
@@ -104,15 +103,12 @@ class DytcScheduler(Scheduler):
         else:
             self.latency.restart()  # the engine reset the levels' counters
         self.last_used = {lv.name: 0 for lv in self.levels}
-        self.probes = 0  # probes drafted in this generation
-        self.scheduling_seconds = 0.0
         self._nodes: list[tuple[str, int, bool] | None] = [None]  # per node: (level, bucket, alternative)
         self._context = state.target.length
         self.bottom = self._cheapest_level(self._context)
 
     # -- building ---------------------------------------------------------------------------
     def build_tree(self, state: DecodingState) -> TokenTree:
-        start, drafting = time.perf_counter(), 0.0
         context = self._context = state.target.length
         builder = TreeBuilder(state.root_token)
         nodes: list[tuple[str, int, bool] | None] = [None]
@@ -124,9 +120,7 @@ class DytcScheduler(Scheduler):
             limit = min(self.options.max_draft, state.max_depth, self.options.max_nodes - builder.size)
             if limit <= 0:
                 break
-            before = time.perf_counter()
             draft = level.draft(state, (), limit)
-            drafting += time.perf_counter() - before
             self.last_used[level.name] = state.step
             exhausted.add((0, level.name))
             if len(draft):
@@ -136,14 +130,11 @@ class DytcScheduler(Scheduler):
             if choice is None:
                 break
             leaf, level, k = choice
-            before = time.perf_counter()
             draft = level.draft(state, builder.path_tokens(leaf), k)
-            drafting += time.perf_counter() - before
             spent += self.latency.draft(level.name, 1, len(draft), context)
             self.last_used[level.name] = state.step
             if level.name == probe:
                 probe = None
-                self.probes += 1
                 self.probe_every[level.name] = min(2 * self.probe_every[level.name],
                                                    self.options.max_probe_interval)
             else:  # chosen on its value: back to the shortest probe interval
@@ -153,9 +144,7 @@ class DytcScheduler(Scheduler):
                 continue
             expected += self._add_draft(builder, nodes, p_acc, leaf, level.name, draft)
             exhausted.add((leaf, level.name))
-        tree = self._prune(builder, nodes, p_acc, spent, context)
-        self.scheduling_seconds += time.perf_counter() - start - drafting
-        return tree
+        return self._prune(builder, nodes, p_acc, spent, context)
 
     def _free_levels(self, context: int) -> list:
         """Levels whose full draft costs next to nothing (lookups), as calibrated or measured."""

@@ -1,10 +1,10 @@
 """`NeverSlowerGate`: wraps any scheduler so that speculation never runs slower than plain decoding.
 
 Enabled per pipeline with `scheduler: {gate: true}` (on in the `cas-spec` and `cs-drafting`
-presets). It measures, in wall-clock time, each speculative step against what plain decoding would have taken for the
-same tokens (tokens / plain rate, the plain rate an EMA over plain steps, one target forward
-over the root alone; predicted from the verification timings and the cost table until plain
-steps have run). The excess time is summed as a one-sided CUSUM, deficit ← max(0, deficit +
+presets). It measures, in wall-clock time, each speculative step against what plain decoding
+would have taken for the same tokens (tokens / plain rate, the plain rate an EMA over plain
+steps, one target forward over the root alone; predicted from the verification timings and the
+cost table until plain steps have run). The excess time is summed as a one-sided CUSUM, deficit ← max(0, deficit +
 seconds − (1 + `margin`) · tokens / plain rate), so a step that commits a run of copied tokens
 pays off the misses before it: drafters are bursty, and a mean over a few steps misreads them.
 When the deficit exceeds `patience` plain steps, the next `hold` steps decode plainly without
@@ -24,6 +24,7 @@ from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.state import DecodingState
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import StepTimings, TokenTree, Verdict
+from cas_spec.schedulers.latency import verify_cost
 
 
 class NeverSlowerGate(Scheduler):
@@ -72,9 +73,7 @@ class NeverSlowerGate(Scheduler):
             return
         self.inner.observe(tree, verdict, timings)
         if self.plain_rate is None:  # no plain step yet: one forward over the root, predicted
-            costs = self._state.target.costs
-            relative = costs.cost(tree.size, self._state.target.length) if costs is not None else \
-                1.0 + 0.1 * (tree.size - 1)  # the latency model's line without a table
+            relative = verify_cost(self._state.target.costs, tree.size, self._state.target.length)
             self.plain_rate = relative / timings.verify if timings.verify > 0 else None
         if self.plain_rate is None:
             return
@@ -90,7 +89,7 @@ class NeverSlowerGate(Scheduler):
         elif self.clean_steps >= self.min_steps:
             self.hold = self.base_hold
 
-    def __getattr__(self, name):  # the wrapped scheduler's statistics (e.g. scheduling_seconds)
+    def __getattr__(self, name):  # the wrapped scheduler's state (e.g. a dytc's `alpha`)
         if name == "inner":
             raise AttributeError(name)
         return getattr(self.inner, name)

@@ -25,6 +25,14 @@ from cas_spec.core.types import StepTimings
 from cas_spec.costs.draft_costs import LevelCost, LevelDraftCost
 
 
+def verify_cost(costs, n: int, context: int) -> float:
+    """Cost of one target forward over n tokens (n ≥ 1), in one-token forwards: from the cost
+    table `costs`, or a conservative line without one."""
+    if costs is not None:
+        return costs.cost(n, context)
+    return 1.0 + 0.1 * (n - 1)
+
+
 class LatencyModel:
     """Predicts, in one-token target forwards, the cost of verifying n tokens and of drafting."""
 
@@ -47,9 +55,7 @@ class LatencyModel:
 
     def verify(self, n: int, context: int) -> float:
         """Cost of one target forward over n tokens (n ≥ 1)."""
-        if self.costs is not None:
-            return self.costs.cost(n, context)
-        return 1.0 + 0.1 * (n - 1)
+        return verify_cost(self.costs, n, context)
 
     def draft(self, level: str, calls: int, tokens: int, context: int = 0) -> float:
         """Cost of `calls` draft calls of `level` proposing `tokens` tokens in all, at `context`."""
@@ -81,4 +87,4 @@ class LatencyModel:
                 for name in self.level_costs}
 
 
-__all__ = ["LatencyModel", "LevelCost"]
+__all__ = ["LatencyModel", "LevelCost", "verify_cost"]
