@@ -60,3 +60,16 @@ def test_an_invalid_pipeline_file_names_the_entry_and_the_problem(tmp_path):
         parse_methods(f"default,{path}")
     assert f"--methods entry '{path}': " in str(info.value)
     assert "levels.0.kind: unknown strategy 'prompt_lookpu'" in str(info.value)
+
+
+def test_the_ablation_method_set_stands_for_the_papers_seven_schedulers_over_one_hierarchy():
+    specs = parse_methods("ablation")
+    assert [s.name for s in specs] == ["autoregressive", "ls", "vc", "hc", "vc-hc", "tr", "tr-vc", "dytc"]
+    from cas_spec.core.config import load_config
+
+    configs = [load_config(spec.source) for spec in specs[1:]]
+    assert len({tuple((lv.name, lv.kind) for lv in config.levels) for config in configs}) == 1
+    assert [c.scheduler.kind for c in configs] == ["chain", "cs_drafting", "cs_drafting", "cs_drafting",
+                                                   "static_tree", "cs_drafting", "dytc"]
+    assert [c.scheduler.options.get("cascade") for c in configs[1:4]] == ["vertical", "horizontal", "both"]
+    assert configs[5].scheduler.options["tree"] is True

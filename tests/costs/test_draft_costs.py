@@ -14,6 +14,26 @@ def test_the_fit_splits_a_call_cost_from_a_token_cost():
     per_call, per_token = dc.fit_call_and_token([(1, 0.7), (4, 1.6)])
     assert per_call == pytest.approx(0.4) and per_token == pytest.approx(0.3)
     assert dc.fit_call_and_token([(0, 0.002), (0, 0.002)]) == pytest.approx((0.002, 0.0))
+    points = [(1, 0.7), (3, 1.2), (6, 2.3)]  # 0.4 + 0.3 t, off by +0, −0.1, +0.1
+    per_call, per_token = dc.fit_call_and_token(points)
+    residual = dc.fit_residual(points, per_call, per_token)
+    assert 0.0 < residual < 0.1 and per_token == pytest.approx(0.3, abs=0.03)
+
+
+def test_calibration_drafts_each_length_in_full_although_the_level_stops_early():
+    """A level that would stop after one token (stop_below 1.0) still drafts 1, 3 and 6 tokens
+    while its cost is measured, so the fit sees three lengths, not one."""
+    model = tiny_llama(33, layers=4, vocab=96, max_positions=512)
+    config = {"scheduler": {"kind": "chain"}, "calibration": "off",
+              "levels": [{"name": "exit1", "kind": "early_exit", "options": {"exit_layer": 1, "stop_below": 1.0}}]}
+    pipe = load_pipeline(config, model=model, tokenizer=IdTokenizer())
+    proposed = []
+    draft = pipe.levels[0].strategy.draft
+    pipe.levels[0].strategy.draft = lambda *a: (lambda r: (proposed.append(len(r)), r)[1])(draft(*a))
+    text = dc.calibration_text_ids(IdTokenizer(), 80, vocab_size=96)
+    costs = dc.measure_draft_costs(pipe.target, pipe.levels, text, context_lengths=(40,), repeats=2, progress=False)
+    assert set(proposed) == {1, 3, 6}
+    assert len(costs["exit1"].residual) == 1
 
 
 def test_cache_round_trip_and_signatures_follow_the_options(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from cas_spec.core.interfaces import DraftStrategy
 from cas_spec.core.levels import Level
 from cas_spec.core.state import DecodingState
 from cas_spec.core.types import DraftResult, SamplingParams, StepTimings, Verdict
-from cas_spec.schedulers.acceptance import best_draft_length
+from cas_spec.schedulers.acceptance import AcceptanceEstimate, best_draft_length
 from cas_spec.schedulers.chain import ChainScheduler
 
 
@@ -96,3 +96,16 @@ def test_a_level_that_costs_more_than_it_brings_is_switched_off_and_probed():
     drafted = [step(scheduler, state, accepted=0, draft_seconds_per_token=0.3) for _ in range(8)]
     assert drafted.count(0) >= 6  # plain steps ...
     assert 6 in drafted  # ... with a full probe every probe_interval steps
+
+
+def test_the_acceptance_estimate_moves_by_the_decay_weights():
+    """α ← λ·α + (1 − λ)·α_step with α_step = accepted / (accepted + 1 failure): from 0.6 with
+    λ = 0.7, a chain of 4 with 3 accepted gives α_step = 3/4 and α = 0.7·0.6 + 0.3·0.75 = 0.645;
+    a chain accepted in full has no failure, α_step = 1."""
+    estimate = AcceptanceEstimate(alpha=0.6, decay=0.7)
+    estimate.update(drafted=4, accepted=3)
+    assert estimate.alpha == pytest.approx(0.645)
+    estimate.update(drafted=2, accepted=2)
+    assert estimate.alpha == pytest.approx(0.7 * 0.645 + 0.3)
+    estimate.update(drafted=0, accepted=0)  # nothing drafted: nothing learned
+    assert estimate.alpha == pytest.approx(0.7 * 0.645 + 0.3) and estimate.steps == 2

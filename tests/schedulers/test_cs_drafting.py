@@ -258,6 +258,37 @@ def test_lenient_review_emits_exactly_the_recorded_law(p, q, token, leniency, po
         torch.testing.assert_close(laws[0], p, atol=1e-9, rtol=0)
 
 
+def test_tree_mode_adds_the_strongest_reviewers_runners_up_as_siblings():
+    """Tr+VC: positions that base reviewed get its runners-up as point-mass siblings (SWIFT's
+    widths: base's top-1 probability 0.5 gives 8 candidates in all); the chain is unchanged."""
+    chain, _, _ = cascade(leniency=1.0)
+    tree, _, _ = cascade(leniency=1.0, tree=True, max_nodes=64)
+    assert not tree.is_chain and tree.size > chain.size
+    first = tree.children[0]
+    assert int(tree.tokens[first[0]]) == int(chain.tokens[1])  # the chain token is tried first
+    assert len(first) == 8 and all(tree.draft_probs[c] is None for c in first[1:])
+    capped, _, _ = cascade(leniency=1.0, tree=True, max_nodes=12)
+    assert capped.size == 12
+
+
+def test_leniency_also_loosens_sampling_reviews():
+    """At temperature 1 a reviewer accepts a MaG token (a point mass) with probability
+    min(1, l · p_R(x)): with p_R = 0.1, three times as often at l = 3 as at l = 1."""
+    def kept(leniency: float) -> float:
+        strategies = {"base": FakeModel(5, 0.1), "small": FakeModel(6, 0.1), "mag": FakeMaG()}
+        levels = [Level(name, strategy) for name, strategy in strategies.items()]
+        scheduler = CSDraftingScheduler(CSDraftingScheduler.Options(k_matrix=PAPER_K, leniency=leniency), levels)
+        generator = torch.Generator().manual_seed(0)
+        state = DecodingState(tokens=[1, 2], prompt_length=2, sampling=SamplingParams(temperature=1.0),
+                              generator=generator, target=SimpleNamespace(length=1), max_depth=100)
+        scheduler.start(state)
+        trees = [scheduler.build_tree(state) for _ in range(200)]
+        # MaG tokens that survived a review: beyond the last, unreviewed MaG segment of 10
+        return sum(tree.levels.count("mag") - 10 for tree in trees) / len(trees)
+
+    assert kept(3.0) > 2.0 * kept(1.0) > 0
+
+
 # -- sampling exactness with fake levels (no model) ---------------------------------------------
 class Markov(DraftStrategy):
     """A model level with first-order Markov distributions: row = table[previous token]."""
@@ -330,7 +361,7 @@ def test_fake_cascade_sampling_gives_the_target_distribution(leniency, pass_laws
 # -- greedy identity on tiny models and stories -------------------------------------------------
 AUTOREGRESSIVE = {"scheduler": {"kind": "autoregressive"}, "calibration": "off"}
 TINY_LEVELS = [
-    {"name": "skip", "kind": "layer_sparsity", "options": {"skip": ["1.mlp", "2.attention"]}},
+    {"name": "skip", "kind": "layer_sparsity", "options": {"skip": ["1.mlp", "2.attention"], "stop_below": 0.0}},
     {"name": "exit", "kind": "early_exit", "options": {"exit_layer": 2}},
     {"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "num_tokens": 6}},
     {"name": "mag", "kind": "max_gram"},
@@ -346,6 +377,7 @@ def cs_config(levels, **options):
 @pytest.mark.parametrize("options", [
     dict(leniency=1.0), dict(leniency=3.0), dict(leniency=3.0, lookup_tokens=None),
     dict(leniency=3.0, cascade="vertical"), dict(leniency=1.0, cascade="horizontal"),
+    dict(leniency=3.0, cascade="vertical", tree=True),
 ], ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_greedy_output_equals_plain_decoding_on_tiny_models(seed, options):
@@ -363,7 +395,7 @@ def test_greedy_output_equals_plain_decoding_on_tiny_models(seed, options):
 @pytest.mark.parametrize("leniency", [1.0, 3.0])
 def test_greedy_output_equals_plain_decoding_on_stories(stories, leniency):
     model, tokenizer = stories
-    levels = [{"name": "skip", "kind": "layer_sparsity", "options": {"skip": ["1.mlp", "2.attention", "3.mlp"]}},
+    levels = [{"name": "skip", "kind": "layer_sparsity", "options": {"skip": ["1.mlp", "2.attention", "3.mlp"], "stop_below": 0.0}},
               {"name": "exit", "kind": "early_exit", "options": {"exit_layer": 3}},
               {"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "num_tokens": 6}},
               {"name": "mag", "kind": "max_gram"}]

@@ -1,151 +1,169 @@
-"""DyTC: scheduler logic with fake levels and a fake clock (no model), then greedy identity and the
-never-slower gate on real (tiny) models."""
+"""DyTC: routing, learning, recovery and cost-awareness in simulation (`cas_spec.testing.simulation`:
+scripted levels, a hidden true continuation, a fake clock), then greedy identity and the
+never-slower gate on real (tiny) models. Exact sampling: `test_dytc_sampling.py`."""
 
 from __future__ import annotations
-
-import random
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from cas_spec import load_pipeline
-from cas_spec.core import levels as levels_module
-from cas_spec.core.interfaces import DraftStrategy
-from cas_spec.core.levels import Level
-from cas_spec.core.state import DecodingState
-from cas_spec.core.types import DraftResult, SamplingParams, StepTimings, Verdict
+from cas_spec.schedulers.acceptance import WindowedAcceptance
 from cas_spec.schedulers.dytc import DytcScheduler
-from tests.conftest import IdTokenizer, tiny_llama
-from tests.core.test_engine_greedy import repetitive_prompt
-from tests.strategies.test_self_draft import AUTOREGRESSIVE, LEVELS
+from cas_spec.testing.models import IdTokenizer, repetitive_prompt, tiny_llama
+from cas_spec.testing.simulation import FlatCosts, Scripted, simulate
+from tests.helpers import AUTOREGRESSIVE, SELF_DRAFT_LEVELS
 
-FORWARD = 0.1  # seconds of a one-token target forward in the simulation
-
-
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+MODEL = Scripted("model", alpha=0.85, per_token=0.3)  # a good model level that costs 0.3 forwards a token
+SEEDS = range(16)  # paired simulations on the same texts: single runs differ by up to ±10%, the mean by ~1%
 
 
-class Scripted(DraftStrategy):
-    """Drafts k copies of token 5 with a fixed confidence, costing `cost` forwards per token."""
-
-    name = "scripted"
-
-    def __init__(self, clock: Clock, cost: float, confidence: float = 0.5):
-        super().__init__()
-        self.clock, self.cost, self.confidence = clock, cost, confidence
-
-    def draft(self, state, prefix, max_tokens):
-        self.clock.now += self.cost * FORWARD * max_tokens
-        return DraftResult(tokens=(5,) * max_tokens, confidence=(self.confidence,) * max_tokens)
+def relative_rate(specs, reference, steps=300, since=50) -> float:
+    """Mean over `SEEDS` of the tokens per simulated second of `specs` over those of `reference`."""
+    def rate(levels, seed):
+        return simulate(DytcScheduler, {}, levels, steps, seed=seed).tokens_per_second(since)
+    return sum(rate(specs, seed) / rate(reference, seed) for seed in SEEDS) / len(SEEDS)
 
 
-class Steep:
-    """Verification cost grows fast with the tree: 1 + 0.5 (n − 1)."""
-
-    def cost(self, n, context=0):
-        return 1.0 + 0.5 * (n - 1)
-
-
-class Flat:
-    def cost(self, n, context=0):
-        return 1.0 + 0.02 * (n - 1)
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    c = Clock()
-    monkeypatch.setattr(levels_module.time, "perf_counter", c)
-    return c
+def test_a_free_level_that_always_matches_does_not_lock_the_model_level_out():
+    """The issue-13 case: a lookup that always proposes but is right 10% of the time, beside a
+    model level of acceptance 0.85: the model still drafts, and the pair is as fast as the model
+    alone."""
+    lookup = Scripted("pld", alpha=0.1, lookup=True)
+    both = simulate(DytcScheduler, {}, [MODEL, lookup], 300)
+    assert both.nodes_by("model", 50) > 3 * 250
+    assert both.tokens_per_step(50) > 3.0
+    assert relative_rate([MODEL, lookup], [MODEL]) > 0.97
 
 
-def simulate(levels, truth, steps, costs=Flat(), seed=0, **options):
-    """Run DyTC for `steps` steps; each node is accepted with its level's true rate `truth[name]`
-    (a callable of the step). Returns the scheduler and per-step trees."""
-    scheduler = DytcScheduler(DytcScheduler.Options(**options), levels)
-    target = SimpleNamespace(costs=costs, length=100)
-    state = DecodingState(tokens=[1] * 101, prompt_length=101, sampling=SamplingParams(), generator=None,
-                          target=target, max_depth=32)
-    scheduler.start(state)
-    rng, trees = random.Random(seed), []
-    for step in range(steps):
-        state.step = step
-        drafted_before = sum(lv.seconds for lv in levels)
-        tree = scheduler.build_tree(state)
-        node, accepted = 0, []
-        while True:
-            child = next((c for c in tree.children[node] if rng.random() < truth[tree.levels[c]](step)), None)
-            if child is None:
-                break
-            accepted.append(child)
-            node = child
-        verdict = Verdict(tuple(accepted), (5,) * len(accepted), 0)
-        draft = sum(lv.seconds for lv in levels) - drafted_before
-        verify = FORWARD * costs.cost(tree.size)
-        scheduler.observe(tree, verdict, StepTimings(draft=draft, verify=verify, total=draft + verify))
-        trees.append(tree)
-    return scheduler, trees
+def test_a_good_lookup_takes_the_lead_and_the_model_stays_out_of_its_way():
+    lookup = Scripted("pld", alpha=0.9, lookup=True)
+    both = simulate(DytcScheduler, {}, [MODEL, lookup], 300)
+    assert both.nodes_by("pld", 50) > 10 * both.nodes_by("model", 50)
+    assert relative_rate([MODEL, lookup], [lookup]) > 0.97
 
 
-def drafted_by(trees, name, since=0):
-    return sum(t.levels.count(name) for t in trees[since:])
+def test_a_cheap_level_extends_a_model_draft():
+    lookup = Scripted("pld", alpha=0.3, lookup=True)
+    result = simulate(DytcScheduler, {}, [MODEL, lookup], 200)
+    extended = [tree for tree in result.trees[50:]
+                if any(tree.levels[i] == "pld" and tree.levels[tree.parents[i]] == "model"
+                       for i in range(1, tree.size))]
+    assert len(extended) > 50
 
 
-def test_dytc_prefers_the_level_with_the_better_measured_value(clock):
-    good, poor = Level("good", Scripted(clock, 0.3)), Level("poor", Scripted(clock, 0.3))
-    truth = {"good": lambda s: 0.85, "poor": lambda s: 0.2}
-    scheduler, trees = simulate([good, poor], truth, 120)
-    assert drafted_by(trees, "good", 40) > 5 * drafted_by(trees, "poor", 40)
-    assert scheduler.alpha["good"].alpha > 0.7 > 0.35 > scheduler.alpha["poor"].alpha
+def test_dytc_prefers_the_level_with_the_better_measured_value():
+    good, poor = Scripted("good", alpha=0.85, per_token=0.3), Scripted("poor", alpha=0.2, per_token=0.3)
+    result = simulate(DytcScheduler, {}, [good, poor], 150)
+    assert result.nodes_by("good", 40) > 5 * result.nodes_by("poor", 40)
+    assert result.scheduler.estimates.alpha["good"].alpha > 0.7 > 0.35 > result.scheduler.estimates.alpha["poor"].alpha
 
 
-def test_the_astar_objective_also_prefers_the_better_level(clock):
-    good, poor = Level("good", Scripted(clock, 0.3)), Level("poor", Scripted(clock, 0.3))
-    truth = {"good": lambda s: 0.85, "poor": lambda s: 0.2}
-    scheduler, trees = simulate([good, poor], truth, 120, objective="astar")
-    assert drafted_by(trees, "good", 40) > 5 * drafted_by(trees, "poor", 40)
-    assert scheduler.alpha["good"].alpha > 0.7
+def test_learning_counts_pruned_tokens_so_the_rate_is_unbiased():
+    """A level of true acceptance 0.7 under a steep verification cost: most of what it drafts is
+    trimmed away, yet its counts (every drafted token scored against the committed text) give
+    its true rate, where learning only from what survived read 0.92."""
+    level = Scripted("model", alpha=0.7, per_token=0.05)
+    result = simulate(DytcScheduler, {}, [level], 600, costs=FlatCosts(0.3))
+    estimate = result.scheduler.estimates.alpha["model"]
+    assert result.scheduler.pruned_tokens > 300
+    assert abs(estimate.hits / estimate.seen - 0.7) < 0.04
 
 
-def test_dytc_switches_a_collapsed_level_off_and_on_again(clock):
-    level = Level("model", Scripted(clock, 0.4))
-    truth = {"model": lambda s: 0.9 if s < 60 or s >= 140 else 0.0}
-    scheduler, trees = simulate([level], truth, 260, probe_interval=8, max_probe_interval=32)
-    on_before = sum(t.size > 1 for t in trees[30:60])
-    off = sum(t.size > 1 for t in trees[100:140])
-    on_after = sum(t.size > 1 for t in trees[220:260])
-    assert on_before >= 28
-    assert off <= 40 // 8 + 1  # only probes while acceptance is 0
-    assert on_after >= 36
+def test_a_level_dead_for_600_steps_comes_back():
+    level = Scripted("model", alpha=lambda step: 0.9 if step < 100 or step >= 700 else 0.0, per_token=0.3)
+    result = simulate(DytcScheduler, {}, [level], 1000)
+    assert result.steps_using("model", 50, 100) == 50
+    assert result.steps_using("model", 200, 700) < 500 // 16 + 1  # only probes while it is dead
+    assert result.steps_using("model", 850, 1000) > 140  # back in use
 
 
-def test_a_level_that_never_pays_is_probed_ever_less_often(clock):
-    level = Level("model", Scripted(clock, 0.4))
-    scheduler, trees = simulate([level], {"model": lambda s: 0.0}, 400, probe_interval=8)
-    probes = [i for i, t in enumerate(trees) if t.size > 1]
+def test_a_level_that_never_pays_is_probed_ever_less_often():
+    level = Scripted("model", alpha=0.0, per_token=0.4)
+    result = simulate(DytcScheduler, {"probe_interval": 8, "max_probe_interval": 64}, [level], 400)
+    probes = [i for i, t in enumerate(result.trees) if t.size > 1]
     gaps = [b - a for a, b in zip(probes, probes[1:])]
-    assert all(t.size <= 2 for t in trees[20:])  # a probe drafts one token
-    assert gaps == sorted(gaps) and gaps[-1] >= 8 * gaps[0]
-    assert len(probes) <= 9
+    assert all(t.size <= 2 for t in result.trees[20:])  # a probe drafts one token
+    assert gaps == sorted(gaps) and gaps[-1] == 64 and gaps[0] <= 16
 
 
-def test_dytc_sizes_trees_by_the_verification_cost(clock):
-    def run(costs):
-        level = Level("model", Scripted(clock, 0.05, confidence=0.9))
-        _, trees = simulate([level], {"model": lambda s: 0.8}, 80, costs=costs)
-        return sum(t.size for t in trees[40:]) / 40
+def test_dytc_sizes_trees_by_the_verification_cost():
+    level = Scripted("model", alpha=0.8, per_token=0.05)
 
-    assert run(Flat()) > run(Steep()) + 1.0
+    def nodes(costs):
+        result = simulate(DytcScheduler, {}, [level], 120, costs=costs)
+        return sum(t.size for t in result.trees[40:]) / 80
+
+    assert nodes(FlatCosts(0.02)) > nodes(FlatCosts(0.5)) + 1.0
 
 
-def test_a_level_that_costs_more_than_it_brings_leaves_plain_steps(clock):
-    slow = Level("slow", Scripted(clock, 1.5))
-    _, trees = simulate([slow], {"slow": lambda s: 0.5}, 80, probe_interval=16)
-    assert sum(t.size == 1 for t in trees[20:]) >= 55
+def test_a_level_that_costs_more_than_it_brings_leaves_plain_steps():
+    slow = Scripted("slow", alpha=0.5, per_token=1.5)
+    result = simulate(DytcScheduler, {"probe_interval": 16}, [slow], 120)
+    assert sum(t.size == 1 for t in result.trees[20:]) >= 90
+
+
+def test_max_nodes_is_a_hard_bound():
+    level = Scripted("model", alpha=0.95, per_token=0.01)
+    lookup = Scripted("pld", alpha=0.9, lookup=True)
+    result = simulate(DytcScheduler, {"max_nodes": 9, "max_draft": 8, "probe_interval": 1}, [level, lookup], 100)
+    assert max(t.size for t in result.trees) == 9
+
+
+def test_free_levels_proposing_the_same_tokens_share_nodes():
+    a, b = Scripted("pld", alpha=1.0, lookup=True), Scripted("mag", alpha=1.0, lookup=True)
+    result = simulate(DytcScheduler, {}, [a, b], 60)
+    for tree in result.trees:
+        for children in tree.children:
+            tokens = [int(tree.tokens[c]) for c in children]
+            assert len(tokens) == len(set(tokens)), "two siblings hold the same token"
+
+
+def test_an_unmeasured_level_is_probed_first_and_never_priced_at_zero():
+    unknown = Scripted("model", alpha=0.9, per_token=0.2, calibrated=False)
+    result = simulate(DytcScheduler, {"objective": "astar"}, [unknown], 40)
+    assert result.trees[0].size == 2  # probed at once, one token
+    assert result.scheduler.estimates.latency.draft("model", 1, 1, 100) > 0.1
+
+
+def test_the_astar_objective_drafts_more_than_one_token_per_call():
+    """The paper's T_s as written always picks k = 1 when the bottom level is nearly free; ours
+    weighs the node's value and the verification cost, so longer drafts can win."""
+    model = Scripted("model", alpha=0.85, per_token=0.2, per_call=0.2)
+    lookup = Scripted("pld", alpha=0.1, lookup=True)
+    result = simulate(DytcScheduler, {"objective": "astar"}, [model, lookup], 150)
+    level = next(lv for lv in result.scheduler.levels if lv.name == "model")
+    assert level.proposed / level.calls > 2.0
+    assert result.tokens_per_step(50) > 3.0
+
+
+def test_what_dytc_learned_carries_over_to_the_next_generation():
+    level = Scripted("model", alpha=0.0, per_token=0.4)
+    first = simulate(DytcScheduler, {"probe_interval": 8}, [level], 120)
+    scheduler = first.scheduler
+    alpha, interval = scheduler.estimates.alpha["model"].alpha, scheduler.estimates.probe_every["model"]
+    assert alpha < 0.3 and interval > 8
+    second = simulate(DytcScheduler, {}, [level], 1, result=first)
+    assert scheduler.estimates.alpha["model"].alpha == pytest.approx(alpha)
+    assert second.trees[-1].size == 1  # the next prompt starts without the level
+    scheduler.options = scheduler.options.model_copy(update={"carry_over": False})
+    simulate(DytcScheduler, {}, [level], 0, result=first)
+    assert scheduler.estimates.alpha["model"].alpha == scheduler.options.prior_alpha  # unless told to forget
+
+
+def test_windowed_acceptance_worked_example():
+    """Warm-up: the running rate with the prior worth two observations; then the EMA
+    α̂ ← λ·α̂ + (1 − λ)·(rate over the last `window` steps), steps without evidence ageing out."""
+    estimate = WindowedAcceptance(prior=0.5, decay=0.5, window=2, warmup=1)
+    estimate.update(4, 3)  # warm-up: (3 + 2·0.5) / (4 + 2) = 2/3
+    assert estimate.alpha == pytest.approx(2 / 3)
+    estimate.update(2, 0)  # window (4, 3), (2, 0): rate 3/6; α̂ = 0.5·2/3 + 0.5·0.5
+    assert estimate.alpha == pytest.approx(0.5 * 2 / 3 + 0.25)
+    estimate.update(0, 0)  # no evidence: α̂ unchanged, but the step ages the window
+    assert estimate.alpha == pytest.approx(0.5 * 2 / 3 + 0.25)
+    estimate.update(1, 1)  # window (0, 0), (1, 1): rate 1
+    assert estimate.alpha == pytest.approx(0.5 * (0.5 * 2 / 3 + 0.25) + 0.5)
+    assert (estimate.seen, estimate.hits) == (7, 4)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -153,7 +171,8 @@ def test_dytc_greedy_output_equals_plain_decoding(seed):
     model = tiny_llama(seed, layers=4)
     prompt = repetitive_prompt(seed, model.config.vocab_size)
     config = {"scheduler": {"kind": "dytc", "options": {"warmup": 2, "probe_interval": 4}},
-              "levels": [{"name": n, **LEVELS[n]} for n in ("quanto_activation", "layer_sparsity", "early_exit")]
+              "levels": [{"name": n, **SELF_DRAFT_LEVELS[n]} for n in ("quanto_activation", "layer_sparsity",
+                                                                       "early_exit")]
               + [{"name": "pld", "kind": "prompt_lookup"}]}
     plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=48)
     pipe = load_pipeline(config, model=model, tokenizer=IdTokenizer())
@@ -163,12 +182,15 @@ def test_dytc_greedy_output_equals_plain_decoding(seed):
 
 
 def test_dytc_on_stories_with_branching_trees(stories):
+    """Probes of the early-exit level every other step open branches beside the lookup's chain."""
     model, tokenizer = stories
-    config = {"scheduler": {"kind": "dytc", "options": {"siblings": 3, "sibling_min_prob": 0.01}},
+    config = {"scheduler": {"kind": "dytc", "options": {"siblings": 3, "sibling_min_prob": 0.01,
+                                                        "probe_interval": 2, "max_probe_interval": 2}},
               "levels": [{"name": "exit3", "kind": "early_exit", "options": {"exit_layer": 3}},
                          {"name": "pld", "kind": "prompt_lookup"}]}
     prompt = "Once upon a time, there was a little girl named Lily. She loved to play. Once upon a time"
-    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(prompt, max_new_tokens=60, chat=False)
+    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(prompt, max_new_tokens=60,
+                                                                                      chat=False)
     pipe = load_pipeline(config, model=model, tokenizer=tokenizer)
     trees = []
     real = pipe.target.forward_tree
@@ -210,58 +232,3 @@ def test_the_gate_keeps_useless_drafting_near_one_forward_per_token(monkeypatch)
         handle.remove()
     assert results[False] > 2.0  # ungated: four draft passes and a verification per step
     assert results[True] < 1.15  # gated: plain steps, plus probes whose share shrinks as holds double
-
-
-@pytest.mark.slow
-def test_dytc_sampling_matches_the_target_distribution():
-    """Trees with a sampled chain token and point-mass siblings from a model level, and a lookup
-    level beside it: the 2-token output distribution is the target's."""
-    from tests.verifiers.test_sampling_verifier import chi2_critical, chi2_goodness
-
-    from tests.helpers import PROMPT, peaked_tiny_model, two_token_distribution
-
-    model = peaked_tiny_model()
-    prompt = PROMPT
-    exact = two_token_distribution(model, prompt)
-    config = {"scheduler": {"kind": "dytc", "options": {"siblings": 3, "sibling_min_prob": 0.0, "warmup": 0,
-                                                        "carry_over": False}},  # every run starts alike
-              "levels": [{"name": "exit2", "kind": "early_exit", "options": {"exit_layer": 2}},
-                         {"name": "pld", "kind": "prompt_lookup"}],
-              "sampling": {"temperature": 1.0}, "calibration": "off"}
-    pipe = load_pipeline(config, model=model, tokenizer=IdTokenizer())
-
-    class FreeNodes:  # verification cost independent of tree size: every sibling is worth keeping
-        def cost(self, n, context=0):
-            return 1.0
-
-    pipe.target.costs = FreeNodes()
-    runs, counts, branching = 3000, {}, 0
-    trees = []
-    real = pipe.target.forward_tree
-    pipe.target.forward_tree = lambda tree: (trees.append(tree), real(tree))[1]
-    for seed in range(runs):
-        trees.clear()
-        result = pipe.generate(list(prompt), max_new_tokens=2, temperature=1.0, seed=seed)
-        key = tuple(result.token_ids)
-        counts[key] = counts.get(key, 0) + 1
-        branching += any(not t.is_chain for t in trees)
-    assert branching > 0.2 * runs, "trees with siblings must be verified for the test to mean anything"
-    stat, df = chi2_goodness(counts, exact, runs)
-    assert stat < chi2_critical(df, 1e-3), (stat, df)
-
-
-def test_what_dytc_learned_carries_over_to_the_next_generation(clock):
-    level = Level("model", Scripted(clock, 0.4))
-    scheduler, _ = simulate([level], {"model": lambda s: 0.0}, 120, probe_interval=8)
-    alpha, interval = scheduler.alpha["model"].alpha, scheduler.probe_every["model"]
-    assert alpha < 0.3 and interval > 8
-    same_target = scheduler.latency.costs
-    state = DecodingState(tokens=[1] * 11, prompt_length=11, sampling=SamplingParams(), generator=None,
-                          target=SimpleNamespace(costs=same_target, length=10), max_depth=8)
-    level.reset_counters()
-    scheduler.start(state)
-    assert scheduler.alpha["model"].alpha == alpha and scheduler.probe_every["model"] == interval
-    assert scheduler.build_tree(state).size == 1  # the next prompt starts without the level
-    scheduler.options = scheduler.options.model_copy(update={"carry_over": False})
-    scheduler.start(state)
-    assert scheduler.alpha["model"].alpha == scheduler.options.prior_alpha  # unless told to forget

@@ -93,3 +93,18 @@ def test_what_the_gate_learned_carries_over_to_the_next_generation_of_the_pipeli
     assert not any(second[:left])  # the next prompt does not pay for finding out again
     fresh = run(NeverSlowerGate(Inner()), lambda i: (1, 2.0 * FORWARD), 5)
     assert all(fresh)  # a new pipeline starts by speculating
+
+
+def test_the_plain_step_time_is_re_estimated_as_the_context_grows():
+    """A plain step's time follows the forward's: measured on every step (speculative ones
+    through the cost table), not predicted once at the first speculative step and kept. Here a
+    forward slows from 0.1 s to 0.3 s over the generation while speculation keeps committing 1.5
+    tokens per 1.2 forwards: it pays throughout, so the gate never switches it off."""
+    gate = NeverSlowerGate(Inner())
+
+    def step(i):
+        forward = FORWARD * (1 + 2 * i / 300)
+        return (2 if i % 2 else 1), 1.2 * forward * 0.99
+
+    assert all(run(gate, step, 300))
+    assert gate.forward_seconds > 2.5 * FORWARD

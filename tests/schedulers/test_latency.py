@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cas_spec.core.types import StepTimings
-from cas_spec.schedulers.latency import LatencyModel, LevelCost
+from cas_spec.schedulers.latency import UNMEASURED_TOKEN_COST, LatencyModel, LevelCost
 
 
 def test_per_call_and_per_token_costs_are_recovered_from_mixed_steps():
@@ -39,7 +39,7 @@ class FakeLevel:
 def test_draft_costs_are_in_units_of_a_one_token_target_forward():
     level = FakeLevel("int8")
     model = LatencyModel(Table(), [level], decay=0.5)
-    assert model.draft("int8", 1, 3) == 0.0  # unmeasured: tried as if free
+    assert model.draft("int8", 1, 3) == 3 * UNMEASURED_TOKEN_COST  # unmeasured: priced conservatively, never free
     for _ in range(4):
         level.calls, level.proposed, level.seconds = level.calls + 1, level.proposed + 3, level.seconds + 0.15
         model.observe(tree_size=5, context=100, timings=StepTimings(draft=0.15, verify=0.2 * 2.0, total=0.55))

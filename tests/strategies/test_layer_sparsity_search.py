@@ -32,7 +32,7 @@ def searching(**options) -> dict:
     return {"scheduler": {"kind": "chain", "options": {"k": 4, "adaptive": False}}, "calibration": "off",
             "levels": [{"name": "skip", "kind": "layer_sparsity",
                         "options": {"sparsity": 0.375, "window": 128, "target_score": 1.0, "search_budget": 120,
-                                    "patience": 120, **options}}]}
+                                    "patience": 120, "stop_below": 0.0, **options}}]}
 
 
 def random_prompt(length: int, vocab: int, seed: int = 0) -> list[int]:
@@ -110,3 +110,45 @@ def test_the_local_optimiser_keeps_the_set_size_and_only_improves():
         assert search.best_score >= best_so_far
         best_so_far = search.best_score
     assert search.best == hidden
+
+
+def test_the_online_search_is_timed_apart_from_drafting(monkeypatch):
+    """Each search step scores a candidate after a verified step (`observe`): its time is the
+    level's adaptation time, never its draft cost, so a scheduler does not see a searching level
+    as an expensive drafter and stop choosing it (which would starve the search)."""
+    import time
+
+    from cas_spec.strategies.layer_sparsity import LayerSparsity
+
+    model = model_with_identity_sublayers()
+    with torch.no_grad():  # a fingerprint no other test has cached a set for
+        model.model.layers[2].mlp.up_proj.weight[0, 0] += 0.25
+    real = LayerSparsity.search_step
+
+    def slow(self, state, window=None):
+        time.sleep(0.02)
+        return real(self, state, window)
+
+    monkeypatch.setattr(LayerSparsity, "search_step", slow)
+    pipe = load_pipeline(searching(), model=model, tokenizer=IdTokenizer())
+    result = pipe.generate(random_prompt(60, model.config.vocab_size), max_new_tokens=30)
+    stats = result.stats.levels["skip"]
+    assert stats.adapt_seconds > 0.02 * (result.stats.target_forwards - 1)  # a search step after each step
+    assert stats.seconds < stats.adapt_seconds / 2  # drafting did not pay for it
+
+
+def test_under_calibration_auto_the_first_pipeline_searches_ahead(monkeypatch, tmp_path):
+    """No cached set and `calibration: auto`: building the pipeline runs the whole search on the
+    shipped text (`prepare`), so the first generation already drafts with the final set."""
+    from cas_spec.costs import draft_costs, table
+
+    monkeypatch.setattr(table, "costs_dir", lambda: tmp_path)
+    monkeypatch.setattr(draft_costs, "costs_dir", lambda: tmp_path)
+    model = model_with_identity_sublayers()
+    with torch.no_grad():
+        model.model.layers[2].mlp.up_proj.weight[0, 0] += 0.75
+    config = {**searching(target_score=1.0), "calibration": "auto"}
+    strategy = load_pipeline(config, model=model, tokenizer=IdTokenizer()).levels[0].strategy
+    assert strategy.search.done and strategy.search.evaluations >= 100
+    cached = load_cached(model_fingerprint(model), 0.375)
+    assert cached["done"] and set(map(Sublayer.parse, cached["skip"])) == set(strategy.skip)

@@ -15,18 +15,10 @@ from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.tree import TreeBuilder
 from tests.conftest import IdTokenizer, tiny_llama
 from tests.core.test_engine_greedy import repetitive_prompt
-from tests.helpers import PROMPT, peaked_tiny_model, two_token_distribution
+from tests.helpers import AUTOREGRESSIVE, PROMPT, SELF_DRAFT_LEVELS, peaked_tiny_model, two_token_distribution
 from tests.verifiers.test_sampling_verifier import chi2_critical, chi2_goodness
 
-AUTOREGRESSIVE = {"scheduler": {"kind": "autoregressive"}, "calibration": "off"}
-
-LEVELS = {
-    "early_exit": {"kind": "early_exit", "options": {"exit_layer": 2}},
-    "early_exit_no_reuse": {"kind": "early_exit", "options": {"exit_layer": 1, "reuse_kv": False}},
-    "layer_sparsity": {"kind": "layer_sparsity", "options": {"skip": ["1.mlp", "2.attention"]}},
-    "quanto_activation": {"kind": "quanto_activation", "options": {"backend": "dynamic_int8"}},
-    "skip_int8": {"kind": "layer_sparsity", "options": {"skip": ["2.mlp"], "quantize": "dynamic_int8"}},
-}
+LEVELS = SELF_DRAFT_LEVELS
 
 
 def chain(name: str, k: int = 4, **sampling) -> dict:
@@ -55,7 +47,7 @@ def test_greedy_output_equals_plain_decoding_on_tiny_models(level, shape):
 def test_greedy_output_equals_plain_decoding_on_stories(stories, level):
     model, tokenizer = stories
     levels = {"early_exit": {"kind": "early_exit", "options": {"exit_layer": 3}},
-              "layer_sparsity": {"kind": "layer_sparsity", "options": {"skip": ["1.mlp", "2.attention", "3.mlp"]}},
+              "layer_sparsity": {"kind": "layer_sparsity", "options": {"skip": ["1.mlp", "2.attention", "3.mlp"], "stop_below": 0.0}},
               "quanto_activation": {"kind": "quanto_activation"}}
     config = {"scheduler": {"kind": "chain", "options": {"k": 4, "adaptive": False}}, "calibration": "off",
               "levels": [{"name": level, **levels[level]}]}

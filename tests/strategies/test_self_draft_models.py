@@ -19,7 +19,7 @@ from tests.strategies.test_self_draft import AUTOREGRESSIVE, RoundRobinTree
 
 GEMMA_LEVELS = {  # tiny Gemma: layers 0 and 2 size the sliding and full masks, so their attention runs
     "early_exit": {"kind": "early_exit", "options": {"exit_layer": 2}},
-    "layer_sparsity": {"kind": "layer_sparsity", "options": {"skip": ["1.attention", "2.mlp"]}},
+    "layer_sparsity": {"kind": "layer_sparsity", "options": {"skip": ["1.attention", "2.mlp"], "stop_below": 0.0}},
     "quanto_activation": {"kind": "quanto_activation", "options": {"backend": "dynamic_int8"}},
 }
 
@@ -59,7 +59,7 @@ def test_three_levels_share_trees_on_tiny_gemma3():
 SMOLLM2_LEVELS = {
     "int8": {"kind": "quanto_activation"},
     "skip": {"kind": "layer_sparsity", "options": {"skip": ["2.attention", "5.mlp", "9.attention", "13.mlp",
-                                                            "16.attention", "20.mlp", "24.attention", "27.mlp"]}},
+                                                            "16.attention", "20.mlp", "24.attention", "27.mlp"], "stop_below": 0.0}},
     "exit": {"kind": "early_exit", "options": {"exit_layer": 20}},
 }
 QUESTIONS = [json.loads(line) for line in
@@ -96,7 +96,7 @@ GEMMA_PROMPTS = {
 def test_three_dsia_levels_equal_plain_greedy_on_gemma3(gemma3, name):
     model, tokenizer = gemma3
     levels = {"int8": {"kind": "quanto_activation"},
-              "skip": {"kind": "layer_sparsity", "options": {"skip": ["2.attention", "4.mlp", "8.mlp", "13.attention"]}},
+              "skip": {"kind": "layer_sparsity", "options": {"skip": ["2.attention", "4.mlp", "8.mlp", "13.attention"], "stop_below": 0.0}},
               "exit": {"kind": "early_exit", "options": {"exit_layer": 12}}}
     plain, speculative = pipelines(model, tokenizer, levels, {"kind": "round_robin_tree"})
     prompt = GEMMA_PROMPTS[name]

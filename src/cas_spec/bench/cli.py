@@ -19,12 +19,14 @@ EPILOG = """examples:
   cas-spec bench --quick
   cas-spec bench --groups summarization,qa --prompts-per-group 8 --max-new-tokens 256
   cas-spec bench --methods default,my-pipeline.yaml,hf:prompt_lookup,hf:early_exit:12 --threads 2
+  cas-spec bench --methods ablation --prompts-per-group 4
   cas-spec bench --questions mt_bench --temperature 0.7 --seed 1 --out bench-out/sampled
   cas-spec bench --report bench-out/20250101-120000
 
 methods: pipeline presets or YAML files run through the engine; hf:greedy, hf:prompt_lookup and
-hf:early_exit:E run transformers' generate. autoregressive (the engine's plain decoding) always
-runs as the reference for speed and for token-for-token identity."""
+hf:early_exit:E run transformers' generate; `ablation` stands for CAS-Spec's scheduler ablation
+(ls, vc, hc, vc-hc, tr, tr-vc, dytc over one hierarchy of drafters). autoregressive (the engine's
+plain decoding) always runs as the reference for speed and for token-for-token identity."""
 
 QUICK_PROMPTS, QUICK_TOKENS = 1, 32
 DEFAULT_PROMPTS, DEFAULT_TOKENS = 4, 128

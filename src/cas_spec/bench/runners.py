@@ -33,6 +33,7 @@ HF_GREEDY = "hf:greedy"
 HF_METHODS = {"hf:greedy": {}, "hf:prompt_lookup": {"prompt_lookup_num_tokens": 10}}
 HF_EARLY_EXIT = "hf:early_exit:"
 DEFAULT_METHODS = "default,hf:greedy,hf:prompt_lookup"
+METHOD_SETS = {"ablation": ("ls", "vc", "hc", "vc-hc", "tr", "tr-vc", "dytc")}
 
 
 class MethodError(UserError):
@@ -57,7 +58,7 @@ def _known() -> str:
     from cas_spec.core.config import preset_names
 
     return (f"presets: {', '.join(preset_names())}; baselines: {', '.join(HF_METHODS)}, {HF_EARLY_EXIT}E; "
-            "or a pipeline YAML file")
+            f"method sets: {', '.join(METHOD_SETS)}; or a pipeline YAML file")
 
 
 def parse_method(entry: str) -> MethodSpec:
@@ -83,11 +84,22 @@ def parse_method(entry: str) -> MethodSpec:
     return MethodSpec(name, "engine", source=entry)
 
 
+def method_set(name: str) -> list[str]:
+    """The pipeline files of a shipped method set (`ablation`: CAS-Spec's scheduler ablation, seven
+    schedulers over one hierarchy of drafters, in `cas_spec/bench/ablation/`), in the paper's order."""
+    from importlib import resources
+
+    folder = resources.files("cas_spec.bench").joinpath(name)
+    return [str(folder.joinpath(f"{stem}.yaml")) for stem in METHOD_SETS[name]]
+
+
 def parse_methods(text: str) -> list[MethodSpec]:
-    """The methods of a comma list, `autoregressive` first and `hf:greedy` added when needed."""
+    """The methods of a comma list, `autoregressive` first and `hf:greedy` added when needed; a
+    method set's name stands for its pipelines."""
     entries = [entry.strip() for entry in text.split(",")]
     if not all(entries):
         raise MethodError(f"--methods '{text}': empty entry")
+    entries = [path for entry in entries for path in (method_set(entry) if entry in METHOD_SETS else [entry])]
     specs = [parse_method(REFERENCE)]
     for entry in entries:
         spec = parse_method(entry)

@@ -90,6 +90,8 @@ def generate_tokens(
                               total=time.perf_counter() - step_start)
         recorder.record_step(tree, verdict, timings, committed=len(new))
         scheduler.observe(tree, verdict, timings)
+        for level in levels:  # online adaptation, outside the step's timings
+            level.observe(state)
         if on_tokens is not None:
             on_tokens(new)
         if on_logits is not None:

@@ -64,6 +64,12 @@ class DraftStrategy(Plugin):
         `draft_probs` must be the exact distribution each token was sampled from, or None.
         """
 
+    def observe(self, state: DecodingState) -> None:
+        """Called after every verified step, once its tokens are committed (`state.tokens` holds
+        them): online adaptation to the text, such as `layer_sparsity` scoring a candidate skip
+        set on it. Timed apart from drafting (`LevelStats.adapt_seconds`): it is not a draft's
+        cost. By default nothing."""
+
     def review(self, state: DecodingState, prefix: tuple[int, ...], tokens: tuple[int, ...]) -> torch.Tensor | None:
         """This level's own distribution at each of `tokens` and after the last one, for a cascade
         in which it reviews a cheaper level's draft: [len(tokens) + 1, V] float32, row i = its

@@ -93,8 +93,8 @@ class Pipeline:
 
     def calibrate_drafts(self, quick: bool = False, use_cache: bool = True, progress: bool = True) -> dict:
         """Level name -> its draft cost (`costs/draft_costs.py`): cached, or measured and cached.
-        The full calibration (`quick=False`) first lets each level do its one-time work
-        (`DraftStrategy.prepare`). Needs the calibration (the kernels the levels draft under);
+        Each level first does its one-time work (`DraftStrategy.prepare`, e.g. a skip-set search
+        when none is cached), so that its cost is measured as it will draft. Needs the calibration (the kernels the levels draft under);
         {} without one or without levels."""
         from cas_spec.costs.draft_costs import calibrated_draft_costs, calibration_text_ids
 
@@ -102,10 +102,10 @@ class Pipeline:
             return {}
         kinds = {lc.name: lc.kind for lc in self.config.levels}
         with kernels_active(self.model, self.calibration):
-            if not quick:  # one-time work of the levels first (a skip-set search), on real text
-                text = calibration_text_ids(self.tokenizer, 512, self.model.config.vocab_size)
-                for level in self.levels:
-                    level.strategy.prepare(self.target, text, progress=progress)
+            # one-time work of the levels first (a skip-set search, when none is cached), on real text
+            text = calibration_text_ids(self.tokenizer, 512, self.model.config.vocab_size)
+            for level in self.levels:
+                level.strategy.prepare(self.target, text, progress=progress)
             return calibrated_draft_costs(self.target, self.levels, kinds, self.tokenizer,
                                           key=self.calibration.costs.key, quick=quick, use_cache=use_cache,
                                           progress=progress)

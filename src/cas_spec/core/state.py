@@ -24,6 +24,9 @@ class DecodingState:
     target: Target
     max_depth: int = 0  # deepest tree the engine accepts this step (budget and context limit)
     step: int = 0  # decoding steps done so far
+    # Drafters propose exactly the tokens asked for where they can (no early stop): set while a
+    # level's draft cost is measured, so that each drafted length is really drafted.
+    force_length: bool = False
 
     @property
     def root_token(self) -> int:

@@ -33,17 +33,19 @@ class StatsRecorder:
                decode_seconds: float, stop_reason: str) -> GenerationStats:
         levels = {
             level.name: LevelStats(self.drafted.get(level.name, 0), self.accepted.get(level.name, 0), level.calls,
-                                   level.proposed, level.seconds)
+                                   level.proposed, level.seconds, level.adapt_seconds)
             for level in self.levels
         }
+        adapt = sum(level.adapt_seconds for level in self.levels)
         return GenerationStats(
             prompt_tokens=prompt_tokens, new_tokens=new_tokens,
             target_forwards=len(self.acceptance_lengths), levels=levels,
             prefill_seconds=prefill_seconds, draft_seconds=self.draft, verify_seconds=self.verify,
-            overhead_seconds=max(decode_seconds - self.draft - self.verify, 0.0),
+            overhead_seconds=max(decode_seconds - self.draft - self.verify - adapt, 0.0),
             decode_seconds=decode_seconds, stop_reason=stop_reason,
             acceptance_lengths=tuple(self.acceptance_lengths),
             scheduling_seconds=max(self.draft - sum(level.seconds for level in self.levels), 0.0),
+            adapt_seconds=adapt,
         )
 
 
@@ -56,7 +58,8 @@ def format_stats(stats: GenerationStats) -> str:
         f"speed               {stats.tokens_per_second:.1f} tokens/s",
         f"time                prefill {stats.prefill_seconds:.3f}s, decode {stats.decode_seconds:.3f}s "
         f"(draft {stats.draft_seconds:.3f}s, verify {stats.verify_seconds:.3f}s, "
-        f"overhead {stats.overhead_seconds:.3f}s; scheduling {stats.scheduling_seconds:.3f}s of the draft time)",
+        f"overhead {stats.overhead_seconds:.3f}s; scheduling {stats.scheduling_seconds:.3f}s of the draft time"
+        + (f"; adaptation {stats.adapt_seconds:.3f}s" if stats.adapt_seconds else "") + ")",
     ]
     for name, level in stats.levels.items():
         rate = level.accepted / level.drafted if level.drafted else 0.0

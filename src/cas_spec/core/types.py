@@ -113,6 +113,7 @@ class LevelStats:
     calls: int = 0  # draft calls
     proposed: int = 0  # tokens its draft calls returned (a scheduler may verify fewer)
     seconds: float = 0.0  # wall-clock time in its draft calls
+    adapt_seconds: float = 0.0  # wall-clock time in its online adaptation (`DraftStrategy.observe`)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class GenerationStats:
     stop_reason: str  # "eos", "max_new_tokens" or "context_limit"
     acceptance_lengths: tuple[int, ...] = ()  # tokens committed by each target forward
     scheduling_seconds: float = 0.0  # drafting time outside the levels' draft calls: the scheduler's own work
+    adapt_seconds: float = 0.0  # the levels' online adaptation after steps (e.g. a skip-set search)
 
     @property
     def mean_acceptance_length(self) -> float:

@@ -7,11 +7,17 @@ full length because it has not been timed yet, nor waits for the first steps to 
 prompt lookup is nearly free.
 
 Measurement (`measure_draft_costs`): on a real text (the shipped Spec-Bench questions), at a
-few context lengths, each level drafts 1 and 4 tokens below the last committed token, in a
-shuffled order per repeat, interleaved with one-token target forwards on the same cache; the
-medians of draft seconds over one-token forward seconds are fitted as per_call + per_token ·
-proposed tokens by least squares. A level's first call at a context is a warm-up and not timed
-(it pays one-time work: twins, variants, and a `layer_sparsity` search step on that text).
+few context lengths, each level drafts `DRAFT_LENGTHS` (1, 3 and 6) tokens below the last
+committed token, with early stopping off (`DecodingState.force_length`, so a model level really
+proposes each length and the fit can tell a call's cost from a token's), in a shuffled order per
+repeat, interleaved with one-token target forwards on the same cache; the medians of draft
+seconds over one-token forward seconds are fitted as per_call + per_token · proposed tokens by
+least squares, and the fit's root-mean-square residual is kept beside it (`cas-spec calibrate`
+shows it: a large one says the level's cost is not linear in its tokens). A level's first call
+at a context is a warm-up and not timed (it pays one-time work: twins, variants). A level that
+can review (a model level) also has its *agreement* measured there: the share of the next
+`AGREEMENT_TOKENS` positions of the text where its argmax, teacher-forced on the text, equals the
+target's; schedulers start from it as the level's acceptance before they have seen it draft.
 
 Cached per calibration key (model shape, machine, threads, kernels) and level signature (its
 strategy kind and options), in the same folder as the cost tables.
@@ -32,8 +38,9 @@ import torch
 
 from cas_spec.costs.table import context_weights, costs_dir
 
-FORMAT_VERSION = 1
-DRAFT_LENGTHS = (1, 4)
+FORMAT_VERSION = 3
+DRAFT_LENGTHS = (1, 3, 6)
+AGREEMENT_TOKENS = 48  # positions a level's agreement with the target is measured on, per context
 
 
 @dataclass
@@ -79,6 +86,8 @@ class LevelDraftCost:
     context_lengths: tuple[int, ...]  # ascending
     per_call: tuple[float, ...]  # [context]
     per_token: tuple[float, ...]  # [context]
+    residual: tuple[float, ...] = ()  # [context]: root-mean-square residual of the fit, same unit
+    agreement: float | None = None  # share of positions where its greedy token is the target's (model levels)
 
     def cost(self, calls: int, tokens: int, context: int) -> float:
         return sum(w * (calls * self.per_call[i] + tokens * self.per_token[i])
@@ -103,7 +112,9 @@ def load_draft_costs(key: str) -> dict[str, dict]:
         if data.get("format") != FORMAT_VERSION:
             return {}
         return {sig: {"cost": LevelDraftCost(tuple(e["context_lengths"]), tuple(e["per_call"]),
-                                             tuple(e["per_token"])), "quick": bool(e.get("quick"))}
+                                             tuple(e["per_token"]), tuple(e.get("residual", ())),
+                                             e.get("agreement")),
+                      "quick": bool(e.get("quick"))}
                 for sig, e in data["levels"].items()}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
@@ -111,7 +122,9 @@ def load_draft_costs(key: str) -> dict[str, dict]:
 
 def save_draft_costs(key: str, entries: dict[str, dict]) -> None:
     levels = {sig: {"context_lengths": list(e["cost"].context_lengths), "per_call": list(e["cost"].per_call),
-                    "per_token": list(e["cost"].per_token), "quick": e["quick"]} for sig, e in entries.items()}
+                    "per_token": list(e["cost"].per_token), "residual": list(e["cost"].residual),
+                    "agreement": e["cost"].agreement,
+                    "quick": e["quick"]} for sig, e in entries.items()}
     path = _path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -123,8 +136,15 @@ def fit_call_and_token(points: Sequence[tuple[float, float]]) -> tuple[float, fl
     """(per_call, per_token) ≥ 0 with cost ≈ per_call + per_token · tokens over (tokens, cost) points."""
     fit = LevelCost()
     for tokens, cost in points:
-        fit.update(1, int(tokens), cost, decay=1.0)
+        fit.update(1, tokens, cost, decay=1.0)
     return fit.per_call, fit.per_token
+
+
+def fit_residual(points: Sequence[tuple[float, float]], per_call: float, per_token: float) -> float:
+    """Root-mean-square of cost − (per_call + per_token · tokens) over (tokens, cost) points."""
+    if not points:
+        return 0.0
+    return (sum((cost - per_call - per_token * tokens) ** 2 for tokens, cost in points) / len(points)) ** 0.5
 
 
 @torch.inference_mode()
@@ -134,13 +154,14 @@ def measure_draft_costs(target, levels, text_ids: Sequence[int], context_lengths
     from tqdm import tqdm
 
     from cas_spec.core.state import DecodingState
-    from cas_spec.core.tree import TreeBuilder
-    from cas_spec.core.types import SamplingParams
+    from cas_spec.core.tree import TreeBuilder, chain_tree
+    from cas_spec.core.types import DraftResult, SamplingParams
 
-    limit = min(target.adapter.context_length, len(text_ids)) - max(DRAFT_LENGTHS) - 2
+    limit = min(target.adapter.context_length, len(text_ids)) - max(*DRAFT_LENGTHS, AGREEMENT_TOKENS) - 2
     contexts = tuple(sorted({c for c in context_lengths if c <= limit})) or (max(4, limit),)
     rng = random.Random(seed)
     points: dict[str, list[list[tuple[float, float]]]] = {lv.name: [] for lv in levels}
+    agreements: dict[str, list[float]] = {lv.name: [] for lv in levels}
     bar = tqdm(total=len(contexts) * len(levels) * (repeats * (len(DRAFT_LENGTHS) + 1) + 1),
                desc="calibrating draft costs", unit="call", disable=not progress, file=sys.stderr, leave=False)
     try:
@@ -148,8 +169,11 @@ def measure_draft_costs(target, levels, text_ids: Sequence[int], context_lengths
             target.prefill(list(text_ids[:context]))
             state = DecodingState(tokens=list(text_ids[:context + 1]), prompt_length=context + 1,
                                   sampling=SamplingParams(), generator=None, target=target,
-                                  max_depth=max(DRAFT_LENGTHS))
+                                  max_depth=max(DRAFT_LENGTHS), force_length=True)
             root = TreeBuilder(state.root_token).build()
+            ahead = tuple(text_ids[context + 1:context + 1 + AGREEMENT_TOKENS])
+            truth = target.forward_tree(chain_tree(state.root_token, DraftResult(tokens=ahead), None)).argmax(-1)
+            target.restore()
             for level in levels:
                 level.strategy.start(state)
                 level.strategy.draft(state, (), max(DRAFT_LENGTHS))  # warm-up: one-time work
@@ -173,6 +197,10 @@ def measure_draft_costs(target, levels, text_ids: Sequence[int], context_lengths
                         else:
                             forwards.append(seconds)
                         bar.update()
+                reviewed = level.strategy.review(state, (), ahead)
+                target.restore()
+                if reviewed is not None:
+                    agreements[level.name].append(float((reviewed.argmax(-1) == truth).float().mean()))
                 unit = statistics.median(forwards)
                 points[level.name].append([
                     (statistics.median(p for _, p in samples[k]), statistics.median(s for s, _ in samples[k]) / unit)
@@ -183,7 +211,10 @@ def measure_draft_costs(target, levels, text_ids: Sequence[int], context_lengths
     result = {}
     for name, per_context in points.items():
         fits = [fit_call_and_token(p) for p in per_context]
-        result[name] = LevelDraftCost(contexts, tuple(c for c, _ in fits), tuple(t for _, t in fits))
+        residuals = tuple(fit_residual(p, c, t) for p, (c, t) in zip(per_context, fits, strict=True))
+        agreement = statistics.mean(agreements[name]) if agreements[name] else None
+        result[name] = LevelDraftCost(contexts, tuple(c for c, _ in fits), tuple(t for _, t in fits), residuals,
+                                      agreement)
     return result
 
 
@@ -191,12 +222,17 @@ def format_draft_costs(costs: dict[str, LevelDraftCost], kinds: dict[str, str]) 
     """The table `cas-spec calibrate` shows: per level and context, per call and per token."""
     if not costs:
         return "draft costs: no levels"
-    lines = ["draft cost of a level, in one-token target forwards: per call + per drafted token",
-             f"{'level':<14}{'kind':<20}{'context':>8}{'per call':>10}{'per token':>11}"]
+    lines = ["draft cost of a level, in one-token target forwards: per call + per drafted token "
+             f"(fitted over {', '.join(map(str, DRAFT_LENGTHS))} tokens; residual: RMS of the fit)",
+             f"{'level':<14}{'kind':<20}{'context':>8}{'per call':>10}{'per token':>11}{'1 token':>9}"
+             f"{'residual':>10}{'agreement':>11}"]
     for name, cost in costs.items():
         for i, context in enumerate(cost.context_lengths):
+            residual = f"{cost.residual[i]:>10.3f}" if i < len(cost.residual) else f"{'–':>10}"
+            agreement = f"{cost.agreement:>11.3f}" if i == 0 and cost.agreement is not None else f"{'':>11}"
             lines.append(f"{name if i == 0 else '':<14}{kinds.get(name, '') if i == 0 else '':<20}"
-                         f"{context:>8}{cost.per_call[i]:>10.3f}{cost.per_token[i]:>11.3f}")
+                         f"{context:>8}{cost.per_call[i]:>10.3f}{cost.per_token[i]:>11.3f}"
+                         f"{cost.per_call[i] + cost.per_token[i]:>9.3f}{residual}{agreement}")
     return "\n".join(lines)
 
 
@@ -237,7 +273,7 @@ def calibrated_draft_costs(target, levels, kinds: dict[str, str], tokenizer, *, 
             missing.append(level)
     if missing:
         contexts = (300,) if quick else (64, 300, 1000)
-        text = calibration_text_ids(tokenizer, max(contexts) + 2 * max(DRAFT_LENGTHS),
+        text = calibration_text_ids(tokenizer, max(contexts) + max(*DRAFT_LENGTHS, AGREEMENT_TOKENS) + 4,
                                     target.model.config.vocab_size)
         measured = measure_draft_costs(target, missing, text, contexts, repeats=3 if quick else 5,
                                        progress=progress)

@@ -56,11 +56,15 @@ def best_draft_length(alpha: float, available: int, cost, context: int, draft_co
 
 @dataclass
 class WindowedAcceptance:
-    """DyTC's per-level estimate (`notes/papers.md` §1.3): α̂ ← λ·α̂ + (1 − λ)·α_recent, with
-    α_recent the acceptance rate over the last `window` steps (steps that did not verify the
-    level's tokens count as nothing, so old evidence ages out even while the level is unused).
+    """DyTC's per-level estimate (`notes/papers.md` §1.3): α̂ ← λ·α̂ + (1 − λ)·α_recent, updated
+    once per step that brings evidence, with α_recent the acceptance rate over the last `window`
+    steps (steps that did not score the level's tokens count as nothing, so old evidence ages out
+    even while the level is unused; a window that also reached back for a minimum number of tokens
+    recovered more slowly from a collapse and paid nothing in the simulations of
+    `tests/schedulers/test_dytc.py`).
 
-    Counted per node whose parent was accepted (the i.i.d. chain model's α). Until `warmup` steps
+    Counted per drafted token whose parent was on the committed path (the i.i.d. chain model's
+    α), pruned tokens included, so `hits / seen` is an unbiased rate. Until `warmup` steps
     with evidence are seen, α̂ is the running rate over all of them with `prior` worth two
     observations, so a new level is tried, the first steps do not swing it too far, and a level
     seen only through sparse probes is judged on all its probes, not on the last one."""
@@ -95,14 +99,21 @@ class WindowedAcceptance:
             self.alpha = self.decay * self.alpha + (1 - self.decay) * hits / seen
 
 
+ALTERNATIVE = 100  # bucket keys of runners-up start here
+ALTERNATIVE_PRIOR = 0.1  # a runner-up's acceptance before its bucket has evidence
+
+
 @dataclass
 class ConfidenceCalibration:
     """Acceptance probability of a drafted token given its drafter's confidence, learned online.
 
-    Confidences are bucketed (draft probabilities in fifths; lookup match lengths 1..6+). A
-    token's probability is the level's α̂ scaled by how its bucket fares against the level's
-    tokens overall (both counted with forgetting, shrunk by `strength` pseudo-observations), so
-    the level's α̂ sets the level and the buckets only rank tokens within it."""
+    Confidences are bucketed (draft probabilities in fifths; lookup match lengths 1..6+), drafted
+    tokens apart from runners-up (`alternative`). A drafted token's probability is the level's α̂
+    scaled by how its bucket fares against the level's drafted tokens overall (both counted with
+    forgetting, shrunk by `strength` pseudo-observations), so the level's α̂ sets the level and the
+    buckets only rank tokens within it. A runner-up's is its bucket's own rate (shrunk toward
+    `ALTERNATIVE_PRIOR`): it is a sibling of a drafted token, not a continuation the level's α̂
+    describes."""
 
     strength: float = 3.0
     decay: float = 0.98
@@ -111,12 +122,15 @@ class ConfidenceCalibration:
     @staticmethod
     def bucket(confidence: float, alternative: bool = False) -> int:
         key = 10 + min(int(confidence), 6) if confidence >= 1.0 else min(int(confidence * 5), 4)
-        return key + (100 if alternative else 0)
+        return key + (ALTERNATIVE if alternative else 0)
 
     def probability(self, key: int, alpha: float) -> float:
         accepted, eligible = self.buckets.get(key, (0.0, 0.0))
-        total_accepted = sum(a for a, _ in self.buckets.values())
-        total_eligible = sum(e for _, e in self.buckets.values())
+        if key >= ALTERNATIVE:
+            return (accepted + self.strength * ALTERNATIVE_PRIOR) / (eligible + self.strength)
+        drafted = [counts for k, counts in self.buckets.items() if k < ALTERNATIVE]
+        total_accepted = sum(a for a, _ in drafted)
+        total_eligible = sum(e for _, e in drafted)
         overall = (total_accepted + self.strength * 0.5) / (total_eligible + self.strength)
         rate = (accepted + self.strength * overall) / (eligible + self.strength)
         return min(alpha * rate / overall, 1.0)

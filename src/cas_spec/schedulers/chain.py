@@ -11,7 +11,8 @@ the draft is trimmed afterwards. On a
 CPU where a forward over 2–3 tokens costs far more than one, this turns a poor draft into a plain
 single-token step. A level that proposes nothing also makes the step a plain step. When the
 estimate has switched drafting off, the full draft is still verified every `probe_interval`
-steps so that the estimate can recover.
+steps so that the estimate can recover; a level whose cost is neither calibrated nor measured
+yet drafts in full until it is (it is never taken for free).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ class ChainScheduler(SingleLevelScheduler):
         if not self.options.adaptive or costs is None:
             return chain_tree(state.root_token, self.level.draft(state, (), limit), self.level.name)
         context, alpha = state.target.length, self.estimate.alpha
-        probing = self.skipped + 1 >= self.options.probe_interval
+        # a level never measured drafts in full to be priced; later, whenever drafting was off for
+        # `probe_interval` steps
+        probing = self.skipped + 1 >= self.options.probe_interval or not self.latency.known(self.level.name)
         if not probing:  # a level whose drafting costs: decide how much to draft before paying for it
             name = self.level.name
             limit = best_draft_length(alpha, limit, costs.cost, context, self.latency.draft(name, 0, 1, context),

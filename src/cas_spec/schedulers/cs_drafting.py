@@ -51,6 +51,11 @@ length if no model saw it). A review counts as a call of the reviewing level, wi
 Default K: the code's configurations, [[10]], [[5, 10], [0, 10]] (`example.py`), [[5, 14, 10],
 [0, 1, 10], [0, 0, 10]] (FLAN-T5), extended for more levels with 14 (top row) and 10 (other rows)
 off the diagonal and 1 on the diagonal below the top row. Nothing is learned online.
+
+`tree: true` is CAS-Spec's "Tr+VC" ablation baseline, our reading of it: the cascade's chain, with
+the runners-up of the strongest level's reviews at each position it reviewed added as siblings,
+as many as SWIFT's confidence widths give (`static_tree`'s defaults), up to `max_nodes`. The
+siblings are point masses tried after the chain token, exact as in `static_tree`.
 """
 
 from __future__ import annotations
@@ -65,7 +70,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cas_spec.core.interfaces import DraftStrategy, Scheduler
 from cas_spec.core.state import DecodingState
 from cas_spec.core.tree import TreeBuilder
-from cas_spec.core.types import SamplingParams, TokenTree
+from cas_spec.core.types import DraftResult, SamplingParams, TokenTree
+from cas_spec.schedulers.static_tree import StaticTreeScheduler, static_tree
 
 
 class CSDraftingOptions(BaseModel):
@@ -87,6 +93,9 @@ class CSDraftingOptions(BaseModel):
         "what the k-matrix entry still needs.")
     pass_laws: bool = Field(True, description="Sampling: hand each token's exact law to the verifier (else point "
                             "masses; both exact).")
+    tree: bool = Field(False, description="Tr+VC: the runners-up of the strongest level's reviews join the chain "
+                       "as siblings, as many as SWIFT's widths give (the static_tree scheduler's defaults).")
+    max_nodes: int = Field(32, ge=2, le=1024, description="Most tree nodes with `tree`, root included.")
 
     @model_validator(mode="after")
     def _matrix(self):
@@ -154,10 +163,11 @@ def lenient_step(p: torch.Tensor, law: torch.Tensor | None, token: int, leniency
 
 
 class _Token:
-    __slots__ = ("token", "level", "confidence", "q", "law")
+    __slots__ = ("token", "level", "confidence", "q", "law", "runners_up")
 
     def __init__(self, token: int, level: str, confidence: float, q: float, law: torch.Tensor | None):
         self.token, self.level, self.confidence, self.q, self.law = token, level, confidence, q, law
+        self.runners_up: tuple[tuple[int, float], ...] = ()  # the strongest reviewer's, with `tree`
 
 
 def _can_review(strategy: DraftStrategy) -> bool:
@@ -207,7 +217,6 @@ class CSDraftingScheduler(Scheduler):
                 self.plans.append(list(zip(range(s, n), accumulate(row), strict=True)))
         if horizontal:
             self.plans[1:] = [[] for _ in self.plans[1:]]
-        self.steps = 0
 
     @torch.inference_mode()
     def build_tree(self, state: DecodingState) -> TokenTree:
@@ -218,13 +227,19 @@ class CSDraftingScheduler(Scheduler):
         # Greedy reviews compare softmax probabilities as the paper's code does; review() would
         # return one-hot argmax rows under greedy sampling parameters.
         self.review_state = replace(state, sampling=SamplingParams(temperature=1.0)) if self.greedy else state
-        tokens = self._call(state, (), 0, state.max_depth)
+        tokens = self._call(state, (), 0, state.max_depth)[:state.max_depth]
         laws = not self.greedy and self.options.pass_laws
-        node = 0
-        for tok in tokens[:state.max_depth]:
-            node = builder.add(node, tok.token, tok.level, tok.confidence, tok.law if laws else None)
-        self.steps += 1
-        return builder.build()
+        if not self.options.tree:
+            node = 0
+            for tok in tokens:
+                node = builder.add(node, tok.token, tok.level, tok.confidence, tok.law if laws else None)
+            return builder.build()
+        chain = DraftResult(tokens=tuple(t.token for t in tokens), confidence=tuple(t.confidence for t in tokens),
+                            alternatives=tuple(t.runners_up for t in tokens))
+        o = StaticTreeScheduler.Options()
+        widths = o.widths if self.greedy else o.sampling_widths
+        return static_tree(state.root_token, chain, None, o.thresholds, widths, self.options.max_nodes,
+                           levels=[t.level for t in tokens], laws=[t.law if laws else None for t in tokens])
 
     # -- the recursion ----------------------------------------------------------------------
     def _call(self, state: DecodingState, prefix: tuple[int, ...], s: int, room: int) -> list[_Token]:
@@ -264,6 +279,15 @@ class CSDraftingScheduler(Scheduler):
         rows = level.review(self.review_state, prefix, tokens)
         if rows is None:
             return draft  # this level cannot review now: it abstains
+        out = self._reviewed(state, level.name, draft, rows, room)
+        if self.options.tree and i == 0:  # Tr+VC: the strongest reviewer's runners-up become siblings
+            for j, tok in enumerate(out):
+                tok.runners_up = _runners_up(rows[j], tok.token)
+        return out
+
+    def _reviewed(self, state: DecodingState, name: str, draft: list[_Token], rows: torch.Tensor,
+                  room: int) -> list[_Token]:
+        """`draft` after the review whose distributions are `rows` (see the module docstring)."""
         m = len(draft)
         if self.greedy:
             top = rows.max(dim=-1)
@@ -276,8 +300,8 @@ class CSDraftingScheduler(Scheduler):
                 if lenient > 1 and (p := float(rows[j, tok.token])) > tok.q / lenient:
                     tok.q = tok.confidence = p
                     continue
-                return draft[:j] + [_Token(best[j], level.name, top_p[j], top_p[j], None)]
-            bonus = [_Token(best[m], level.name, top_p[m], top_p[m], None)]
+                return draft[:j] + [_Token(best[j], name, top_p[j], top_p[j], None)]
+            bonus = [_Token(best[m], name, top_p[m], top_p[m], None)]
         else:
             generator = state.generator
             for j, tok in enumerate(draft):
@@ -286,10 +310,17 @@ class CSDraftingScheduler(Scheduler):
                     tok.law, tok.confidence = law, float(rows[j, tok.token])
                     continue
                 token = int(torch.multinomial(residual(), 1, generator=generator).item())
-                return draft[:j] + [_Token(token, level.name, float(rows[j, token]), 1.0, law)]
+                return draft[:j] + [_Token(token, name, float(rows[j, token]), 1.0, law)]
             token = int(torch.multinomial(rows[m], 1, generator=generator).item())
-            bonus = [_Token(token, level.name, float(rows[m, token]), 1.0, rows[m].double())]
+            bonus = [_Token(token, name, float(rows[m, token]), 1.0, rows[m].double())]
         return draft + bonus if m < room else draft
+
+
+def _runners_up(row: torch.Tensor, chosen: int, count: int = 9) -> tuple[tuple[int, float], ...]:
+    """The `count` most likely tokens of a review row other than `chosen`, with their probability."""
+    top = torch.topk(row, min(count + 1, row.shape[-1]))
+    pairs = zip(top.indices.tolist(), top.values.tolist(), strict=True)
+    return tuple((t, p) for t, p in pairs if t != chosen and p > 0)[:count]
 
 
 def _uniform(generator: torch.Generator | None) -> float:

@@ -1,57 +1,91 @@
 """`dytc`: CAS-Spec's Dynamic Tree Cascade (`notes/papers.md` §1.3), reconstructed.
 
-Notation: target = p, drafts = q. Every step grows a token tree best-first and verifies it in one
-target forward:
+Notation: target = p, drafts = q. Every step grows a token tree and verifies it in one target
+forward. Each node carries its value, the probability that the target's committed path passes
+through it (`valued_tree.py`), so a step commits 1 + Σ values tokens on average. Costs are in
+one-token target forwards: the drafts spent, plus verify(N), the calibrated cost of a forward over
+the N tree nodes. An expansion pays when the value it adds exceeds B times what it adds to the
+cost, B being the step's *bar*: the larger of the best rate a single option gives this step
+(plain decoding; a free level's proposal, known; a model level's chain, expected from α̂; each
+at its best length) and R, the recent rate (tokens per unit of cost, an EMA over steps in which a
+copied burst counts at most `BURST_CLIP` · R). So a tree beats the best single option, a costly
+level drafts only where nothing cheaper does as well this step (not where the lookup has a long
+match), and a run of copied text does not keep the model levels out of the text that follows.
+(Maximising each step's own ratio instead lets cheap low-value nodes added first raise the bar
+for the valuable ones; one global average rate instead lets copied bursts price the model levels
+out of ordinary text. Both lost in simulation or on Spec-Bench.)
 
 1. **Estimates.** Per level, α̂ is an EMA of its acceptance rate over a window of steps
-   (`ema_decay` λ = 0.7, `window` H = 20, `warmup` steps); per drafted token, its acceptance
-   probability comes from the drafter's own confidence (draft probability for model levels,
-   n-gram match length for lookup levels), calibrated online per confidence bucket and level.
-2. **Growth.** The leaf with the highest accumulated acceptance probability P_acc (the product of
-   its path's token probabilities) is expanded next. At that leaf every level and draft length k
-   is scored by the `objective`:
-   - `step_value` (default): the expected tokens this step commits per unit of cost if the
-     expansion is made, (1 + Σ P_acc) / (draft cost so far + c_S·k + verify(N + k)), with the
-     verification cost from the calibrated cost table and c_S from the latency model;
-   - `astar`: the paper's A*-inspired T_s(S, k) = [α̂(1 − α̂^k)/(1 − α̂) + α̂^k·α̂_bottom] / (c·k + c_bottom),
-     with the cheapest level as the bottom heuristic.
-3. **Siblings.** Where a model level drafts, its runners-up above `sibling_min_prob` (at most
-   `siblings`) become sibling nodes at no draft cost (the CPU analogue of the paper's TOP-P
-   tree-parallel drafting, which batches sibling drafts on a GPU; a batched multi-leaf draft
-   pass is not built: on this CPU it would cost as much as separate passes).
-4. **Stopping.** Growth stops when the best expansion would not raise the step value, at
-   `max_nodes`, or at the step's depth limit; then leaves whose removal raises the value are
-   pruned. A level whose measured value does not pay is thus not used, and a step where nothing
-   pays is plain autoregressive decoding. A level unused for its probe interval drafts a probe
-   of `probe_tokens` at the root, so that its estimate can recover; the interval starts at
-   `probe_interval` and doubles after each probe that does not bring the level back into use
-   (up to `max_probe_interval`), so a level that never pays costs ever less.
-5. **Costs.** Verification from the calibrated cost table; drafts from the latency model,
-   which starts from the calibrated draft costs (`cas-spec calibrate`) and learns online. A
-   level whose full draft costs under `free_cost` (prompt lookup, max-gram) drafts at the root
-   first, every step: deciding whether to ask for it would cost more than asking, and its
-   proposal (with its confidence) is what the other levels are weighed against; pruning drops
-   what of it does not pay.
+   (`ema_decay` λ = 0.7, `window` H = 20, `warmup` steps), starting from the level's agreement with
+   the target measured when its draft cost was calibrated; per drafted token, the probability that
+   the target takes it comes from the drafter's own confidence (draft probability for model
+   levels, n-gram match length for lookup levels), calibrated online per confidence bucket.
+   Both learn from *every* drafted token, those pruned or trimmed away included, scored against
+   the committed text (`proposals.py`), so what is left out of trees does not bias them toward
+   optimism, and α̂ is what asking a level for a token yields.
+2. **Routing.** A branch may open at any node, the root included, next to existing children,
+   valued by what it adds given its siblings. Every growth step weighs, at the nodes with the
+   most uncovered value (`expand_nodes` of them), each level that has not drafted there yet:
+   a free level (lookups: its full draft costs under `free_cost`) is asked for its proposal
+   (the proposal is then known exactly, with its confidences) and valued for each prefix
+   length; a model level is valued before drafting from α̂ for each draft length k (its i-th
+   token adds value where the tree does not already hold the target's path), with its cost from
+   the latency model. The expansion with the largest net gain (value − B · cost) is made, so a
+   level with more value per cost drafts first, and a cheap level may extend a model's draft as
+   well as precede it. Growth stops when no expansion pays, at `max_nodes` (a hard bound) or at
+   the step's depth limit. `objective: astar` ranks the expansions that pay by the paper's
+   A*-inspired score instead (below).
+3. **Siblings.** Where a model level drafts, its runners-up (at most `siblings`, draft
+   probability ≥ `sibling_min_prob`) join as point-mass siblings where they pay.
+4. **Exact sampling under every option.** A node's presence never depends on the token it drew:
+   nodes are only added, each after everything it is verified after (later siblings, and the
+   subtree of the token drawn); a drawn model chain is trimmed token by token, keeping token i only
+   if its *expected* value (before its draw: its parent's value times α̂) pays for its place,
+   and deterministic drafts (lookups, greedy drafts) by their own values. The final pruning of
+   leaves whose value does not pay for their verification runs only on trees with no sampled
+   node. With these
+   rules the sampling verifier's law is the target's for every tree this scheduler builds
+   (`tests/schedulers/test_dytc_sampling.py` enumerates it exactly).
+5. **Probes.** A level unused for its probe interval, or never measured, drafts `probe_tokens`
+   at the root, beside whatever else is there, and a probe is never pruned, so its estimate can
+   recover even when a free level always matches; what it drafts is scored like every draft. The
+   interval starts at `probe_interval` and doubles after each probe (up to `max_probe_interval`),
+   so a level that stays out of use, dead or merely beaten by a cheaper one, costs ever less;
+   it returns to the start when the level is chosen on its value, or when a probe moved α̂ by
+   more than `PROBE_SURPRISE` (a dead level coming back: follow it up).
+6. **Costs.** Verification from the calibrated cost table; drafts from the latency model
+   (`latency.py`): calibrated ahead per level and refined online; a level never measured is
+   priced conservatively, never at 0.
+
+`objective: astar` (our reading of the paper's T_s(S, k), whose typography is not known): the
+paper scores a level S drafting k tokens by [α̂(1 − α̂^k)/(1 − α̂) + α̂^k·α̂_dn] / (ĉ·k + ĉ_dn), α̂_dn
+and ĉ_dn those of the cheapest (bottom) level. As written, with a nearly free bottom level it
+always picks k = 1 (the numerator grows slower than ĉ·k). Here the expected tokens are weighted
+by the node's value and counted with the tree's, and the denominator holds the whole step's cost
+(drafts spent and verification), so k > 1 wins where its tokens pay for their verification: score =
+(1 + Σ values + gain(S, k) + v_k·α̂_dn) / (spent + c_S(k) + ĉ_dn + verify(N + k + 1)), v_k the value
+of the k-th drafted token; the bottom level is the cheapest known one per token.
 
 Choices where the paper is silent (each an option where it matters): the window counts steps;
-α̂ counts tokens whose parent was accepted; the stopping rule and the step-value objective; the
-confidence calibration. Scheduling overhead (drafting time outside the levels' draft calls) is
-reported for every scheduler in `GenerationStats.scheduling_seconds`.
+α̂ counts tokens whose parent was on the committed path; the bar and the net-gain stopping rule;
+the valuation of siblings; the confidence calibration; probes. Scheduling overhead (drafting time
+outside the levels' draft calls) is reported in `GenerationStats.scheduling_seconds`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from cas_spec.core.interfaces import Scheduler
+from cas_spec.core.levels import Level
 from cas_spec.core.state import DecodingState
-from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import DraftResult, StepTimings, TokenTree, Verdict
-from cas_spec.schedulers.acceptance import ConfidenceCalibration, WindowedAcceptance
-from cas_spec.schedulers.latency import LatencyModel
+from cas_spec.schedulers.dytc_estimates import DytcEstimates
+from cas_spec.schedulers.proposals import Proposal
+from cas_spec.schedulers.valued_tree import NodeInfo, ValuedTree, expected_gains
 
 
 class DytcOptions(BaseModel):
@@ -60,22 +94,47 @@ class DytcOptions(BaseModel):
     ema_decay: float = Field(0.7, ge=0.0, lt=1.0, description="λ of the per-level acceptance EMA.")
     window: int = Field(20, ge=1, description="Steps in the recent-acceptance window H.")
     warmup: int = Field(20, ge=0, description="Steps before the EMA takes over from the running rate.")
-    prior_alpha: float = Field(0.6, gt=0.0, lt=1.0, description="Acceptance assumed for an unmeasured level.")
-    objective: Literal["step_value", "astar"] = Field("step_value", description="Scoring of (level, k) at a leaf.")
+    prior_alpha: float = Field(0.6, gt=0.0, lt=1.0, description="Acceptance assumed for a level before it "
+                               "drafts, unless calibration measured its agreement with the target.")
+    objective: Literal["step_value", "astar"] = Field(
+        "step_value", description="Ranking of the expansions that pay: step_value = the largest net gain "
+        "in tokens at the step's bar; astar = the paper's A*-style T_s (see the module docstring).")
     max_draft: int = Field(8, ge=1, le=64, description="Most tokens one draft call is asked for.")
-    max_nodes: int = Field(24, ge=2, le=256, description="Most tree nodes, root included.")
+    max_nodes: int = Field(24, ge=2, le=256, description="Most tree nodes, root included (a hard bound).")
+    expand_nodes: int = Field(4, ge=1, le=64, description="Nodes with the most uncovered value weighed "
+                              "for a new branch at each growth step.")
     siblings: int = Field(2, ge=0, le=8, description="Runners-up of a model draft added as siblings.")
     sibling_min_prob: float = Field(0.1, ge=0.0, le=1.0, description="Least draft probability of a sibling.")
     probe_interval: int = Field(16, ge=1, description="Steps after which an unused level drafts a probe.")
-    max_probe_interval: int = Field(256, ge=1, description="Longest probe interval after failed probes.")
+    max_probe_interval: int = Field(64, ge=1, description="Longest probe interval after probes that missed.")
     probe_tokens: int = Field(1, ge=1, le=64, description="Tokens a probe drafts.")
     carry_over: bool = Field(True, description="Keep what was learned (costs, acceptance, calibration, probe "
                              "intervals) from one generation of the pipeline to the next.")
     free_cost: float = Field(0.02, ge=0.0, description="A level whose full draft costs less than this (in "
-                             "one-token target forwards) drafts at the root every step, before growth.")
+                             "one-token target forwards) is asked for its proposal before it is weighed.")
 
 
-Objective = Callable[..., float]
+@dataclass
+class _Step:
+    """One step's tree under construction, and what its free levels proposed at which nodes."""
+
+    state: DecodingState
+    tree: ValuedTree
+    free: set[str]  # levels asked for their proposal before they are weighed
+    done: set[tuple[int, str]] = field(default_factory=set)  # (node, level) pairs already used
+    known: dict[tuple[int, str], DraftResult] = field(default_factory=dict)  # free levels' proposals
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """A candidate growth step: `level` drafts (or inserts its known proposal) below `node`."""
+
+    node: int
+    level: Level
+    tokens: int  # k to draft, or the prefix length of a known proposal to insert
+    proposal: DraftResult | None  # a free level's known proposal; None: draft k tokens
+    value: float  # the step's worth after it (`_worth`)
+    score: float  # what ranks it (the worth, or the A* score)
 
 
 class DytcScheduler(Scheduler):
@@ -87,185 +146,232 @@ class DytcScheduler(Scheduler):
         return [] if level_names else ["levels: dytc needs at least one level to draft with"]
 
     def start(self, state: DecodingState) -> None:
-        """Before a generation. What was learned in earlier generations of this pipeline (level
-        costs, acceptance estimates, confidence calibration, probe intervals) carries over
-        (`carry_over`, default on), so a level that does not pay is not tried afresh for every
+        """Before a generation. What was learned in earlier generations of this pipeline
+        (`DytcEstimates`: costs, acceptance, calibration, probe intervals, the recent rate) carries
+        over (`carry_over`, default on), so a level that does not pay is not tried afresh for every
         prompt; the EMAs adapt to the new text within a few steps."""
-        o = self.options
-        draft_costs = getattr(state.target, "draft_costs", None)
-        fresh = not o.carry_over or getattr(self, "latency", None) is None
-        if fresh or self.latency.costs is not state.target.costs:
-            self.latency = LatencyModel(state.target.costs, self.levels, draft_costs=draft_costs)
-            self.alpha = {lv.name: WindowedAcceptance(prior=o.prior_alpha, decay=o.ema_decay, window=o.window,
-                                                      warmup=o.warmup) for lv in self.levels}
-            self.calibration = {lv.name: ConfidenceCalibration() for lv in self.levels}
-            self.probe_every = {lv.name: o.probe_interval for lv in self.levels}
-        else:
-            self.latency.restart()  # the engine reset the levels' counters
-        self.last_used = {lv.name: 0 for lv in self.levels}
-        self._nodes: list[tuple[str, int, bool] | None] = [None]  # per node: (level, bucket, alternative)
-        self._context = state.target.length
-        self.bottom = self._cheapest_level(self._context)
+        target = state.target
+        known = getattr(self, "estimates", None)
+        if not self.options.carry_over or known is None or known.latency.costs is not target.costs:
+            self.estimates = DytcEstimates(self.options, self.levels, target.costs,
+                                           getattr(target, "draft_costs", None) or {})
+        self.estimates.restart()
+        self.proposals: list[Proposal] = []
+        self.pruned_tokens = getattr(self, "pruned_tokens", 0)  # drafted tokens left out of trees, ever (tests)
+        self._context = target.length
+        self._spent = 0.0
+        self._bar = 1.0
 
     # -- building ---------------------------------------------------------------------------
     def build_tree(self, state: DecodingState) -> TokenTree:
+        o = self.options
         context = self._context = state.target.length
-        builder = TreeBuilder(state.root_token)
-        nodes: list[tuple[str, int, bool] | None] = [None]
-        p_acc = [1.0]
-        expected, spent = 0.0, 0.0
-        exhausted: set[tuple[int, str]] = set()
-        probe = self._due_probe(state)
-        for level in self._free_levels(context):  # costless drafts first: what they propose informs the rest
-            limit = min(self.options.max_draft, state.max_depth, self.options.max_nodes - builder.size)
-            if limit <= 0:
+        self.proposals = []
+        self._spent = 0.0
+        step = _Step(state, ValuedTree(state.root_token),
+                     {lv.name for lv in self.levels if self.estimates.is_free(lv.name, context)})
+        tree = step.tree
+        self._bottom = self.estimates.bottom_level(context)
+        self._bar = max(self._best_single_option(step), self.estimates.rate)
+        probe = self.estimates.due_probe(state.step)
+        if probe is not None and state.max_depth > 0:
+            level = next(lv for lv in self.levels if lv.name == probe)
+            self._draft(step, 0, level, min(o.probe_tokens, state.max_depth, o.max_nodes - 1), probe=True)
+            step.done.add((0, probe))
+        while tree.size < o.max_nodes:
+            best = self._best_expansion(step)
+            if best is None:
                 break
-            draft = level.draft(state, (), limit)
-            self.last_used[level.name] = state.step
-            exhausted.add((0, level.name))
-            if len(draft):
-                expected += self._add_draft(builder, nodes, p_acc, 0, level.name, draft)
-        while builder.size < self.options.max_nodes:
-            choice = self._best_expansion(builder, p_acc, expected, spent, context, exhausted, state, probe)
-            if choice is None:
-                break
-            leaf, level, k = choice
-            draft = level.draft(state, builder.path_tokens(leaf), k)
-            spent += self.latency.draft(level.name, 1, len(draft), context)
-            self.last_used[level.name] = state.step
-            if level.name == probe:
-                probe = None
-                self.probe_every[level.name] = min(2 * self.probe_every[level.name],
-                                                   self.options.max_probe_interval)
-            else:  # chosen on its value: back to the shortest probe interval
-                self.probe_every[level.name] = self.options.probe_interval
-            if not len(draft):
-                exhausted.add((leaf, level.name))
-                continue
-            expected += self._add_draft(builder, nodes, p_acc, leaf, level.name, draft)
-            exhausted.add((leaf, level.name))
-        return self._prune(builder, nodes, p_acc, spent, context)
+            step.done.add((best.node, best.level.name))
+            if best.proposal is not None:
+                self._insert_known(tree, best.node, best.level.name, best.proposal, best.tokens)
+            else:
+                self._draft(step, best.node, best.level, best.tokens)
+            self.estimates.chosen(best.level.name)
+        if tree.any_sampled:  # a drawn node stays whatever it drew (see the module docstring)
+            return tree.build()
+        result = tree.pruned(lambda value, expected, size: self._worth(expected - value, size - 1)
+                             > self._worth(expected, size) + 1e-12)
+        self.pruned_tokens += tree.size - result.size
+        return result
 
-    def _free_levels(self, context: int) -> list:
-        """Levels whose full draft costs next to nothing (lookups), as calibrated or measured."""
-        if not self.latency.draft_costs and not self.latency.forward_seconds:
-            return []  # nothing known yet about any level's cost
-        return [lv for lv in self.levels
-                if (self.latency.measured(lv.name) or lv.name in self.latency.draft_costs)
-                and self.latency.draft(lv.name, 1, self.options.max_draft, context) < self.options.free_cost]
+    def _worth(self, expected: float, size: int, extra_cost: float = 0.0) -> float:
+        """What a step verifying `size` nodes holding `expected` value is worth: the tokens it
+        commits on average less their cost (drafts spent, `extra_cost`, verification) at the
+        step's bar B. Adding a node pays when its value exceeds B times what it costs."""
+        cost = self._spent + extra_cost + self.estimates.latency.verify(size, self._context)
+        return 1.0 + expected - self._bar * cost
 
-    def _due_probe(self, state: DecodingState) -> str | None:
-        due = [lv.name for lv in self.levels if state.step - self.last_used[lv.name] >= self.probe_every[lv.name]]
-        return due[0] if due else None
+    def _best_single_option(self, step: _Step) -> float:
+        """The step's bar B: the best rate (tokens per one-token forward of cost) any single option
+        gives at the root this step: plain decoding (1 token for one forward), a free level's
+        proposal (known) or a model level's chain (expected from α̂), each at its best length.
+        Every expansion of the tree must then bring more than B tokens per unit of its cost, so
+        the tree beats the best single option, and a costly level drafts only where nothing
+        cheaper does as well (where the lookup has a long match this step, it does not)."""
+        limit = min(self.options.max_draft, step.state.max_depth, self.options.max_nodes - 1)
+        scratch = ValuedTree(step.state.root_token)
+        best = 1.0 / self.estimates.latency.verify(1, self._context)
+        for level in self.levels if limit > 0 else ():
+            name = level.name
+            if name in step.free:
+                draft = self._ask(step, 0, level)
+                confidence = (draft.confidence or (1.0,) * len(draft))[:limit]
+                gains = scratch.chain_gains(0, draft.tokens[:limit], [self.estimates.probability(name, c) for c in confidence])
+                options = [(added, new, 0.0) for new, added in gains]
+            else:
+                options = [(added, k, self.estimates.latency.draft(name, 1, k, self._context))
+                           for k, added in expected_gains(scratch, 0, self.estimates.alpha[name].alpha, limit)]
+            for added, new, cost in options:
+                best = max(best, (1.0 + added) / (cost + self.estimates.latency.verify(1 + new, self._context)))
+        return best
 
-    def _best_expansion(self, builder, p_acc, expected, spent, context, exhausted, state, probe):
-        """(leaf, level, k) of the best expansion that raises the step value, or None."""
-        size = builder.size
-        current = (1.0 + expected) / (spent + self.latency.verify(size, context))
-        room = self.options.max_nodes - size
-        leaves = sorted((i for i in range(size) if not builder.children[i]), key=lambda i: -p_acc[i])
-        for leaf in leaves:
-            depth_left = state.max_depth - builder.depths[leaf]
-            limit = min(self.options.max_draft, depth_left, room)
-            if limit <= 0:
-                continue
-            best, best_score = None, float("-inf")
+    def _ask(self, step: _Step, node: int, level: Level) -> DraftResult:
+        """A free level's proposal below `node`, asked for once per node and step."""
+        key = (node, level.name)
+        if key not in step.known:
+            path = step.tree.path(node)
+            draft = step.known[key] = level.draft(step.state, path, self.options.max_draft)
+            self._spent += self.estimates.latency.draft(level.name, 1, len(draft), self._context)
+            self._record(level.name, path, draft, probe=False)
+            self.estimates.last_used[level.name] = step.state.step
+        return step.known[key]
+
+    def _best_expansion(self, step: _Step) -> Expansion | None:
+        o, tree, state = self.options, step.tree, step.state
+        current = self._worth(tree.expected, tree.size)
+        room = o.max_nodes - tree.size
+        nodes = sorted((n for n in range(tree.size) if tree.depth(n) < state.max_depth and tree.open_mass(n) > 0),
+                       key=lambda n: -tree.open_mass(n))[:o.expand_nodes]
+        best: Expansion | None = None
+        for node in nodes:
+            limit = min(room, state.max_depth - tree.depth(node), o.max_draft)
             for level in self.levels:
-                if (leaf, level.name) in exhausted:
+                if (node, level.name) in step.done:
                     continue
-                forced = level.name == probe and leaf == 0
-                if forced:  # a due probe comes first, and is short
-                    return leaf, level, min(limit, self.options.probe_tokens)
-                alpha = self.alpha[level.name].alpha
-                for k in range(1, limit + 1):
-                    gain = p_acc[leaf] * sum(alpha ** i for i in range(1, k + 1))
-                    cost = spent + self.latency.draft(level.name, 1, k, context) + self.latency.verify(size + k, context)
-                    value = (1.0 + expected + gain) / cost
-                    score = value if self.options.objective == "step_value" else self._astar(level.name, k, context)
-                    if value > current * (1 + 1e-9) and score > best_score:
-                        best, best_score = (leaf, level, k), score
-            if best is not None:
-                return best
-            # Leaves are visited in decreasing P_acc: a lower one cannot gain more, unless other
-            # levels remain untried at it.
-            if not any((leaf, lv.name) not in exhausted for lv in self.levels):
-                continue
+                if level.name in step.free:
+                    candidate = self._weigh_known(step, node, level, limit)
+                else:
+                    candidate = self._weigh_draft(tree, node, level, limit)
+                if candidate is not None and candidate.value > current + 1e-12 and (
+                        best is None or candidate.score > best.score):
+                    best = candidate
+        return best
+
+    def _weigh_draft(self, tree: ValuedTree, node: int, level: Level, limit: int) -> Expansion | None:
+        """The best k for `level` drafting below `node`, valued before drafting (`expected_gains`)."""
+        best, before = None, 0.0
+        for k, added in expected_gains(tree, node, self.estimates.alpha[level.name].alpha, limit):
+            cost = self.estimates.latency.draft(level.name, 1, k, self._context)
+            expansion = self._expansion(tree, node, level, k, None, added, added - before, k, cost)
+            before = added
+            if best is None or expansion.score > best.score:
+                best = expansion
+        return best
+
+    def _weigh_known(self, step: _Step, node: int, level: Level, limit: int) -> Expansion | None:
+        """The best prefix of a free level's proposal below `node`."""
+        draft = self._ask(step, node, level)
+        tokens = draft.tokens[:limit]
+        if not tokens:
             return None
-        return None
+        probabilities = [self.estimates.probability(level.name, c) for c in (draft.confidence or (1.0,) * len(draft))[:limit]]
+        best, before = None, 0.0
+        for m, (new, added) in enumerate(step.tree.chain_gains(node, tokens, probabilities), start=1):
+            last, before = added - before, added
+            if new == 0:
+                continue
+            expansion = self._expansion(step.tree, node, level, m, draft, added, last, new, 0.0)
+            if best is None or expansion.score > best.score:
+                best = expansion
+        return best
 
-    def _cheapest_level(self, context: int) -> str:
-        """The bottom level of the A* heuristic: the cheapest per drafted token, as measured."""
-        return min(self.levels, key=lambda lv: self.latency.draft(lv.name, 1, 1, context)).name
+    def _expansion(self, tree: ValuedTree, node: int, level: Level, tokens: int, proposal: DraftResult | None,
+                   gain: float, last: float, new_nodes: int, cost: float) -> Expansion:
+        value = self._worth(tree.expected + gain, tree.size + new_nodes, cost)
+        score = value
+        if self.options.objective == "astar" and self._bottom is not None:
+            bottom = self._bottom
+            heuristic = last * self.estimates.alpha[bottom].alpha
+            bottom_cost = self.estimates.latency.draft(bottom, 1, 1, self._context)
+            score = (1.0 + tree.expected + gain + heuristic) / (
+                self._spent + cost + bottom_cost + self.estimates.latency.verify(tree.size + new_nodes + 1, self._context))
+        return Expansion(node, level, tokens, proposal, value, score)
 
-    def _astar(self, level: str, k: int, context: int) -> float:
-        bottom = self.bottom
-        alpha, alpha_bottom = self.alpha[level].alpha, self.alpha[bottom].alpha
-        gain = sum(alpha ** i for i in range(1, k + 1)) + alpha ** k * alpha_bottom
-        return gain / (self.latency.draft(level, 1, k, context) + self.latency.draft(bottom, 1, 1, context) + 1e-3)
+    # -- adding nodes ---------------------------------------------------------------------------
+    def _record(self, level: str, parent_path: tuple[int, ...], draft: DraftResult, probe: bool,
+                asked: int | None = None) -> None:
+        calibration = self.estimates.calibration[level]
+        confidence = draft.confidence or (1.0,) * len(draft)
+        alternatives = tuple(tuple((t, calibration.bucket(p, alternative=True)) for t, p in alts[: self.options.siblings])
+                             for alts in draft.alternatives) if draft.alternatives else ()
+        self.proposals.append(Proposal(level, parent_path, draft.tokens, tuple(calibration.bucket(c) for c in confidence),
+                                       alternatives, probe, asked))
 
-    def _add_draft(self, builder, nodes, p_acc, leaf: int, level: str, draft: DraftResult) -> float:
-        """Add `draft` (and its runners-up as siblings) below `leaf`; returns the added Σ P_acc."""
-        alpha = self.alpha[level].alpha
-        calibration = self.calibration[level]
-        added, parent = 0.0, leaf
+    def _insert_known(self, tree: ValuedTree, node: int, level: str, draft: DraftResult, count: int) -> None:
+        """Insert the first `count` tokens of a free level's (deterministic) proposal below `node`."""
+        confidence = draft.confidence or (1.0,) * len(draft)
+        parent = node
+        for token, c in zip(draft.tokens[:count], confidence[:count], strict=True):
+            parent, _ = tree.add(parent, token, self.estimates.probability(level, c), NodeInfo(level, sampled=False), c)
+        self.pruned_tokens += len(draft) - count
+
+    def _draft(self, step: _Step, node: int, level: Level, k: int, probe: bool = False) -> None:
+        """`level` drafts k tokens below `node`; its tokens join the tree while they pay (a probe's
+        always), each kept or dropped before its own value is looked at when it was sampled."""
+        state, tree = step.state, step.tree
+        name = level.name
+        path = tree.path(node)
+        draft = level.draft(state, path, k)
+        self._spent += self.estimates.latency.draft(name, 1, len(draft), self._context)
+        self._record(name, path, draft, probe, asked=k)
+        sampled = draft.draft_probs is not None
+        confidence = draft.confidence or (1.0,) * len(draft)
+        alpha = self.estimates.alpha[name].alpha
+        probabilities = [self.estimates.probability(name, c) for c in confidence]
+        parent, kept = node, 0
         for i, token in enumerate(draft.tokens):
-            confidence = draft.confidence[i] if draft.confidence else 1.0
-            key = calibration.bucket(confidence)
-            node = builder.add(parent, token, level, confidence,
-                               None if draft.draft_probs is None else draft.draft_probs[i])
-            nodes.append((level, key, False))
-            p_acc.append(p_acc[parent] * calibration.probability(key, alpha))
-            added += p_acc[-1]
-            alternatives = draft.alternatives[i] if draft.alternatives else ()
-            for alt, prob in alternatives[: self.options.siblings]:
-                if prob < self.options.sibling_min_prob or builder.size >= self.options.max_nodes:
-                    break
-                alt_key = calibration.bucket(prob, alternative=True)
-                builder.add(parent, alt, level, prob)
-                nodes.append((level, alt_key, True))
-                p_acc.append(p_acc[parent] * calibration.probability(alt_key, alpha * prob))
-                added += p_acc[-1]
-            parent = node
-        return added
-
-    def _prune(self, builder, nodes, p_acc, spent, context) -> TokenTree:
-        """Drop leaves whose removal raises (1 + Σ P_acc) / (draft cost + verify(N))."""
-        keep = set(range(builder.size))
-        children = {i: set(c) for i, c in enumerate(builder.children)}
-        expected = sum(p_acc[1:])
-        while len(keep) > 1:
-            leaves = [i for i in keep if i and not (children[i] & keep)]
-            worst = min(leaves, key=lambda i: p_acc[i])
-            now = (1 + expected) / (spent + self.latency.verify(len(keep), context))
-            after = (1 + expected - p_acc[worst]) / (spent + self.latency.verify(len(keep) - 1, context))
-            if after <= now:
+            if tree.size >= self.options.max_nodes:
                 break
-            keep.discard(worst)
-            expected -= p_acc[worst]
-        kept = sorted(keep)
-        index = {old: new for new, old in enumerate(kept)}
-        pruned = TreeBuilder(builder.tokens[0])
-        for old in kept[1:]:
-            pruned.add(index[builder.parents[old]], builder.tokens[old], builder.levels[old],
-                       builder.confidence[old], builder.draft_probs[old])
-        self._nodes = [nodes[old] for old in kept]
-        return pruned.build()
+            # Whether token i may join is decided before looking at it when it was sampled: on its
+            # parent and α̂; a deterministic draft is judged on its own tokens.
+            gains = (expected_gains(tree, parent, alpha, len(draft) - i) if sampled
+                     else tree.chain_gains(parent, draft.tokens[i:], probabilities[i:]))
+            pays = self._extension_pays(tree, parent, gains)
+            if not probe and not pays:
+                break
+            child, _ = tree.add(parent, token, probabilities[i], NodeInfo(name, sampled, probe), confidence[i],
+                                None if draft.draft_probs is None else draft.draft_probs[i])
+            kept += 1
+            if draft.alternatives and not probe:
+                self._add_siblings(tree, parent, name, draft.alternatives[i])
+            parent = child
+        self.pruned_tokens += len(draft) - kept
+        self.estimates.last_used[name] = state.step
+
+    def _extension_pays(self, tree: ValuedTree, parent: int, gains: list[tuple[int, float]]) -> bool:
+        """Whether adding some prefix of a chain below `parent`, with (new nodes, added value) per
+        prefix length as given, raises the step's worth."""
+        current = self._worth(tree.expected, tree.size)
+        return any(new and self._worth(tree.expected + added, tree.size + new) > current + 1e-12
+                   for new, added in gains)
+
+    def _add_siblings(self, tree: ValuedTree, parent: int, level: str, alternatives) -> None:
+        """Runners-up of a drafted position as point-mass siblings, while each raises the step's worth."""
+        o = self.options
+        for token, prob in alternatives[: o.siblings]:
+            if prob < o.sibling_min_prob or tree.size >= o.max_nodes:
+                break
+            probability = self.estimates.probability(level, prob, alternative=True)
+            gain = tree.child_value(parent, probability)
+            if tree.existing_child(parent, token) is not None or not (
+                    self._worth(tree.expected + gain, tree.size + 1) > self._worth(tree.expected, tree.size)):
+                continue
+            tree.add(parent, token, probability, NodeInfo(level, sampled=False), prob)
 
     # -- learning ---------------------------------------------------------------------------
     def observe(self, tree: TokenTree, verdict: Verdict, timings: StepTimings) -> None:
-        self.latency.observe(tree.size, self._context, timings)
-        self.bottom = self._cheapest_level(self._context)
-        accepted = set(verdict.accepted_nodes)
-        counts = {lv.name: [0, 0] for lv in self.levels}
-        for i in range(1, tree.size):
-            meta = self._nodes[i] if i < len(self._nodes) else None
-            parent = tree.parents[i]
-            if meta is None or (parent != 0 and parent not in accepted):
-                continue  # its parent was rejected: the node was never tested
-            level, key, alternative = meta
-            self.calibration[level].update(key, i in accepted)
-            if not alternative:
-                counts[level][0] += 1
-                counts[level][1] += i in accepted
-        for name, (eligible, hits) in counts.items():
-            self.alpha[name].update(eligible, hits)
+        self.estimates.learn(self.proposals, verdict.new_tokens, tree.size, self._context, self._spent, timings)
+
+
+__all__ = ["DytcOptions", "DytcScheduler"]

@@ -2,9 +2,11 @@
 
 Enabled per pipeline with `scheduler: {gate: true}` (on in the `cas-spec` and `cs-drafting`
 presets). It measures, in wall-clock time, each speculative step against what plain decoding
-would have taken for the same tokens (tokens / plain rate, the plain rate an EMA over plain
-steps, one target forward over the root alone; predicted from the verification timings and the
-cost table until plain steps have run). The excess time is summed as a one-sided CUSUM, deficit ← max(0, deficit +
+would have taken for the same tokens: tokens × the seconds of a plain step, re-estimated every
+step as one one-token target forward (an EMA over every step: a plain step's verification time,
+or a speculative step's divided by the cost table's cost of its tree size, so it follows the
+context as it grows and the machine's load) plus the engine's own time per plain step (an EMA
+over plain steps). The excess time is summed as a one-sided CUSUM, deficit ← max(0, deficit +
 seconds − (1 + `margin`) · tokens / plain rate), so a step that commits a run of copied tokens
 pays off the misses before it: drafters are bursty, and a mean over a few steps misreads them.
 When the deficit exceeds `patience` plain steps, the next `hold` steps decode plainly without
@@ -38,13 +40,15 @@ class NeverSlowerGate(Scheduler):
         self.base_hold, self.max_hold = hold, max_hold
 
     def start(self, state: DecodingState) -> None:
-        """Before a generation. The plain rate, the hold length and what is left of a hold carry
-        over from the pipeline's previous generation: a drafter found not to pay is not tried
-        afresh at the start of every prompt (where short generations would pay for it most)."""
+        """Before a generation. What the gate measured (the forward and overhead estimates), the
+        hold length and what is left of a hold carry over from the pipeline's previous generation:
+        a drafter found not to pay is not tried afresh at the start of every prompt (where short
+        generations would pay for it most)."""
         self.inner.start(state)
         previous = getattr(self, "_state", None)
         if previous is None or previous.target is not state.target:
-            self.plain_rate: float | None = None  # EMA of plain steps' tokens/s
+            self.forward_seconds: float | None = None  # EMA of a one-token target forward
+            self.overhead_seconds: float | None = None  # EMA of a plain step's time outside its forward
             self.hold = self.base_hold
             self.plain_until = 0
         else:
@@ -55,29 +59,46 @@ class NeverSlowerGate(Scheduler):
         self.triggers = 0  # times the gate switched speculation off
         self._plain = False
         self._state = state
+        self._context = state.target.length
 
     def build_tree(self, state: DecodingState) -> TokenTree:
         self._plain = state.step < self.plain_until
+        self._context = state.target.length
         if self._plain:
             self.plain_steps += 1
             return TreeBuilder(state.root_token).build()
         return self.inner.build_tree(state)
 
+    @property
+    def plain_step_seconds(self) -> float | None:
+        """What a plain decoding step takes now, as measured (None before any measurement)."""
+        if self.forward_seconds is None:
+            return None
+        overhead = self.overhead_seconds if self.overhead_seconds is not None else 0.0
+        return self.forward_seconds + overhead
+
+    def _measure(self, tree: TokenTree, timings: StepTimings) -> None:
+        if timings.verify <= 0:
+            return
+        forward = timings.verify / verify_cost(self._state.target.costs, tree.size, self._context)
+        self.forward_seconds = forward if self.forward_seconds is None else \
+            self.decay * self.forward_seconds + (1 - self.decay) * forward
+        if self._plain:
+            overhead = max(timings.total - timings.verify, 0.0)
+            self.overhead_seconds = overhead if self.overhead_seconds is None else \
+                self.decay * self.overhead_seconds + (1 - self.decay) * overhead
+
     def observe(self, tree: TokenTree, verdict: Verdict, timings: StepTimings) -> None:
         if timings.total <= 0:
             return
-        tokens = len(verdict.new_tokens)
+        self._measure(tree, timings)
         if self._plain:
-            rate = tokens / timings.total
-            self.plain_rate = rate if self.plain_rate is None else self.decay * self.plain_rate + (1 - self.decay) * rate
             return
         self.inner.observe(tree, verdict, timings)
-        if self.plain_rate is None:  # no plain step yet: one forward over the root, predicted
-            relative = verify_cost(self._state.target.costs, tree.size, self._state.target.length)
-            self.plain_rate = relative / timings.verify if timings.verify > 0 else None
-        if self.plain_rate is None:
+        plain_step = self.plain_step_seconds
+        if plain_step is None:
             return
-        plain_step = 1.0 / self.plain_rate
+        tokens = len(verdict.new_tokens)
         self.deficit = max(0.0, self.deficit + timings.total - (1 + self.margin) * tokens * plain_step)
         self.clean_steps += 1
         if self.deficit > self.patience * plain_step:

@@ -25,6 +25,9 @@ from cas_spec.core.types import StepTimings
 from cas_spec.costs.draft_costs import LevelCost, LevelDraftCost
 
 
+UNMEASURED_TOKEN_COST = 1.0  # one-token target forwards per drafted token of a level never measured
+
+
 def verify_cost(costs, n: int, context: int) -> float:
     """Cost of one target forward over n tokens (n ≥ 1), in one-token forwards: from the cost
     table `costs`, or a conservative line without one."""
@@ -62,10 +65,14 @@ class LatencyModel:
         if self.forward_seconds and self.measured(level):
             return self.level_costs[level].seconds(calls, tokens) / self.forward_seconds
         prior = self.draft_costs.get(level)
-        return prior.cost(calls, tokens, context) if prior is not None else 0.0
+        return prior.cost(calls, tokens, context) if prior is not None else tokens * UNMEASURED_TOKEN_COST
 
     def measured(self, level: str) -> bool:
         return self.level_costs[level].observations > 0
+
+    def known(self, level: str) -> bool:
+        """Whether `level`'s cost was measured online or calibrated ahead."""
+        return self.measured(level) or level in self.draft_costs
 
     def observe(self, tree_size: int, context: int, timings: StepTimings) -> None:
         """Refine the model from one verified step."""
@@ -87,4 +94,4 @@ class LatencyModel:
                 for name in self.level_costs}
 
 
-__all__ = ["LatencyModel", "LevelCost", "verify_cost"]
+__all__ = ["LatencyModel", "LevelCost", "UNMEASURED_TOKEN_COST", "verify_cost"]

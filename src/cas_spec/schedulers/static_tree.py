@@ -26,6 +26,9 @@ emitted token is distributed as p (see `tests/schedulers/test_static_tree.py`). 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cas_spec.core.state import DecodingState
@@ -86,11 +89,22 @@ class StaticTreeScheduler(SingleLevelScheduler):
 
 
 def static_tree(root: int, draft: DraftResult, level: str | None, thresholds: tuple[float, ...],
-                widths: tuple[int, ...], max_nodes: int) -> TokenTree:
-    """The tree of `draft`'s chain plus its runners-up as siblings (see the module docstring)."""
+                widths: tuple[int, ...], max_nodes: int, levels: Sequence[str] | None = None,
+                laws: Sequence[torch.Tensor | None] | None = None) -> TokenTree:
+    """The tree of `draft`'s chain plus its runners-up as siblings (see the module docstring).
+    `levels` and `laws` give each chain token its own level and the law it was drawn with, when
+    not all of it comes from `level` with `draft.draft_probs` (a cascade's chain)."""
     builder = TreeBuilder(root)
     draft = trim_draft(draft, max(max_nodes - 1, 0))
-    chain = builder.add_chain(0, draft, level)
+    if levels is None and laws is None:
+        chain = builder.add_chain(0, draft, level)
+    else:
+        chain, parent = [], 0
+        for i, token in enumerate(draft.tokens):
+            parent = builder.add(parent, token, levels[i] if levels is not None else level,
+                                 draft.confidence[i] if draft.confidence else 1.0,
+                                 laws[i] if laws is not None else None)
+            chain.append(parent)
     if not draft.alternatives:
         return builder.build()
     # (estimated reach, position, rank, token, q) of every sibling the widths allow
@@ -106,7 +120,7 @@ def static_tree(root: int, draft: DraftResult, level: str | None, thresholds: tu
     kept = sorted(options, key=lambda o: (-o[0], o[1], o[2]))[:max(room, 0)]
     for _, position, _, token, prob in sorted(kept, key=lambda o: (o[1], o[2])):
         parent = chain[position - 1] if position else 0
-        builder.add(parent, token, level, confidence=prob)
+        builder.add(parent, token, levels[position] if levels is not None else level, confidence=prob)
     return builder.build()
 
 

@@ -57,7 +57,7 @@ class EarlyExit(SelfDraftStrategy):
         variant = self.variant(state)
         drafted = EMPTY_DRAFT
         for _ in range(max_tokens):  # each pass re-feeds root, prefix and every token drafted so far
-            step = draft_chain(variant, state, (*prefix, *drafted.tokens), 1, self.options.stop_below)
+            step = draft_chain(variant, state, (*prefix, *drafted.tokens), 1, self.stop_threshold(state))
             if not len(step):
                 break
             drafted = _concat(drafted, step)

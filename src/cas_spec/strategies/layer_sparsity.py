@@ -7,10 +7,13 @@ committed tokens (measured on SmolLM2-135M: a searched 40 % set agrees with the 
 0.6 of tokens that way, about 0.34 with a KV of its own).
 
 Which sublayers to skip matters more than how many: evenly spaced or last-layers sets agree on
-under 0.1 of tokens. The set is therefore either given (`skip`) or searched on the fly while
-generating (`skip_search.py`): one candidate scored per draft call until the search stops, the
-best set so far drafting meanwhile, and the result cached on disk per model so that the next run
-starts with it. On this CPU the searched sets still do not pay (a draft pass costs 0.4–0.8 of a
+under 0.1 of tokens. The set is therefore either given (`skip`) or searched (`skip_search.py`,
+SWIFT's budgets as the defaults): ahead of generation on real text when no finished search is
+cached (`prepare`: `cas-spec calibrate`, and a pipeline's first use under `calibration: auto`,
+with a progress bar), else on the fly while generating: one candidate scored after each step on
+the text just committed (`observe`, timed apart from drafting, so the search never counts as the
+level's draft cost), the best set so far drafting meanwhile. Found sets are cached on disk per
+model, so the next run starts with them. On this CPU the searched sets still do not pay (a draft pass costs 0.4–0.8 of a
 target forward for agreement ≤ 0.6); the level is lossless and a measuring scheduler switches it
 off where it does not pay.
 """
@@ -26,7 +29,7 @@ from pydantic import Field, field_validator
 from cas_spec.core.errors import ConfigError
 from cas_spec.core.state import DecodingState
 from cas_spec.core.target import Target
-from cas_spec.core.types import DraftResult, SamplingParams
+from cas_spec.core.types import SamplingParams
 from cas_spec.strategies.quanto_activation import QuantizeChoice, shared_twins
 from cas_spec.strategies.self_draft import SelfDraftOptions, SelfDraftStrategy
 from cas_spec.strategies.skip_search import SkipSearch, load_cached, model_fingerprint, save_cached
@@ -43,10 +46,15 @@ class LayerSparsityOptions(SelfDraftOptions):
     search: Literal["auto", "fresh", "off"] = Field(
         "auto", description="auto: start from the cached set and search on until done; fresh: ignore the "
         "cache; off: only the given or cached set.")
-    search_budget: int = Field(200, ge=1, description="Most candidate sets scored.")
-    target_score: float = Field(0.9, gt=0.0, le=1.0, description="Stop searching at this matchness.")
-    patience: int = Field(60, ge=1, description="Stop after this many candidates without improvement.")
-    window: int = Field(32, ge=4, le=512, description="Committed tokens a candidate is scored on.")
+    search_budget: int = Field(1000, ge=1, description="Most candidate sets scored (SWIFT's max_opt_iter).")
+    target_score: float = Field(0.93, gt=0.0, le=1.0, description="Stop searching at this matchness "
+                                "(SWIFT's max_score).")
+    patience: int = Field(300, ge=1, description="Stop after this many candidates without improvement "
+                          "(SWIFT's max_tolerance_iter).")
+    window: int = Field(50, ge=4, le=512, description="Committed tokens a candidate is scored on while "
+                        "generating (SWIFT's context_window).")
+    stop_below: float = Field(0.8, ge=0.0, le=1.0, description="Stop drafting when the draft's top token "
+                              "probability falls below this (SWIFT's 0.8; 0 = never).")
     seed: int = Field(0, description="Seed of the search's random choices.")
     quantize: QuantizeChoice = Field("none", description="Also run kept Linear modules in int8 "
                                      "(none, dynamic_int8, quanto): a mixing-DSIA level.")
@@ -71,7 +79,6 @@ class LayerSparsity(SelfDraftStrategy):
         self.count = int((adapter.num_layers - 2) * 2 * options.sparsity)
         self.fingerprint = model_fingerprint(target.model)
         self.search: SkipSearch | None = None
-        self._searched_at: int | None = None  # decoding step of the last search step (this generation)
         self.skip: frozenset[Sublayer]
         if options.skip is not None:
             self.skip = frozenset(Sublayer.parse(s) for s in options.skip)
@@ -97,7 +104,6 @@ class LayerSparsity(SelfDraftStrategy):
 
     def start(self, state: DecodingState) -> None:
         self.truth: dict[int, int] = {}  # position -> the target's argmax there (this generation)
-        self._searched_at = None
 
     def build_variant(self, state: DecodingState) -> ModelVariant:
         return self._variant_for(state, self.skip)
@@ -107,13 +113,11 @@ class LayerSparsity(SelfDraftStrategy):
         return build_variant(state.target.adapter, skip=skip, linear_twins=twins,
                              description=f"{len(skip)} sublayers skipped")
 
-    def draft(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int) -> DraftResult:
-        self._search_once_per_step(state)
-        return super().draft(state, prefix, max_tokens)
-
-    def review(self, state: DecodingState, prefix: tuple[int, ...], tokens: tuple[int, ...]) -> torch.Tensor | None:
-        self._search_once_per_step(state)  # a level that only reviews (CS-Drafting) searches too
-        return super().review(state, prefix, tokens)
+    def observe(self, state: DecodingState) -> None:
+        """While the search is not done, score one candidate on the text just committed (timed
+        apart from drafting: the search is not the level's draft cost)."""
+        if self.search is not None and not self.search.done:
+            self.search_step(state)
 
     def prepare(self, target: Target, text_ids, progress: bool = True) -> None:
         """Search the skip set to the end on `text_ids` (`cas-spec calibrate`), every candidate
@@ -141,11 +145,6 @@ class LayerSparsity(SelfDraftStrategy):
             bar.close()
             self.truth = {}
         save_cached(self.fingerprint, self.options.sparsity, search.to_entry())
-
-    def _search_once_per_step(self, state: DecodingState) -> None:
-        if self.search is not None and not self.search.done and self._searched_at != state.step:
-            self._searched_at = state.step
-            self.search_step(state)
 
     def search_step(self, state: DecodingState, window: int | None = None) -> None:
         """Score one candidate on the last `window` committed tokens (default: the option);

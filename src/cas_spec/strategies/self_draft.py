@@ -69,7 +69,11 @@ class SelfDraftStrategy(DraftStrategy):
         variant = self.variant(state)
         if variant is None or max_tokens <= 0:
             return EMPTY_DRAFT
-        return draft_chain(variant, state, prefix, max_tokens, self.options.stop_below)
+        return draft_chain(variant, state, prefix, max_tokens, self.stop_threshold(state))
+
+    def stop_threshold(self, state: DecodingState) -> float:
+        """`stop_below`, or 0 while the state asks for exact lengths (`force_length`)."""
+        return 0.0 if state.force_length else self.options.stop_below
 
     def review(self, state: DecodingState, prefix: tuple[int, ...], tokens: tuple[int, ...]) -> torch.Tensor | None:
         variant = self.variant(state)

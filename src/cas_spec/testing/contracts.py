@@ -47,6 +47,8 @@ class PluginContract:
     honesty_runs, honesty_tokens: generations whose drafts are checked against their q.
     slow_sampling_runs: runs of the slow end-to-end χ² check. alpha: its false-alarm rate.
     faults: (step, model forward) where the leakage check makes a draft fail.
+    steep_slope, warm_runs (schedulers): the verification cost per node, and the generations run
+        first, in the steep-cost sampling check.
     """
 
     kind: ClassVar[str] = ""
@@ -67,6 +69,8 @@ class PluginContract:
     slow_sampling_runs: ClassVar[int] = 3000
     alpha: ClassVar[float] = 1e-3
     faults: ClassVar[Sequence[tuple[int, int]]] = ((1, 1), (3, 2))
+    steep_slope: ClassVar[float] = 0.2
+    warm_runs: ClassVar[int] = 40
 
     # -- hooks ---------------------------------------------------------------------------------
     def prompts(self) -> list[list[int]]:
@@ -207,7 +211,9 @@ class PluginContract:
         exact law given the first tree (`exact.first_step_law`): the target probabilities it was
         verified with must be a plain forward's, a tree of point masses must give the target's law
         exactly, and the mean over runs must pass a χ² test against it (`stats.chi2_mean_law`)."""
-        pipe, law, recorder = self._sampling_setup()
+        self._check_sampled_law(*self._sampling_setup())
+
+    def _check_sampled_law(self, pipe, law, recorder) -> None:
         laws, drafted = [], 0
         for seed in range(self.sampling_runs):
             first = recorder.first_step(pipe, self.sampling_prompt, self.sampling_length, seed)
@@ -367,6 +373,21 @@ class SchedulerContract(PluginContract):
     def pipeline_config(self, architecture: str) -> dict[str, Any]:
         return {"scheduler": {"kind": self.plugin_name, "options": self.options_for(architecture)},
                 "levels": self.levels_for(architecture), "calibration": "off"}
+
+    def test_sampled_law_equals_target_under_steep_costs_after_warming(self):
+        """The sampled-law check again, where a scheduler that prunes or trims by what it drew
+        would fail it: every node costs `steep_slope` of a forward to verify (so what does not
+        pay must be left out), model levels are priced cheap enough to draft, and the pipeline
+        first generates `warm_runs` times, so that what it learns online (acceptance,
+        calibration of confidences) is in play when the law is checked."""
+        pipe, law, recorder = self._sampling_setup()
+        pipe.target.costs = harness.SlopedCosts(self.steep_slope)
+        pipe.target.draft_costs = {level.name: harness.PriorCost(0.0, 0.0 if level.strategy.deterministic else 0.1)
+                                   for level in pipe.levels}
+        for seed in range(self.warm_runs):
+            pipe.generate(list(self.sampling_prompt), max_new_tokens=self.honesty_tokens, seed=10_000 + seed)
+        recorder.clear()
+        self._check_sampled_law(pipe, law, recorder)
 
 
 __all__ = ["PluginContract", "SchedulerContract", "StrategyContract"]

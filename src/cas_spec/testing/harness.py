@@ -56,6 +56,30 @@ def build_pipeline(config: Mapping[str, Any], model, plugins: Plugins, tokenizer
                     plugins=plugins)
 
 
+# -- cost models -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SlopedCosts:
+    """A verification cost table (a `CostTable` stand-in): a forward over n tokens costs
+    1 + slope · (n − 1) one-token forwards, at any context."""
+
+    slope: float
+
+    def cost(self, n: int, context: int = 0) -> float:
+        return 1.0 + self.slope * (n - 1)
+
+
+@dataclass(frozen=True)
+class PriorCost:
+    """A calibrated draft cost (a `LevelDraftCost` stand-in): per call + per token, in forwards."""
+
+    per_call: float
+    per_token: float
+    agreement: float | None = None
+
+    def cost(self, calls: int, tokens: int, context: int) -> float:
+        return calls * self.per_call + tokens * self.per_token
+
+
 # -- observing steps -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Step:
