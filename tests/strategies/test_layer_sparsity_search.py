@@ -126,15 +126,15 @@ def test_the_online_search_is_timed_apart_from_drafting(monkeypatch):
     real = LayerSparsity.search_step
 
     def slow(self, state, window=None):
-        time.sleep(0.02)
+        time.sleep(0.1)  # far more than a tiny model's draft call takes, even on a busy machine
         return real(self, state, window)
 
     monkeypatch.setattr(LayerSparsity, "search_step", slow)
     pipe = load_pipeline(searching(), model=model, tokenizer=IdTokenizer())
     result = pipe.generate(random_prompt(60, model.config.vocab_size), max_new_tokens=30)
     stats = result.stats.levels["skip"]
-    assert stats.adapt_seconds > 0.02 * (result.stats.target_forwards - 1)  # a search step after each step
-    assert stats.seconds < stats.adapt_seconds / 2  # drafting did not pay for it
+    assert stats.adapt_seconds > 0.1 * (result.stats.target_forwards - 1)  # a search step after each step
+    assert stats.seconds < 0.1 * stats.calls / 2  # drafting did not pay for it
 
 
 def test_under_calibration_auto_the_first_pipeline_searches_ahead(monkeypatch, tmp_path):

@@ -24,6 +24,7 @@ from cas_spec.core.interfaces import DraftStrategy, Scheduler
 from cas_spec.core.plugins import Plugins
 from cas_spec.core.types import DraftResult
 from cas_spec.testing import exact, harness, stats
+from cas_spec.testing.clocks import frozen_clock
 from cas_spec.testing.models import ARCHITECTURES, repetitive_prompt, sampling_llama, tiny_model
 
 AUTOREGRESSIVE = {"scheduler": {"kind": "autoregressive"}, "calibration": "off"}
@@ -379,15 +380,17 @@ class SchedulerContract(PluginContract):
         would fail it: every node costs `steep_slope` of a forward to verify (so what does not
         pay must be left out), model levels are priced cheap enough to draft, and the pipeline
         first generates `warm_runs` times, so that what it learns online (acceptance,
-        calibration of confidences) is in play when the law is checked."""
+        calibration of confidences) is in play when the law is checked. The clock is frozen
+        (`clocks.frozen_clock`), so the given costs decide, whatever this machine's speed."""
         pipe, law, recorder = self._sampling_setup()
         pipe.target.costs = harness.SlopedCosts(self.steep_slope)
         pipe.target.draft_costs = {level.name: harness.PriorCost(0.0, 0.0 if level.strategy.deterministic else 0.1)
                                    for level in pipe.levels}
-        for seed in range(self.warm_runs):
-            pipe.generate(list(self.sampling_prompt), max_new_tokens=self.honesty_tokens, seed=10_000 + seed)
-        recorder.clear()
-        self._check_sampled_law(pipe, law, recorder)
+        with frozen_clock(pipe):  # the costs above, not this machine's timings, drive the decisions
+            for seed in range(self.warm_runs):
+                pipe.generate(list(self.sampling_prompt), max_new_tokens=self.honesty_tokens, seed=10_000 + seed)
+            recorder.clear()
+            self._check_sampled_law(pipe, law, recorder)
 
 
 __all__ = ["PluginContract", "SchedulerContract", "StrategyContract"]
