@@ -43,6 +43,15 @@ class TestQuantoActivation(StrategyContract):
     invalid_options = [{"backend": "fp4"}]
 
 
+class TestQuantoActivationAuto(StrategyContract):
+    """The default backend: the native W8A8 kernel where it compiles (this project's machines), else
+    torch's dynamic int8 (`tests/strategies/test_quantization.py` checks which `auto` picks)."""
+
+    plugin_name = "quanto_activation"
+    options = {"backend": "auto"}
+    invalid_options = [{"backend": "int4"}]
+
+
 # -- schedulers ---------------------------------------------------------------------------------------
 class TestChain(SchedulerContract):
     plugin_name = "chain"

@@ -1,4 +1,4 @@
-"""Quantized twins of Linear layers (`cas_spec.strategies.quantization`): both backends."""
+"""Quantized twins of Linear layers (`cas_spec.strategies.quantization`): every backend."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cas_spec.strategies import quantization as qz
-from cas_spec.strategies.quantization import dynamic_int8
+from cas_spec.strategies.quantization import dynamic_int8, native_int8
 from cas_spec.strategies.quantization import quanto as quanto_backend
 from tests.conftest import tiny_llama
 
@@ -78,6 +78,8 @@ def test_available_backends_lists_every_backend():
     assert set(status) == set(qz.BACKENDS)
     assert all(reason is None or isinstance(reason, str) and reason for reason in status.values())
     assert qz.needs_calibration("quanto") and not qz.needs_calibration("dynamic_int8")
+    assert not qz.needs_calibration("native_int8")
+    assert qz.BACKENDS[:2] == ("native_int8", "dynamic_int8")  # the order `auto` prefers
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -224,11 +226,11 @@ def test_tiny_llama_tied_head(backend):
 
 
 def test_unknown_and_unavailable_backends(monkeypatch):
-    with pytest.raises(ValueError, match="known: dynamic_int8, quanto"):
+    with pytest.raises(ValueError, match="known: native_int8, dynamic_int8, quanto"):
         qz.build_twins([linear()], "int3")
     monkeypatch.setattr(quanto_backend, "unavailable_reason", lambda: "optimum-quanto is not installed")
     assert qz.available_backends()["quanto"] == "optimum-quanto is not installed"
-    expected = "dynamic_int8" if AVAILABLE["dynamic_int8"] is None else "none"
+    expected = ", ".join(b for b in ("native_int8", "dynamic_int8") if AVAILABLE[b] is None) or "none"
     with pytest.raises(RuntimeError, match=f"'quanto' is not available here: optimum-quanto is not installed. "
                                            f"Available: {expected}"):
         qz.build_twins([linear()], "quanto")
@@ -236,10 +238,84 @@ def test_unknown_and_unavailable_backends(monkeypatch):
         with qz.calibrating("quanto"):
             pass
     monkeypatch.setattr(dynamic_int8, "unavailable_reason", lambda: "no quantized engine")
+    monkeypatch.setattr(native_int8, "unavailable_reason", lambda: "no AVX2")
     with pytest.raises(RuntimeError, match="Available: none"):
         qz.build_twins([linear()], "dynamic_int8")
+    with pytest.raises(RuntimeError, match="'native_int8' is not available here: no AVX2"):
+        qz.build_twins([linear()], "native_int8")
 
 
 def test_rejects_non_linear():
     with pytest.raises(TypeError, match="nn.Linear"):
         qz.build_twins([nn.Embedding(4, 4)], "dynamic_int8")
+
+
+# -- native_int8 ---------------------------------------------------------------------------------------
+NATIVE = pytest.mark.skipif(AVAILABLE["native_int8"] is not None, reason=str(AVAILABLE["native_int8"]))
+
+
+@NATIVE
+def test_native_twins_error_bounds_and_memory():
+    from cas_spec.kernels.int8 import Int8Linear
+
+    lins = [linear(0, 576, 192), linear(1, 1536, 576, bias=False), linear(2, 33, 50)]
+    twins = qz.build_twins(lins, "native_int8")
+    gen = torch.Generator().manual_seed(0)
+    total = 0
+    for lin, twin in twins.items():
+        assert isinstance(twin, Int8Linear) and list(twin.parameters()) == []
+        x = torch.randn(4, lin.in_features, generator=gen)
+        with torch.inference_mode():
+            out, ref = twin(x), lin(x)
+        assert rel_err(out, ref) < 0.02  # 8-bit weights and activations: ~0.5-1% here
+        # the int8 error, row by row: |Δ| <= Σ_k |x||Δw| + |Δx||w| + |Δx||Δw|, half a step each
+        sx = x.abs().amax(dim=1, keepdim=True) / 127
+        sw = lin.weight.abs().amax(dim=1) / 127
+        bound = (x.abs() @ (sw[:, None] / 2).expand_as(lin.weight).t()
+                 + (sx / 2) * lin.weight.abs().sum(dim=1) + (sx / 2) * (sw / 2) * lin.in_features)
+        assert ((out - ref).abs() <= bound * 1.001 + 1e-5).all()
+        total += twin.memory_bytes
+    assert qz.twin_bytes(twins) == total
+    float_bytes = sum(p.numel() * 4 for lin in lins for p in lin.parameters())
+    assert float_bytes / 4 < total < float_bytes * 0.3
+
+
+@NATIVE
+def test_auto_prefers_native_int8_then_dynamic_int8(monkeypatch):
+    from cas_spec.core.errors import ConfigError
+    from cas_spec.strategies.quanto_activation import resolve_backend
+
+    assert resolve_backend("auto") == "native_int8"
+    assert resolve_backend("dynamic_int8") == "dynamic_int8" or AVAILABLE["dynamic_int8"] is not None
+    monkeypatch.setattr(native_int8, "unavailable_reason", lambda: "the CPU lacks AVX2/FMA")
+    expected = "dynamic_int8" if AVAILABLE["dynamic_int8"] is None else "quanto"
+    assert resolve_backend("auto") == expected
+    with pytest.raises(ConfigError, match="'native_int8' is unavailable here: the CPU lacks AVX2/FMA"):
+        resolve_backend("native_int8")
+
+
+@NATIVE
+@pytest.mark.parametrize("level", [
+    {"kind": "quanto_activation", "options": {"backend": "native_int8"}},
+    {"kind": "quanto_activation"},  # auto
+    {"kind": "layer_sparsity", "options": {"skip": ["2.mlp"], "quantize": "auto", "stop_below": 0.0}},
+    {"kind": "early_exit", "options": {"exit_layer": 3, "quantize": "native_int8"}},
+])
+def test_greedy_identity_with_native_int8_levels(level):
+    from cas_spec import load_pipeline
+    from cas_spec.strategies import quanto_activation
+    from tests.conftest import IdTokenizer
+    from tests.core.test_engine_greedy import repetitive_prompt
+    from tests.helpers import AUTOREGRESSIVE
+
+    model = tiny_llama(3, layers=4)
+    prompt = repetitive_prompt(3, model.config.vocab_size)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=40)
+    config = {"scheduler": {"kind": "chain", "options": {"level": "int8", "k": 4, "adaptive": False}},
+              "levels": [{"name": "int8", **level}], "calibration": "off"}
+    got = load_pipeline(config, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=40)
+    assert got.token_ids == plain.token_ids
+    assert got.stats.levels["int8"].drafted > 0
+    assert set(quanto_activation._TWINS[model]) == {"native_int8"}
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

@@ -13,6 +13,9 @@ Use (the plan is per model and machine; `select_plan` takes ~70 s on SmolLM2-135
 - `native.py`: the kernel that made the difference here, an AVX2/FMA few-row product on the
   weight itself (no copy) that prefetches the next weight panel while computing; compiled with
   the system C++ compiler on first use, `stock` when unavailable.
+- `int8.py`: a W8A8 AVX2 kernel (int8 weights per channel, int8 activations per token, fused
+  quantization) and `Int8Linear`, the int8 twin the `native_int8` drafting backend swaps in.
+- `compiled.py`: what both compiled kernels share (CPU check, compiler, cache folder, atomic build).
 - `attention.py`: `cas_sdpa`, SDPA without `repeat_kv`, registered with its mask function.
 - `select.py`: `select_plan` times every kernel in the full model and keeps the fastest per n.
 - `threads.py`: `threads(k)`.

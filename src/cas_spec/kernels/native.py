@@ -13,7 +13,8 @@ float32 summation order (~1e-6 relative).
 
 How: the C++ source below is compiled with the system C++ compiler (`$CXX`, else `c++`, `g++` or
 `clang++`; `-O3 -mavx2 -mfma -shared`, about 2 s) into `$CAS_SPEC_CACHE/kernels/` (default
-`~/.cache/cas-spec/kernels/`), keyed by a hash of source and flags, and loaded with `ctypes`. It is
+`~/.cache/cas-spec/kernels/`), keyed by a hash of source and flags, and loaded with `ctypes`
+(`compiled.py`, shared with the int8 kernel). It is
 available only on x86-64 CPUs with AVX2 and FMA, when a compiler is found, and when the compiled
 kernel passes a numerical probe; `CAS_SPEC_NATIVE_KERNEL=0` disables it. `status()` says why not.
 """
@@ -21,16 +22,12 @@ kernel passes a numerical probe; `CAS_SPEC_NATIVE_KERNEL=0` disables it. `status
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
+
+from cas_spec.kernels import compiled
 
 SOURCE = r"""
 #include <immintrin.h>
@@ -132,52 +129,24 @@ _why: str | None = "not loaded yet"
 
 
 def _cpu_reason() -> str | None:
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return f"needs an x86-64 CPU, this is {platform.machine()}"
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    if text:
-        flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-        if "avx2" not in flags or "fma" not in flags:
-            return "the CPU lacks AVX2/FMA"
-        return None
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
-        return "the CPU lacks AVX2/FMA"
-    return None
+    return compiled.cpu_reason(("avx2", "fma"))
 
 
 def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and (path := shutil.which(name)):
-            return path
-    return None
+    return compiled.compiler()
 
 
 def library_path(compiler: str) -> Path:
-    from cas_spec.core.models import cache_dir
-
-    digest = hashlib.sha256("\0".join((SOURCE, compiler, *FLAGS)).encode()).hexdigest()[:16]
-    return cache_dir() / "kernels" / f"cas_linear_rows-{digest}.so"
+    return compiled.library_path("cas_linear_rows", SOURCE, compiler, FLAGS)
 
 
 def _build(compiler: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
-        src = Path(tmp) / "cas_linear_rows.cpp"
-        src.write_text(SOURCE)
-        out = Path(tmp) / target.name
-        result = subprocess.run([compiler, *FLAGS, "-o", str(out), str(src)], capture_output=True, text=True,
-                                timeout=300)
-        if result.returncode != 0:
-            raise RuntimeError(f"compiling failed: {(result.stderr or result.stdout).strip()[-500:]}")
-        os.replace(out, target)  # atomic: concurrent builders leave one complete library
+    compiled.build(SOURCE, compiler, FLAGS, target)
 
 
 def _load() -> str | None:
     global _fn
-    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+    if compiled.switched_off(ENV_SWITCH):
         return f"disabled by {ENV_SWITCH}"
     if (why := _cpu_reason()) is not None:
         return why

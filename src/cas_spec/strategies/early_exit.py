@@ -34,7 +34,7 @@ class EarlyExitOptions(SelfDraftOptions):
     exit_layer: int = Field(8, ge=1, description="Number of decoder layers the draft runs before the LM head.")
     reuse_kv: bool = Field(True, description="Draft tokens read the early layers' KV from the shared cache.")
     quantize: QuantizeChoice = Field("none", description="Also run the kept layers' Linear modules in int8: "
-                                     "none, dynamic_int8 or quanto (a mixing-DSIA level).")
+                                     "none, auto, native_int8, dynamic_int8 or quanto (a mixing-DSIA level).")
 
 
 class EarlyExit(SelfDraftStrategy):

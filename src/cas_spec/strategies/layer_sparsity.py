@@ -57,7 +57,7 @@ class LayerSparsityOptions(SelfDraftOptions):
                               "probability falls below this (SWIFT's 0.8; 0 = never).")
     seed: int = Field(0, description="Seed of the search's random choices.")
     quantize: QuantizeChoice = Field("none", description="Also run kept Linear modules in int8 "
-                                     "(none, dynamic_int8, quanto): a mixing-DSIA level.")
+                                     "(none, auto, native_int8, dynamic_int8, quanto): a mixing-DSIA level.")
 
     @field_validator("skip")
     @classmethod

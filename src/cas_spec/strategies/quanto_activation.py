@@ -7,11 +7,15 @@ memory is reported by `twin_bytes` and logged), shared by every level that asks 
 backend, and swapped in for a draft pass only (`variants.use_variant`); the float model is never
 changed, so verification is exactly the target.
 
-Backends (`strategies/quantization/`):
-- `dynamic_int8` (default where torch's x86/fbgemm engine exists): torch's dynamically quantized
-  Linear, per-channel int8 weights, activations quantized per call. Measured on SmolLM2-135M,
-  1 thread: a draft pass costs about 0.4 of a float32 forward and agrees with the target on about
-  0.9 of tokens, the one self-speculative level that pays on this CPU.
+Backends (`strategies/quantization/`), `auto` taking the first usable one in this order:
+- `native_int8`: the project's W8A8 AVX2 kernel (`cas_spec.kernels.int8`), per-channel int8
+  weights, activations quantized per token inside the kernel. Measured on SmolLM2-135M, 1 thread,
+  300 cached tokens (`benchmarks/int8_kernel_cost.py`): a draft token costs 0.40-0.43 of a
+  float32 target step under the calibrated kernels (dynamic_int8: 0.55-0.58 in the same runs; the
+  rest of the forward alone, every Linear free, 0.23), and its argmax agrees with the target's
+  greedy token at 0.917 of 300 positions (dynamic_int8 0.900).
+- `dynamic_int8` (where the native kernel is unavailable: no AVX2 or no compiler): torch's
+  dynamically quantized Linear, per-channel int8 weights, one activation scale per call.
 - `quanto`: optimum-quanto W8A8 (the design card's library) with static activation scales,
   calibrated on the first prompt the level drafts for. About 100 µs of Python per layer makes it
   slower than float32 on CPU; it is there for devices with fast quanto kernels.
@@ -36,7 +40,8 @@ from cas_spec.strategies.variants import ModelVariant, build_variant, use_varian
 
 log = logging.getLogger(__name__)
 
-QuantizeChoice = Literal["none", "dynamic_int8", "quanto"]
+# the `quantize:` option of layer_sparsity / early_exit; auto = the first usable backend
+QuantizeChoice = Literal["none", "auto", "native_int8", "dynamic_int8", "quanto"]
 
 # model -> backend -> twins (each Linear of the decoder layers and the LM head -> its int8 twin)
 _TWINS: weakref.WeakKeyDictionary[nn.Module, dict[str, dict[nn.Module, nn.Module]]] = weakref.WeakKeyDictionary()
@@ -51,7 +56,8 @@ def target_linears(target: Target) -> list[nn.Linear]:
 
 
 def resolve_backend(name: str) -> str:
-    """`auto` → the first usable backend; an unusable one → `ConfigError` saying why."""
+    """`auto` → the first usable backend in preference order (`quantization.BACKENDS`: native_int8,
+    dynamic_int8, quanto); an unusable one → `ConfigError` saying why."""
     status = quantization.available_backends()
     if name == "auto":
         usable = [b for b in quantization.BACKENDS if status.get(b) is None]
@@ -101,8 +107,9 @@ def calibrate(target: Target, twins: dict, backend: str, tokens: list[int]) -> N
 
 
 class QuantoActivationOptions(SelfDraftOptions):
-    backend: Literal["auto", "dynamic_int8", "quanto"] = Field(
-        "auto", description="int8 backend: auto (the first usable of dynamic_int8, quanto), dynamic_int8 or quanto.")
+    backend: Literal["auto", "native_int8", "dynamic_int8", "quanto"] = Field(
+        "auto", description="int8 backend: auto (the first usable of native_int8, dynamic_int8, quanto), "
+                            "native_int8, dynamic_int8 or quanto.")
 
 
 class QuantoActivation(SelfDraftStrategy):

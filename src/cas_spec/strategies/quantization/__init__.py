@@ -9,6 +9,7 @@ Backends (one module each):
 
 | backend        | library                                           | activations                        | calibration |
 | -------------- | ------------------------------------------------- | ---------------------------------- | ----------- |
+| `native_int8`  | the project's AVX2 W8A8 kernel, `cas_spec.kernels.int8.Int8Linear` (int8 weights per channel, or per tensor) | int8, scale per token, computed per call | no |
 | `dynamic_int8` | `torch.ao.nn.quantized.dynamic.Linear` (fbgemm/x86 prepacked int8 weights, per-channel by default) | int8, scale computed per call | no |
 | `quanto`       | optimum-quanto `QLinear` (frozen qint8 weights, always per-channel) | int8, static per-tensor scale | **yes**: a twin refuses to run until calibrated |
 
@@ -23,7 +24,23 @@ Use:
     ...           # draft with the twins swapped in
     qz.twin_bytes(twins)
 
-Measured on SmolLM2-135M (`benchmarks/int8_draft_cost.py`, AMD EPYC AVX2 without VNNI, 1 thread,
+`BACKENDS` lists them in order of preference (`quanto_activation`'s `auto` takes the first usable).
+
+Measured on SmolLM2-135M, 1 thread, 300 cached tokens, on the dev box (AMD EPYC, 2 vCPUs shared
+with other work): `.venv/bin/python benchmarks/int8_kernel_cost.py` (21 interleaved repeats,
+median of the per-repeat ratios) — one draft token (a 1-token forward with every twin swapped in,
+through `build_variant`/`use_variant`) against one float32 target step under the calibrated
+kernels (`native` linears, `cas_sdpa`; 41-43 ms): native_int8 c = 0.40-0.43 over four quiet runs
+(0.57 in a run with the host loaded), dynamic_int8 0.55-0.58 in the same runs; a forward over 4
+new tokens: native_int8 0.51-0.57, dynamic_int8 0.57 (from 3 rows the AVX2 kernel is compute-bound). The same forward with every
+Linear free (returning zeros) costs 0.23 (~10 ms: norms, rotary, attention over the cache, cache
+updates, Python; `torch.cat` of the cache ~1.5 ms of it), a floor no Linear kernel removes; the
+int8 weights (134 MB) streamed at memory speed add ~0.13, so ~0.36 is the best this machine allows
+for a W8A8 draft token. Agreement of the draft's argmax with the target's greedy token over 300
+positions of 6 Spec-Bench questions: native_int8 0.917, dynamic_int8 0.900. Twins: 129.0 MiB
+(native_int8) / 130.6 MiB (dynamic_int8) for 513 MiB of float32 weights.
+
+Earlier, on the AVX2 box without VNNI (`benchmarks/int8_draft_cost.py`, AMD EPYC, 1 thread,
 300 cached tokens, a contended host): dynamic_int8 c ~0.5-0.65 at n=1 and ~0.4 at n=4 of a float32
 forward (~0.55-0.6 / 0.45-0.6 against the repo's fast float kernels), first-draft-token agreement
 0.905 over 200 greedy positions, 131 MiB of twins for 513 MiB of float32 weights; quanto c 2-6
@@ -38,13 +55,17 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-BACKENDS: tuple[str, ...] = ("dynamic_int8", "quanto")
+BACKENDS: tuple[str, ...] = ("native_int8", "dynamic_int8", "quanto")  # in order of preference
 
 __all__ = ["BACKENDS", "available_backends", "build_twins", "calibrating", "finish", "needs_calibration",
            "twin_bytes"]
 
 
 def _module(backend: str):
+    if backend == "native_int8":
+        from cas_spec.strategies.quantization import native_int8
+
+        return native_int8
     if backend == "dynamic_int8":
         from cas_spec.strategies.quantization import dynamic_int8
 
@@ -78,7 +99,7 @@ def build_twins(linears: Sequence[nn.Linear], backend: str, *, per_channel: bool
 
     The originals are untouched: same parameters bitwise, no attribute added or changed. A weight
     shared with another module (an LM head tied to the embedding) is only read.
-    `per_channel=False` (per-tensor weight scales) is supported by `dynamic_int8` only.
+    `per_channel=False` (per-tensor weight scales) is supported by `native_int8` and `dynamic_int8`.
     """
     module = _require(backend)
     twins: dict[nn.Linear, nn.Module] = {}
@@ -116,8 +137,9 @@ def finish(twins: Mapping[nn.Linear, nn.Module], backend: str) -> None:
 
 
 def twin_bytes(twins: Mapping[nn.Linear, nn.Module]) -> int:
-    """Bytes held by the twins: int8 weights, their scales (and zero points / column offsets for the
-    fbgemm packing), biases and activation scales. Storage shared between twins is counted once."""
+    """Bytes held by the twins: int8 weights (native_int8: padded to its packed layout), their scales
+    (and zero points / column offsets for the fbgemm packing), biases and activation scales. Storage
+    shared between twins is counted once."""
     from cas_spec.strategies.quantization import dynamic_int8
 
     total, seen = 0, set()
