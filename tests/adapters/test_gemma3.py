@@ -8,7 +8,7 @@ import torch
 
 from cas_spec import load_pipeline
 from cas_spec.adapters import Gemma3Adapter, resolve_adapter
-from cas_spec.core import cache as kv
+from cas_spec.core import kvcache as kv
 from cas_spec.core.calibration import kernels_active
 from cas_spec.core.engine import generate_tokens
 from cas_spec.core.interfaces import Scheduler
@@ -37,11 +37,11 @@ def forward(model, cache, ids: list[int], start: int, **kwargs):
 
 
 def snapshot(cache) -> list[tuple]:
-    return [(kv.layer_length(layer), layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+    return [(layer.get_seq_length(), layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
 
 
 def assert_same_cache(got, want) -> None:
-    assert kv.lengths(got) == kv.lengths(want)
+    assert got.lengths() == want.lengths()
     for a, b in zip(got.layers, want.layers):
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
 
@@ -49,11 +49,11 @@ def assert_same_cache(got, want) -> None:
 def assert_close_cache(got, want) -> None:
     """Same lengths and the same states; sliding layers may hold different amounts of history,
     so only the newest tokens both hold (at least the window's) are compared."""
-    assert kv.lengths(got) == kv.lengths(want)
+    assert got.lengths() == want.lengths()
     for a, b in zip(got.layers, want.layers):
         n = min(a.keys.shape[-2], b.keys.shape[-2])
-        if kv.is_sliding(a):
-            assert n >= min(kv.layer_length(a), a.sliding_window - 1)
+        if a.is_sliding:
+            assert n >= min(a.get_seq_length(), a.sliding_window - 1)
         else:
             assert a.keys.shape == b.keys.shape
         torch.testing.assert_close(a.keys[..., a.keys.shape[-2] - n:, :], b.keys[..., b.keys.shape[-2] - n:, :],
@@ -65,7 +65,7 @@ def assert_close_cache(got, want) -> None:
 def assert_snapshot(cache, snap) -> None:
     assert len(cache.layers) == len(snap)
     for layer, (length, keys, values) in zip(cache.layers, snap):
-        assert kv.layer_length(layer) == length
+        assert layer.get_seq_length() == length
         assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
 
 
@@ -86,8 +86,8 @@ def test_gemma3_resolves_to_its_adapter_with_its_sliding_layers():
     assert adapter.lm_head is model.lm_head and adapter.final_norm is model.model.norm
     assert adapter.num_layers == 4
     cache = adapter.new_cache()
-    assert [kv.is_sliding(layer) for layer in cache.layers] == [True, True, False, True]
-    assert all(layer.record_past for layer in cache.layers if kv.is_sliding(layer))
+    assert [layer.is_sliding for layer in cache.layers] == [True, True, False, True]
+    assert all(layer.record_past for layer in cache.layers if layer.is_sliding)
 
 
 # -- rollback ------------------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def test_partial_depth_draft_then_rollback_equals_a_cache_that_never_drafted(his
     for index in (0, 2):
         shape = (1, 1, 4, 16)
         drafted.update(torch.randn(shape, generator=g), torch.randn(shape, generator=g), index)
-    assert kv.lengths(drafted) == [prefix + 7, prefix + 3, prefix + 7, prefix + 3]
+    assert drafted.lengths() == [prefix + 7, prefix + 3, prefix + 7, prefix + 3]
     adapter.rollback(drafted, prefix)
     adapter.rollback(clean, prefix)  # a no-op on lengths; bounds sliding storage the same way
     assert_same_cache(drafted, clean)
@@ -131,15 +131,14 @@ def test_rollback_behind_the_kept_history_raises_instead_of_answering_wrongly(mo
         adapter.rollback(cache, 25)
 
 
-def test_a_cache_that_does_not_record_cannot_be_rolled_back_past_the_window():
+def test_the_adapter_refuses_a_cache_it_did_not_make():
     from transformers import DynamicCache
 
     model = tiny_gemma3(2)
-    cache = DynamicCache(config=model.config)  # not adapter.new_cache(): no recording
+    cache = DynamicCache(config=model.config)  # not adapter.new_cache(): no history past the window
     forward(model, cache, tokens(0, 20), 0)
-    forward(model, cache, tokens(1, 3), 20)
-    with pytest.raises(kv.CacheHistoryError):
-        kv.truncate(cache, 20)
+    with pytest.raises(TypeError, match="KVCache"):
+        resolve_adapter(model).rollback(cache, 20)
 
 
 # -- trees -------------------------------------------------------------------------------------
@@ -233,7 +232,7 @@ def test_prefix_view_scores_like_a_fresh_cache_and_leaves_the_original_untouched
             adapter.prefix_view(cache, length)
         return
     view = adapter.prefix_view(cache, length)
-    assert kv.lengths(view) == [length] * adapter.num_layers
+    assert view.lengths() == [length] * adapter.num_layers
     for got, layer in zip(view.layers, cache.layers):  # views, not copies
         assert got.keys.untyped_storage().data_ptr() == layer.keys.untyped_storage().data_ptr()
     fresh = adapter.new_cache()

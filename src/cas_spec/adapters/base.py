@@ -7,12 +7,13 @@ adapter, so they never depend on one architecture's attribute names.
 from __future__ import annotations
 
 from abc import ABC
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
-from cas_spec.core import cache as kv
+if TYPE_CHECKING:  # imported when first used: it loads transformers
+    from cas_spec.core.kvcache import KVCache
 
 
 class ModelAdapter(ABC):
@@ -97,26 +98,30 @@ class ModelAdapter(ABC):
         return tuple(ids) if isinstance(ids, list | tuple) else (int(ids),)
 
     # -- KV cache ------------------------------------------------------------------------------
-    def new_cache(self):
-        """An empty cache for this model; sliding-window layers record the past (see core/cache.py)."""
-        return kv.new_cache(self.config)
+    def new_cache(self) -> KVCache:
+        """An empty in-place KV cache for this model (`core/kvcache.py`); sliding-window layers
+        keep enough history to roll back, commit and view past the window."""
+        from cas_spec.core.kvcache import KVCache
 
-    def rollback(self, cache, length: int) -> None:
+        return KVCache(self.config)
+
+    def rollback(self, cache: KVCache, length: int) -> None:
         """Cut every layer of `cache` back to `length` tokens (an absolute length, per layer)."""
-        kv.truncate(cache, length)
+        _checked(cache).rollback(length)
 
-    def keep(self, cache, prefix_length: int, keep: torch.Tensor) -> None:
+    def keep(self, cache: KVCache, prefix_length: int, keep: torch.Tensor) -> None:
         """Keep the prefix plus the verified tree tokens at offsets `keep` ([M] int64)."""
-        kv.keep_positions(cache, prefix_length, keep)
+        _checked(cache).keep(prefix_length, keep)
 
-    def prefix_view(self, cache, length: int):
-        """A new cache holding the first `length` tokens of `cache` as views; forwarding through it
-        never alters `cache` (to score drafters on tokens the target already verified)."""
-        return kv.prefix_view(cache, length)
+    def prefix_view(self, cache: KVCache, length: int) -> KVCache:
+        """A new cache holding the first `length` tokens of `cache`, read from the same buffers;
+        forwarding through it never alters `cache` (to score drafters on tokens the target
+        already verified)."""
+        return _checked(cache).prefix_view(length)
 
-    def cache_length(self, cache) -> int:
+    def cache_length(self, cache: KVCache) -> int:
         """Tokens every layer holds (the committed length, once a step is committed)."""
-        lengths = kv.lengths(cache)
+        lengths = _checked(cache).lengths()
         return min(lengths) if lengths else 0
 
     # -- tree attention ------------------------------------------------------------------------
@@ -127,3 +132,11 @@ class ModelAdapter(ABC):
         from cas_spec.core.tree import tree_attention_mask
 
         return tree_attention_mask(tree, past_length, dtype, device)
+
+
+def _checked(cache: object) -> KVCache:
+    from cas_spec.core.kvcache import KVCache
+
+    if not isinstance(cache, KVCache):
+        raise TypeError(f"expected a KVCache from `ModelAdapter.new_cache`, got {type(cache).__name__}")
+    return cache

@@ -3,8 +3,9 @@
 Where it differs from Llama and what that takes here:
 
 - 5 of every 6 layers attend through a sliding window (512 tokens on 270M). Their cache layers
-  store only the newest tokens; `core/cache.py` keeps them exact under rollback, tree commit and
-  prefix views (the cache records the past; `ModelAdapter.new_cache`).
+  hand attention only the newest `sliding_window - 1` cached tokens and keep some history
+  beyond, so `core/kvcache.py` keeps them exact under rollback, tree commit and prefix views
+  (`ModelAdapter.new_cache`).
 - A token tree past the window needs two masks: full layers see every cached token, sliding
   layers see the last `sliding_window - 1` cached tokens and only keys within the window of each
   query. `Gemma3TextModel.forward` takes a dict {"full_attention": ..., "sliding_attention": ...},

@@ -86,7 +86,8 @@ def calibrate(target, threads: int | None, linear: str, attention: str, *, quick
         from cas_spec.kernels import DEFAULT_NS, select_plan
 
         selection = select_plan(model, QUICK_KERNEL_SIZES if quick else DEFAULT_NS, repeats=2 if quick else 7,
-                                threads=threads, attention=attention_name, progress=progress)
+                                threads=threads, attention=attention_name, progress=progress,
+                                new_cache=target.adapter.new_cache)
         plan = selection.plan
         extra = {"linear_plan": _plan_to_json(plan),
                  "kernel_timings": {str(n): row for n, row in selection.timings.items()}}

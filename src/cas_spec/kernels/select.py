@@ -2,8 +2,9 @@
 
 Micro-benchmarks of one linear layer with cache-hot weights pick the wrong kernel (a verification
 forward streams every weight of the model through the caches once); so each candidate kernel is
-timed in the whole model: a forward over n new tokens on a `cache_tokens`-token `DynamicCache`,
-after which the cache is rolled back with `cache.crop(-n)`. Configurations are interleaved (every
+timed in the whole model: a forward over n new tokens on a `cache_tokens`-token KV cache (the
+caller's `new_cache`, as decoding uses it; transformers' `DynamicCache` by default), after which
+the cache is rolled back with `cache.crop(-n)`. Configurations are interleaved (every
 repeat visits every (n, kernel) pair, in a rotating order) and the median of the repeats is kept,
 so a burst of load from another process slows every configuration alike.
 """
@@ -16,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -32,6 +34,16 @@ from cas_spec.kernels.threads import threads as thread_count
 DEFAULT_NS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16)
 
 ConfigFactory = Callable[[], contextlib.AbstractContextManager]
+CacheFactory = Callable[[], Any]  # an empty transformers `Cache` for the model
+
+
+def _dynamic_cache(model: torch.nn.Module) -> Any:
+    """transformers' `DynamicCache`, recording the past so that sliding-window layers can crop."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    cache.activate_past_recording()
+    return cache
 
 
 def time_forwards(
@@ -45,15 +57,16 @@ def time_forwards(
     seed: int = 0,
     progress: bool = True,
     desc: str = "timing forwards",
+    new_cache: CacheFactory | None = None,
 ) -> dict[int, dict[str, list[float]]]:
     """Seconds of one forward over n new tokens on a `cache_tokens`-token cache, per n and config.
 
     `configs` maps a name to a factory of a context manager (entered around each timed forward,
-    outside the timed region), e.g. `lambda: linear_kernels(model, plan)`. Returns
+    outside the timed region), e.g. `lambda: linear_kernels(model, plan)`. `new_cache` makes the
+    cache (default: a `DynamicCache`; a pipeline passes its adapter's `new_cache`). Returns
     `{n: {name: [seconds of each repeat]}}`; one untimed warm-up pass precedes the repeats.
     """
     from tqdm import tqdm
-    from transformers import DynamicCache
 
     device = next(model.parameters()).device
     vocab = model.get_input_embeddings().num_embeddings
@@ -63,8 +76,7 @@ def time_forwards(
     names = list(configs)
     times: dict[int, dict[str, list[float]]] = {n: {name: [] for name in names} for n in ns}
     with thread_count(threads), torch.inference_mode():
-        cache = DynamicCache(config=model.config)
-        cache.activate_past_recording()  # sliding-window layers can then crop past their window
+        cache = new_cache() if new_cache is not None else _dynamic_cache(model)
         model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
 
         def one(name: str, n: int) -> float:
@@ -158,6 +170,7 @@ def select_plan(
     seed: int = 0,
     progress: bool = True,
     release: bool = True,
+    new_cache: CacheFactory | None = None,
 ) -> Selection:
     """Time every kernel in the full model for each n and return the plan of the fastest per n.
 
@@ -168,7 +181,8 @@ def select_plan(
       shared host, and a copy costs a model's worth of memory; 0 picks the fastest outright);
     - `above`: the kernel for rows above the largest n (default `stock`: prefill-sized products
       were not measured, and MKL does them well on every thread; None: the largest n's kernel);
-    - `release`: free the weight copies the chosen plan does not use.
+    - `release`: free the weight copies the chosen plan does not use;
+    - `new_cache`: makes the KV cache the forwards run on (default: transformers' `DynamicCache`).
 
     Takes (repeats + 1) × len(ns) × len(kernels) forwards: about 70 s on SmolLM2-135M at 1 thread
     with the default 10 sizes, 5 kernels and 7 repeats.
@@ -187,7 +201,8 @@ def select_plan(
     configs = {k: (lambda plan=plan: linear_kernels(model, plan)) for k, plan in plans.items()}
     with attention_kernel(model, attention):
         times = time_forwards(model, configs, ns, cache_tokens=cache_tokens, repeats=repeats,
-                              threads=threads, seed=seed, progress=progress, desc="selecting linear kernels")
+                              threads=threads, seed=seed, progress=progress, desc="selecting linear kernels",
+                              new_cache=new_cache)
     timings = medians(times)
     plan = plan_from_timings(timings, candidates, tolerance=tolerance, above=above)
     if release:

@@ -300,13 +300,11 @@ def cache_problems(pipe: Pipeline, committed: Sequence[int], atol: float = 1e-5)
     (prompt + committed tokens; the newest is the next root, so the cache holds all but it):
     the length of every layer, every stored key and value, and the next logits."""
     target, adapter, model = pipe.target, pipe.adapter, pipe.model
-    from cas_spec.core import cache as kv
-
     problems = []
     want_length = len(committed) - 1
     if target.length != want_length:
         problems.append(f"target.length is {target.length}; the committed tokens need {want_length}")
-    lengths = kv.lengths(target.cache)
+    lengths = [layer.get_seq_length() for layer in target.cache.layers]
     if any(n != want_length for n in lengths):
         problems.append(f"cache layers hold {lengths} tokens; each should hold {want_length}")
     reference = adapter.new_cache()
