@@ -1,6 +1,6 @@
 """Cost and agreement of an int8 draft pass: the target with int8 twins of its Linear layers.
 
-SmolLM2-135M (float32, CPU, 1 thread). Twins (`cas_spec.strategies.quantization`) are built once for
+SmolLM2-135M (float32, CPU, 1 thread). Twins (`cas_spec.strategies.dsia.quantization`) are built once for
 every Linear of the decoder layers plus the LM head (tied to the embedding), for each available
 backend, and swapped in by replacing the modules around a forward (restored in `finally`).
 
@@ -12,7 +12,7 @@ backend, and swapped in by replacing the modules around a forward (restored in `
    on first use; under them the float Linears run the calibrated linear plan, the twins keep
    their own int8 GEMMs, attention runs `cas_sdpa` for both);
 2. agreement: greedy float32 decoding of chat-templated questions from
-   `src/cas_spec/bench/data/spec_bench_question.jsonl` (one per group, not the calibration ones);
+   `src/cas_spec/data/spec_bench_question.jsonl` (one per group, not the calibration ones);
    at every position, a 1-token forward with the twins over the float32 target's cache (the first
    draft token of a self-speculative step) and the float forward's argmax are compared;
 3. memory of the twins (`twin_bytes`) against the float32 weights they stand for.
@@ -41,8 +41,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cas_spec.core.models import load_model
-from cas_spec.strategies import quantization as qz
+from cas_spec.hub import load_model
+from cas_spec.strategies.dsia import quantization as qz
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "cas_spec" / "bench" / "data" / "spec_bench_question.jsonl"
 
@@ -78,7 +78,7 @@ class Swap:
 
 def fast_calibration(model):
     from cas_spec.adapters import resolve_adapter
-    from cas_spec.core.calibration import calibrate
+    from cas_spec.costs.calibration import calibrate
     from cas_spec.core.target import Target
 
     target = Target(model, resolve_adapter(model))
@@ -168,7 +168,7 @@ def main() -> None:
 
     calibration = None
     if not args.no_fast:
-        from cas_spec.core.calibration import kernels_active
+        from cas_spec.costs.calibration import kernels_active
 
         t0 = time.perf_counter()
         calibration = fast_calibration(model)

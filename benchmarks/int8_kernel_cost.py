@@ -4,14 +4,14 @@ SmolLM2-135M (float32, CPU, 1 thread). For each available int8 backend (`native_
 W8A8 AVX2 kernel, `cas_spec.kernels.int8`; `dynamic_int8`: torch's dynamically quantized Linear),
 twins of every Linear of the decoder layers and of the LM head are built
 (`quanto_activation.build_shared_twins`) and swapped in for a forward the way the strategy does it
-(`variants.build_variant` / `use_variant`), with the project's calibrated kernels active around every
+(`variants.build_variant` / `ModelAdapter.swapped`), with the project's calibrated kernels active around every
 forward (`kernels_active(model, pipe.calibration)` of `load_pipeline("autoregressive")`, as
 `Pipeline.generate` runs drafts and verification).
 
 1. cost: a forward over n new tokens (n = 1: one draft token) on a cache of `--cache-tokens` tokens
    (the adapter's `new_cache`, as decoding uses it, or `--cache dynamic`), then `cache.crop(-n)`; configurations interleaved in one process (`kernels.time_forwards`: every
    repeat visits every configuration), medians and minima; c = draft forward / target forward.
-2. agreement: greedy decoding of chat-templated Spec-Bench questions (`bench.questions`) with the
+2. agreement: greedy decoding of chat-templated Spec-Bench questions (`data.questions`) with the
    float32 target; at every position a 1-token forward of each int8 variant over the target's cache
    (the first draft token of a self-speculative step, cropped again) and the target's argmax are
    compared.
@@ -66,13 +66,13 @@ def main() -> None:
     start = time.perf_counter()
 
     from cas_spec import load_pipeline
-    from cas_spec.bench.questions import group_questions, load_questions
-    from cas_spec.core.calibration import kernels_active
-    from cas_spec.core.models import load_model
+    from cas_spec.data.questions import group_questions, load_questions
+    from cas_spec.costs.calibration import kernels_active
+    from cas_spec.hub import load_model
     from cas_spec.kernels import time_forwards
-    from cas_spec.strategies import quantization as qz
-    from cas_spec.strategies.quanto_activation import build_shared_twins, target_linears
-    from cas_spec.strategies.variants import build_variant, use_variant
+    from cas_spec.strategies.dsia import quantization as qz
+    from cas_spec.strategies.dsia.twins import build_shared_twins, target_linears
+    from cas_spec.strategies.dsia.variants import build_variant
 
     model, tok = load_model("smollm2-135m", "cpu", "float32")
     pipe = load_pipeline("autoregressive", model=model, tokenizer=tok, progress=False)
@@ -103,7 +103,7 @@ def main() -> None:
             stack = contextlib.ExitStack()
             stack.enter_context(kernels_active(model, calibration))
             if variant is not None:
-                stack.enter_context(use_variant(adapter, variant))
+                stack.enter_context(adapter.swapped(variant.layers, variant.lm_head))
             return stack
         return enter
 
@@ -158,7 +158,7 @@ def main() -> None:
                 x = torch.tensor([[last]])
                 drafts = {}
                 for name, variant in variants.items():
-                    with use_variant(adapter, variant):
+                    with adapter.swapped(variant.layers, variant.lm_head):
                         logits = model(input_ids=x, past_key_values=cache, use_cache=True).logits
                     drafts[name] = int(logits[0, -1].argmax())
                     cache.crop(-1)

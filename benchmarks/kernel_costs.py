@@ -35,7 +35,7 @@ import time
 
 import torch
 
-from cas_spec.core.models import load_model
+from cas_spec.hub import load_model
 from cas_spec.kernels import (
     DEFAULT_NS,
     LinearPlan,

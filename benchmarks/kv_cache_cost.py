@@ -94,8 +94,8 @@ def main() -> None:
     from transformers import DynamicCache
 
     from cas_spec import load_pipeline
-    from cas_spec.core.calibration import kernels_active
-    from cas_spec.core.models import load_model
+    from cas_spec.costs.calibration import kernels_active
+    from cas_spec.hub import load_model
 
     model, tok = load_model("smollm2-135m", "cpu", "float32")
     pipe = load_pipeline("autoregressive", model=model, tokenizer=tok, progress=False)

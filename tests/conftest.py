@@ -45,7 +45,7 @@ def stories():
 @pytest.fixture(scope="session")
 def gemma3():
     """(model, tokenizer) of Gemma 3 270M (Gemma Terms of Use), fetched and converted on first use."""
-    from cas_spec.core.models import load_model
+    from cas_spec.hub import load_model
 
     return load_model("gemma3-270m", "cpu", "float32")
 
@@ -53,6 +53,6 @@ def gemma3():
 @pytest.fixture(scope="session")
 def smollm2():
     """(model, tokenizer) of SmolLM2-135M-Instruct, fetched and converted on first use."""
-    from cas_spec.core.models import load_model
+    from cas_spec.hub import load_model
 
     return load_model("smollm2-135m", "cpu", "float32")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cas_spec.cli import main
-from cas_spec.core.pipeline import load_pipeline
+from cas_spec.pipeline import load_pipeline
 from tests.conftest import STORIES
 
 MODEL = ["--model", str(STORIES)]

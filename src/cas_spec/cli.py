@@ -113,7 +113,7 @@ def _progress_bars(show: bool) -> Iterator[None]:
 
 def _generate(args) -> int:
     from cas_spec.core.errors import InputError
-    from cas_spec.core.pipeline import load_pipeline
+    from cas_spec.pipeline import load_pipeline
     from cas_spec.core.stats import format_stats
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
@@ -172,32 +172,30 @@ def _validate(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from cas_spec.core.pipeline import load_pipeline
+    from cas_spec.costs.draft_costs import format_draft_costs
+    from cas_spec.kernels import extra_memory_bytes
+    from cas_spec.pipeline import load_pipeline
 
-    overrides = ["calibration=off"]
+    overrides = []
     if args.model:
         overrides.append(f"model={args.model}")
     if args.threads:
         overrides.append(f"threads={args.threads}")
-    pipe = load_pipeline(args.pipeline, overrides=overrides)
-    progress = _show_progress()
-    calibration = pipe.calibrate(quick=False, use_cache=args.show, progress=progress)
+    # --show: the cached full calibration, measured only if there is none; else measured afresh
+    pipe = load_pipeline(args.pipeline, overrides=overrides, progress=_show_progress(),
+                         calibration="full" if args.show else "fresh")
+    calibration = pipe.calibration
+    assert calibration is not None
     table = calibration.costs
     print(f"model {pipe.config.model}, threads {pipe.config.threads}, key {table.key}"
           f"{' (quick)' if table.quick else ''}")
     if calibration.linear_plan is not None:
-        from cas_spec.kernels import extra_memory_bytes
-
         extra = extra_memory_bytes(pipe.model, calibration.linear_plan) / 2**20
         print(f"linear kernels by rows: {calibration.linear_plan.describe()} (weight copies: {extra:.0f} MiB)")
     print(f"attention: {calibration.attention or 'as loaded'}")
     print(table.format())
-    from cas_spec.costs.draft_costs import format_draft_costs
-
-    pipe.calibration = calibration
-    draft_costs = pipe.calibrate_drafts(quick=False, use_cache=args.show, progress=progress)
     print()
-    print(format_draft_costs(draft_costs, {lc.name: lc.kind for lc in pipe.config.levels}))
+    print(format_draft_costs(dict(calibration.drafts), {lc.name: lc.kind for lc in pipe.config.levels}))
     return 0
 
 
@@ -208,7 +206,7 @@ def _bench(args) -> int:
 
 
 def _fetch(args) -> int:
-    from cas_spec.core.models import ALIASES, resolve_model_path
+    from cas_spec.hub import ALIASES, resolve_model_path
 
     print(resolve_model_path(args.model, progress=_show_progress()))
     source = ALIASES.get(args.model)

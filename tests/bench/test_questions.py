@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cas_spec.bench.questions import (
+from cas_spec.data.questions import (
     MT_BENCH_CATEGORIES, GroupError, Question, QuestionFileError, group_of, group_questions,
     load_questions, parse_groups, parse_questions, select,
 )

@@ -22,9 +22,10 @@ class CacheScribbler(DraftStrategy):
 
     name = "cache_scribbler"
     raise_on_call = None  # set per test
+    runs_target = True
 
-    def setup(self, target):
-        self.target = target
+    def setup(self, context):
+        self.target = context.target
         self.calls = 0
 
     def draft(self, state, prefix, max_tokens):
@@ -49,11 +50,11 @@ def pipeline(model):
 
     plugins = build_plugins(entry_points=(), extra=[Plugin()])
     from cas_spec.core.config import load_config
-    from cas_spec.core.pipeline import Pipeline
+    from cas_spec.pipeline import build_pipeline
 
     config = load_config({"scheduler": {"kind": "chain", "options": {"k": 3, "adaptive": False}},
                           "levels": [{"name": "junk", "kind": "cache_scribbler"}]}, plugins=plugins)
-    return Pipeline(config, model, IdTokenizer(), plugins=plugins)
+    return build_pipeline(config, model, IdTokenizer(), plugins=plugins)
 
 
 PROMPT = [4, 9, 16, 25, 36, 49, 64, 81, 3, 5]

@@ -164,15 +164,15 @@ def test_a_module_can_be_the_plugin(make_module):
 
 def test_third_party_strategy_runs_in_a_pipeline_losslessly(make_module):
     from cas_spec.core.config import PipelineConfig
-    from cas_spec.core.pipeline import Pipeline
+    from cas_spec.pipeline import build_pipeline
 
     module = strategy_plugin(make_module)
     plugins = build_plugins([entry_point("repeat", f"{module}:plugin")])
     model, tokenizer = tiny_llama(3), IdTokenizer()
     prompt = [5, 6, 7, 7, 7, 8]
-    spec = Pipeline(validate({**pipeline_using("repeat_last", times=3), "threads": None}, plugins=plugins),
+    spec = build_pipeline(validate({**pipeline_using("repeat_last", times=3), "threads": None}, plugins=plugins),
                     model, tokenizer, plugins=plugins)
-    plain = Pipeline(PipelineConfig(scheduler={"kind": "autoregressive"}, threads=None), model, tokenizer)
+    plain = build_pipeline(PipelineConfig(scheduler={"kind": "autoregressive"}, threads=None), model, tokenizer)
     got = spec.generate(prompt, max_new_tokens=24)
     assert got.token_ids == plain.generate(prompt, max_new_tokens=24).token_ids
     assert got.stats.levels["third"].calls > 0 and got.stats.levels["third"].drafted > 0

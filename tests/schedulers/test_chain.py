@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
+from cas_spec.core.cost_model import CostView
 from cas_spec.core.interfaces import DraftStrategy
 from cas_spec.core.levels import Level
 from cas_spec.core.state import DecodingState
 from cas_spec.core.types import DraftResult, SamplingParams, StepTimings, Verdict
-from cas_spec.schedulers.acceptance import AcceptanceEstimate, best_draft_length
+from cas_spec.schedulers.estimators.acceptance import AcceptanceEstimate, best_draft_length
 from cas_spec.schedulers.chain import ChainScheduler
 
 
@@ -52,9 +51,8 @@ def fake_clock(monkeypatch):
 def make(k: int = 6):
     level = Level("echo", Echo())
     scheduler = ChainScheduler(ChainScheduler.Options(k=k, probe_interval=4), [level])
-    target = SimpleNamespace(costs=Flat(), length=50)
     state = DecodingState(tokens=[1] * 51, prompt_length=51, sampling=SamplingParams(), generator=None,
-                          target=target, max_depth=k)
+                          costs=CostView(Flat()), context_length=50, max_depth=k)
     scheduler.start(state)
     return scheduler, level, state
 

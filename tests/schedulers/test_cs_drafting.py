@@ -53,6 +53,7 @@ class FakeModel(DraftStrategy):
 
     name = "fake_model"
     deterministic = False
+    can_review = True
 
     def __init__(self, own: int, p_draft: float = 0.1):
         super().__init__()
@@ -80,7 +81,7 @@ def cascade(max_depth: int = 100, p_draft: float = 0.1, **options):
     options.setdefault("k_matrix", PAPER_K)
     scheduler = CSDraftingScheduler(CSDraftingScheduler.Options(**options), levels)
     state = DecodingState(tokens=[1, 2], prompt_length=2, sampling=SamplingParams(), generator=None,
-                          target=SimpleNamespace(length=1), max_depth=max_depth)
+                          context_length=1, max_depth=max_depth)
     scheduler.start(state)
     tree = scheduler.build_tree(state)
     return tree, strategies, {level.name: level for level in levels}
@@ -186,7 +187,7 @@ def test_a_lookup_that_finds_nothing_hands_over_to_the_next_entry():
     scheduler = CSDraftingScheduler(CSDraftingScheduler.Options(
         k_matrix=[[2, 3, 4], [0, 3, 4], [0, 0, 4]], lookup_tokens=None), levels)
     state = DecodingState(tokens=[1, 2], prompt_length=2, sampling=SamplingParams(), generator=None,
-                          target=SimpleNamespace(length=1), max_depth=50)
+                          context_length=1, max_depth=50)
     tree = scheduler.build_tree(state)
     # model's call: pld (nothing) → MaG up to 3 + 4 = 7; model reviews, + bonus = 8 ≥ 2; pld nothing;
     # MaG up to 2 + 3 + 4 = 9.
@@ -280,7 +281,7 @@ def test_leniency_also_loosens_sampling_reviews():
         scheduler = CSDraftingScheduler(CSDraftingScheduler.Options(k_matrix=PAPER_K, leniency=leniency), levels)
         generator = torch.Generator().manual_seed(0)
         state = DecodingState(tokens=[1, 2], prompt_length=2, sampling=SamplingParams(temperature=1.0),
-                              generator=generator, target=SimpleNamespace(length=1), max_depth=100)
+                              generator=generator, context_length=1, max_depth=100)
         scheduler.start(state)
         trees = [scheduler.build_tree(state) for _ in range(200)]
         # MaG tokens that survived a review: beyond the last, unreviewed MaG segment of 10
@@ -341,7 +342,7 @@ def test_fake_cascade_sampling_gives_the_target_distribution(leniency, pass_laws
     generator = torch.Generator().manual_seed(1)
     for _ in range(runs_):
         state = DecodingState(tokens=[0], prompt_length=1, sampling=sampling, generator=generator,
-                              target=SimpleNamespace(length=0), max_depth=1)
+                              context_length=0, max_depth=1)
         out: list[int] = []
         while len(out) < 2:
             state.max_depth = 2 - len(out)  # the engine's budget for 3 new tokens; 2 are counted

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cas_spec import load_pipeline
-from cas_spec.schedulers.acceptance import WindowedAcceptance
+from cas_spec.schedulers.estimators.acceptance import WindowedAcceptance
 from cas_spec.schedulers.dytc import DytcScheduler
 from cas_spec.testing.models import IdTokenizer, repetitive_prompt, tiny_llama
 from cas_spec.testing.simulation import FlatCosts, Scripted, simulate

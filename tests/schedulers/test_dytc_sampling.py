@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import copy
 import random
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from cas_spec.core.cost_model import CostView
 from cas_spec.core.interfaces import DraftStrategy
 from cas_spec.core.levels import Level
 from cas_spec.core.state import DecodingState
@@ -88,6 +88,8 @@ class Lookup(DraftStrategy):
 class Calibrated:
     """Calibrated draft costs: the model level 0.05 per token, the lookup free."""
 
+    agreement = None  # not measured: the scheduler starts from its prior
+
     def __init__(self, per_token):
         self.per_token = per_token
 
@@ -102,8 +104,7 @@ def make_scheduler(draws: Draws, lookup: bool, **options):
                "probe_interval": 1000, **options}
     scheduler = DytcScheduler(DytcScheduler.Options(**options), levels)
     state = DecodingState(tokens=[0] * 11, prompt_length=11, sampling=SamplingParams(temperature=1.0),
-                          generator=None, target=SimpleNamespace(costs=Steep(), length=10, draft_costs=costs),
-                          max_depth=3)
+                          generator=None, costs=CostView(Steep(), costs), context_length=10, max_depth=3)
     scheduler.start(state)
     return scheduler, state
 
@@ -204,8 +205,7 @@ def test_seeded_sampling_on_a_tiny_model_with_a_model_level_and_prompt_lookup():
                          {"name": "pld", "kind": "prompt_lookup"}],
               "sampling": {"temperature": 1.0}, "calibration": "off"}
     pipe = load_pipeline(config, model=model, tokenizer=IdTokenizer())
-    pipe.target.costs = SlopedCosts(0.1)
-    pipe.target.draft_costs = {"exit2": PriorCost(0.0, 0.05), "pld": PriorCost(0.0, 0.0)}
+    pipe.costs = CostView(SlopedCosts(0.1), {"exit2": PriorCost(0.0, 0.05), "pld": PriorCost(0.0, 0.0)})
     runs, counts = 3000, {}
     with frozen_clock(pipe):  # the costs above decide, not this machine's timings
         for seed in range(30):  # warm: what DyTC learns carries over between generations

@@ -15,7 +15,8 @@ from cas_spec import load_pipeline
 from cas_spec.core.interfaces import DraftStrategy
 from cas_spec.core.levels import Level
 from cas_spec.core.state import DecodingState
-from cas_spec.core.types import DraftResult, SamplingParams, StepTimings, Verdict
+from cas_spec.core.cost_model import UNCALIBRATED, CostView
+from cas_spec.core.types import Candidate, DraftResult, SamplingParams, StepTimings, Verdict
 from cas_spec.schedulers.lookup_tree import (
     LookupTreeOptions,
     LookupTreeScheduler,
@@ -70,15 +71,15 @@ def test_prompt_lookup_candidates_are_drafts_from_each_match():
     A, B, C, D, E, X = 11, 22, 33, 44, 55, 99
     text = [A, B, C, X, A, B, D, E, A, B, E, B, A, B]
     strategy = PromptLookup(PromptLookupOptions(min_ngram=1, max_ngram=2, num_tokens=3))
-    strategy.keep_occurrences(3)
+    strategy.offer_candidates(3)
     state = DecodingState(tokens=list(text), prompt_length=len(text), sampling=SamplingParams(),
-                          generator=None, target=None)
+                          generator=None)
     strategy.start(state)
     got = strategy.candidates(state, (), 3, 4)
-    assert [(m.n, m.occurrence) for m, _ in got] == [(2, 0), (2, 1), (2, 2), (1, 0)]
-    assert [d.tokens for _, d in got] == [(E, B, A), (D, E, A), (C, X, A), (A, B, A)]
-    assert got[0][1] == strategy.draft(state, (), 3)  # the first is exactly the single-match draft
-    assert all(d.confidence == (float(m.n),) * 3 for m, d in got)
+    assert [c.key for c in got] == [(2, 0), (2, 1), (2, 2), (1, 0)]
+    assert [c.draft.tokens for c in got] == [(E, B, A), (D, E, A), (C, X, A), (A, B, A)]
+    assert got[0].draft == strategy.draft(state, (), 3)  # the first is exactly the single-match draft
+    assert all(c.draft.confidence == (float(c.key[0]),) * 3 for c in got)
     assert strategy.candidates(state, (), 0, 4) == []
     plain = PromptLookup(PromptLookupOptions(min_ngram=1, max_ngram=2, num_tokens=3))
     plain.start(state)
@@ -91,24 +92,25 @@ class Scripted(DraftStrategy):
     """A lookup-like strategy whose candidates are given per call."""
 
     name = "scripted"
+    offers_candidates = True
 
     def __init__(self, proposals):
         super().__init__()
         self.proposals, self.kept = proposals, 1
 
-    def keep_occurrences(self, count):
+    def offer_candidates(self, count):
         self.kept = count
 
     def draft(self, state, prefix, max_tokens):
         found = self.candidates(state, prefix, max_tokens, 1)
-        return found[0][1] if found else DraftResult(tokens=())
+        return found[0].draft if found else DraftResult(tokens=())
 
     def candidates(self, state, prefix, max_tokens, count):
         out = []
         for j, tokens in enumerate(self.proposals[:count]):
             n = 3 if j == 0 else 2
-            out.append((Match(100 + j, n, j), DraftResult(tokens=tuple(tokens[:max_tokens]),
-                                                           confidence=(float(n),) * min(len(tokens), max_tokens))))
+            out.append(Candidate((n, j), DraftResult(tokens=tuple(tokens[:max_tokens]),
+                                                     confidence=(float(n),) * min(len(tokens), max_tokens))))
         return out
 
 
@@ -125,7 +127,8 @@ def make(proposals, *, costs=None, max_depth=16, **options):
     level = Level("pld", strategy)
     scheduler = LookupTreeScheduler(LookupTreeOptions(**options), [level])
     state = DecodingState(tokens=[7] * 20, prompt_length=20, sampling=SamplingParams(), generator=None,
-                          target=SimpleNamespace(costs=costs, length=19), max_depth=max_depth)
+                          costs=CostView(costs) if costs is not None else UNCALIBRATED, context_length=19,
+                          max_depth=max_depth)
     scheduler.start(state)
     return scheduler, level, state
 
@@ -276,7 +279,7 @@ def test_a_level_without_candidates_gives_a_chain():
 
     scheduler = LookupTreeScheduler(LookupTreeOptions(k=4), [Level("echo", Echo())])
     state = DecodingState(tokens=[7] * 5, prompt_length=5, sampling=SamplingParams(), generator=None,
-                          target=SimpleNamespace(costs=None, length=4), max_depth=8)
+                          context_length=4, max_depth=8)
     scheduler.start(state)
     tree = scheduler.build_tree(state)
     assert tree.is_chain and tree.tokens.tolist()[1:] == [10, 11, 12, 13]
@@ -313,7 +316,7 @@ def test_greedy_output_equals_plain_decoding_on_tiny_models(family, costs):
         for prompt in (branching_prompt(seed, model.config.vocab_size), repetitive_prompt(seed, model.config.vocab_size)):
             plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=40)
             pipe = load_pipeline(lookup(candidates=4, k=5), model=model, tokenizer=IdTokenizer())
-            pipe.target.costs = costs
+            pipe.costs = CostView(costs) if costs is not None else UNCALIBRATED
             seen = record_trees(pipe)
             got = pipe.generate(prompt, max_new_tokens=40)
             assert got.token_ids == plain.token_ids, (seed, prompt)

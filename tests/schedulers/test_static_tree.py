@@ -52,7 +52,7 @@ def make(confidence, *, max_depth=16, temperature=0.0, alternatives=True, **opti
     strategy = Scripted(confidence, alternatives)
     scheduler = StaticTreeScheduler(StaticTreeOptions(**options), [Level("s", strategy)])
     state = DecodingState(tokens=[7] * 20, prompt_length=20, sampling=SamplingParams(temperature=temperature),
-                          generator=None, target=SimpleNamespace(costs=None, length=19), max_depth=max_depth)
+                          generator=None, context_length=19, max_depth=max_depth)
     scheduler.start(state)
     return scheduler, strategy, state
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from cas_spec import load_pipeline
-from cas_spec.strategies.skip_search import SkipSearch, load_cached, model_fingerprint
-from cas_spec.strategies.variants import ATTENTION, MLP, Sublayer
+from cas_spec.strategies.dsia.skip_search import SkipSearch, load_cached, model_fingerprint
+from cas_spec.strategies.dsia.variants import ATTENTION, MLP, Sublayer
 from tests.conftest import IdTokenizer, tiny_llama
 from tests.strategies.test_self_draft import AUTOREGRESSIVE
 

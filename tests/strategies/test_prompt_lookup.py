@@ -50,7 +50,7 @@ def oracle(tokens: list[int], prefix: tuple[int, ...], options: PromptLookupOpti
 
 def make_state(tokens: list[int]) -> DecodingState:
     return DecodingState(tokens=tokens, prompt_length=len(tokens), sampling=SamplingParams(),
-                         generator=None, target=None)
+                         generator=None)
 
 
 def started(tokens: list[int], **options) -> tuple[PromptLookup, DecodingState]:

@@ -1,4 +1,4 @@
-"""Quantized twins of Linear layers (`cas_spec.strategies.quantization`): every backend."""
+"""Quantized twins of Linear layers (`cas_spec.strategies.dsia.quantization`): every backend."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from cas_spec.strategies import quantization as qz
-from cas_spec.strategies.quantization import dynamic_int8, native_int8
-from cas_spec.strategies.quantization import quanto as quanto_backend
+from cas_spec.strategies.dsia import quantization as qz
+from cas_spec.strategies.dsia.quantization import dynamic_int8, native_int8
+from cas_spec.strategies.dsia.quantization import quanto as quanto_backend
 from tests.conftest import tiny_llama
 
 AVAILABLE = qz.available_backends()
@@ -303,7 +303,7 @@ def test_auto_prefers_native_int8_then_dynamic_int8(monkeypatch):
 ])
 def test_greedy_identity_with_native_int8_levels(level):
     from cas_spec import load_pipeline
-    from cas_spec.strategies import quanto_activation
+    from cas_spec.strategies.dsia import twins
     from tests.conftest import IdTokenizer
     from tests.core.test_engine_greedy import repetitive_prompt
     from tests.helpers import AUTOREGRESSIVE
@@ -317,5 +317,5 @@ def test_greedy_identity_with_native_int8_levels(level):
     got = load_pipeline(config, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=40)
     assert got.token_ids == plain.token_ids
     assert got.stats.levels["int8"].drafted > 0
-    assert set(quanto_activation._TWINS[model]) == {"native_int8"}
+    assert set(twins._TWINS[model]) == {"native_int8"}
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

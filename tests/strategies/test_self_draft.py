@@ -80,7 +80,7 @@ class RoundRobinTree(Scheduler):
 def test_three_dsia_levels_in_one_pipeline_draft_a_shared_tree_losslessly():
     from cas_spec.core.config import load_config
     from cas_spec.core.hookspecs import hookimpl
-    from cas_spec.core.pipeline import Pipeline
+    from cas_spec.pipeline import build_pipeline
     from cas_spec.core.plugins import build_plugins
 
     class Plugin:
@@ -97,7 +97,7 @@ def test_three_dsia_levels_in_one_pipeline_draft_a_shared_tree_losslessly():
         model = tiny_llama(seed, layers=4)
         prompt = repetitive_prompt(seed, model.config.vocab_size)
         plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=40)
-        got = Pipeline(config, model, IdTokenizer(), plugins=plugins).generate(prompt, max_new_tokens=40)
+        got = build_pipeline(config, model, IdTokenizer(), plugins=plugins).generate(prompt, max_new_tokens=40)
         assert got.token_ids == plain.token_ids
         assert all(stats.drafted > 0 for stats in got.stats.levels.values())
 
@@ -108,7 +108,6 @@ def test_sampling_draft_probs_are_the_distribution_sampled_from(level):
     the token is a draw from it (rebuilt here from the variant directly)."""
     from cas_spec.core.sampling import target_probs
     from cas_spec.core.types import SamplingParams
-    from cas_spec.strategies.variants import use_variant
 
     model = tiny_llama(5, layers=4)
     sampling = SamplingParams(temperature=0.8, top_k=20, top_p=0.9, seed=1)
@@ -133,7 +132,7 @@ def test_sampling_draft_probs_are_the_distribution_sampled_from(level):
     rows = []
     with torch.no_grad():
         model(input_ids=torch.tensor([tokens[:-1]]), past_key_values=cache, use_cache=True)
-        with use_variant(pipe.adapter, strategy._variant):
+        with pipe.adapter.swapped(strategy._variant.layers, strategy._variant.lm_head):
             for i, token in enumerate([tokens[-1], *result.tokens[:-1]]):
                 logits = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True,
                                position_ids=torch.tensor([[len(tokens) - 1 + i]])).logits[0, -1]
@@ -177,7 +176,7 @@ def test_review_gives_the_levels_own_distribution_at_each_drafted_token(level):
     prompt = repetitive_prompt(6, 96)
     pipe.target.prefill(prompt[:-1])
     state = DecodingState(tokens=list(prompt), prompt_length=len(prompt), sampling=sampling,
-                          generator=torch.Generator().manual_seed(0), target=pipe.target)
+                          generator=torch.Generator().manual_seed(0), context_length=len(prompt) - 1)
     lengths = [layer.get_seq_length() for layer in pipe.target.cache.layers]
     drafted = strategy.draft(state, (7,), 3)
     reviewed = strategy.review(state, (7,), drafted.tokens)
@@ -185,6 +184,8 @@ def test_review_gives_the_levels_own_distribution_at_each_drafted_token(level):
     torch.testing.assert_close(reviewed[:3], drafted.draft_probs, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(reviewed.sum(-1), torch.ones(4))
     assert [layer.get_seq_length() for layer in pipe.target.cache.layers] == lengths
-    assert pipe.levels[0].strategy.review is not None
+    assert strategy.can_review
     from cas_spec.strategies.prompt_lookup import PromptLookup
-    assert PromptLookup().review(state, (), (1, 2)) is None
+    assert not PromptLookup.can_review
+    with pytest.raises(NotImplementedError, match="cannot review"):
+        PromptLookup().review(state, (), (1, 2))

@@ -11,7 +11,7 @@ import pytest
 
 from cas_spec.core.config import load_config
 from cas_spec.core.hookspecs import hookimpl
-from cas_spec.core.pipeline import Pipeline
+from cas_spec.pipeline import build_pipeline
 from cas_spec.core.plugins import build_plugins
 from tests.conftest import IdTokenizer, tiny_gemma3
 from tests.core.test_engine_greedy import repetitive_prompt
@@ -33,8 +33,8 @@ def pipelines(model, tokenizer, levels: dict, scheduler: dict):
     plugins = build_plugins(entry_points=(), extra=[Plugin()])
     config = load_config({"scheduler": scheduler, "calibration": "off",
                           "levels": [{"name": n, **lv} for n, lv in levels.items()]}, plugins=plugins)
-    plain = Pipeline(load_config(AUTOREGRESSIVE), model, tokenizer)
-    return plain, Pipeline(config, model, tokenizer, plugins=plugins)
+    plain = build_pipeline(load_config(AUTOREGRESSIVE), model, tokenizer)
+    return plain, build_pipeline(config, model, tokenizer, plugins=plugins)
 
 
 @pytest.mark.parametrize("level", sorted(GEMMA_LEVELS))

@@ -101,7 +101,7 @@ def test_a_plugin_that_swallows_the_fault_is_caught():
     class Swallower(PromptLookup):
         def draft(self, state, prefix, max_tokens):
             try:
-                state.target.model(input_ids=torch.tensor([[5]]))
+                pipe.model(input_ids=torch.tensor([[5]]))
             except BaseException:
                 pass
             return super().draft(state, prefix, max_tokens)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from cas_spec.adapters.base import ModelAdapter
+from cas_spec.core.adapter import ModelAdapter
 from cas_spec.core.tree import ancestor_matrix, tree_attention_mask
 
 

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 def settings_from(args: argparse.Namespace):
     """Validated `BenchSettings` from parsed arguments (methods are checked before any model loads)."""
-    from cas_spec.bench.questions import group_questions, load_questions, parse_groups
+    from cas_spec.data.questions import group_questions, load_questions, parse_groups
     from cas_spec.bench.run import BenchSettings
     from cas_spec.bench.runners import parse_methods
 

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cas_spec.bench.questions import GroupError, Question, group_questions, load_questions, parse_groups, select
+from cas_spec.data.questions import GroupError, Question, group_questions, load_questions, parse_groups, select
 from cas_spec.bench.runners import REFERENCE, MethodSpec, Output, Runner, build_runners
 
 FORMAT = "cas-spec-bench/1"
@@ -63,7 +63,7 @@ def run_bench(settings: BenchSettings, progress: bool = True) -> dict:
     names = parse_groups(settings.groups, list(grouped))
 
     torch.set_num_threads(settings.threads)
-    from cas_spec.core.models import load_model
+    from cas_spec.hub import load_model
 
     model, tokenizer = load_model(settings.model, "cpu", "float32", progress=progress)
     runners = build_runners(settings.methods, model, tokenizer, settings.threads)

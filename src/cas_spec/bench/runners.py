@@ -194,7 +194,7 @@ def _quiet_transformers():
 
 def build_runners(specs: Sequence[MethodSpec], model, tokenizer, threads: int) -> list[Runner]:
     """Runners sharing one model: engine pipelines through `load_pipeline(model=, tokenizer=)`."""
-    from cas_spec.core.pipeline import load_pipeline
+    from cas_spec.pipeline import load_pipeline
 
     runners: list[Runner] = []
     pipes = []

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from cas_spec.core.errors import ConfigError
 
@@ -27,7 +27,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LevelConfig(_Strict):
+class _Plugged(_Strict):
+    """A plugin's entry: its `kind` and its `options`, validated once, by `validate`, against the
+    plugin's own `Options` model; `validated_options` is that instance, what the plugin receives."""
+
+    _validated: BaseModel | None = PrivateAttr(default=None)
+
+    def validated_options(self, registry) -> BaseModel:
+        """The validated options (validated now if this config did not come through `validate`)."""
+        if self._validated is None:
+            self._validated = registry.get(self.kind).Options.model_validate(self.options)
+        return self._validated
+
+
+class LevelConfig(_Plugged):
     """One level: a named, configured strategy."""
 
     name: str = Field(description="Unique name of the level, used by schedulers and statistics.")
@@ -35,7 +48,7 @@ class LevelConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="The strategy's options.")
 
 
-class SchedulerConfig(_Strict):
+class SchedulerConfig(_Plugged):
     kind: str = Field("chain", description="Registered scheduler name.")
     options: dict[str, Any] = Field(default_factory=dict, description="The scheduler's options.")
     gate: bool = Field(False, description="Wrap the scheduler in the never-slower gate: decode plainly "
@@ -232,13 +245,15 @@ def _location(loc: tuple) -> str:
 
 
 def validate(data: Mapping[str, Any], source: str | None = None, plugins=None) -> PipelineConfig:
-    """Validate structure, every plugin kind and its options; raise one `ConfigError` listing all."""
+    """Validate structure, every plugin kind and its options (once: the validated options stay with
+    the config, `validated_options`); raise one `ConfigError` listing all problems."""
     from cas_spec.core.plugins import get_plugins
 
     plugins = plugins or get_plugins()
     # Plugin kinds and options are checked on the raw data, wherever they are well-formed, so a
     # structural problem elsewhere does not hide them.
-    problems = _plugin_problems(data, plugins)
+    validated: dict[str, BaseModel] = {}
+    problems = _plugin_problems(data, plugins, validated)
     try:
         config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
@@ -249,16 +264,20 @@ def validate(data: Mapping[str, Any], source: str | None = None, plugins=None) -
     for i, name in enumerate(names):
         if name in names[:i]:
             problems.append(f"levels.{i}.name: duplicate level name '{name}'")
+    for i, level in enumerate(config.levels):
+        level._validated = validated.get(f"levels.{i}")
+    config.scheduler._validated = validated.get("scheduler")
     if not problems:
-        cls = plugins.schedulers.get(config.scheduler.kind)
-        problems += cls.check_levels(cls.Options.model_validate(config.scheduler.options), names)
+        options = config.scheduler.validated_options(plugins.schedulers)
+        problems += plugins.schedulers.get(config.scheduler.kind).check_levels(options, names)
     if problems:
         raise ConfigError(problems, source)
     return config
 
 
-def _plugin_problems(data: Mapping[str, Any], plugins) -> list[str]:
-    """Unknown plugin kinds and invalid plugin options, as `location: message`."""
+def _plugin_problems(data: Mapping[str, Any], plugins, validated: dict[str, BaseModel]) -> list[str]:
+    """Unknown plugin kinds and invalid plugin options, as `location: message`; the options that
+    validate go into `validated`, by location (`levels.0`, `scheduler`)."""
     problems: list[str] = []
     if not isinstance(data, Mapping):
         return problems
@@ -268,7 +287,7 @@ def _plugin_problems(data: Mapping[str, Any], plugins) -> list[str]:
             return
         kind, options = entry.get("kind", default_kind), entry.get("options", {})
         if isinstance(kind, str) and isinstance(options, Mapping):
-            problems.extend(_check_plugin(registry, kind, dict(options), where))
+            problems.extend(_check_plugin(registry, kind, dict(options), where, validated))
 
     levels = data.get("levels")
     if isinstance(levels, list):
@@ -281,11 +300,12 @@ def _plugin_problems(data: Mapping[str, Any], plugins) -> list[str]:
     return problems
 
 
-def _check_plugin(registry, kind: str, options: dict[str, Any], where: str) -> list[str]:
+def _check_plugin(registry, kind: str, options: dict[str, Any], where: str,
+                  validated: dict[str, BaseModel]) -> list[str]:
     if kind not in registry:
         return [f"{where}.kind: {registry.unknown_message(kind)}"]
     try:
-        registry.get(kind).Options.model_validate(options)
+        validated[where] = registry.get(kind).Options.model_validate(options)
     except ValidationError as exc:
         return [f"{where}.options.{_location(e['loc'])}: {e['msg']}".replace(".options.<root>", ".options")
                 for e in exc.errors()]

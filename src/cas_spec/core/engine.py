@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from cas_spec.core.cost_model import UNCALIBRATED, CostModel
 from cas_spec.core.interfaces import Scheduler, Verifier
 from cas_spec.core.levels import Level
 from cas_spec.core.sampling import make_generator
@@ -34,12 +35,14 @@ def generate_tokens(
     eos_token_ids: Sequence[int] = (),
     on_tokens: TokenCallback | None = None,
     on_logits: LogitsCallback | None = None,
+    costs: CostModel = UNCALIBRATED,
 ) -> tuple[list[int], GenerationStats]:
     """Generate up to `max_new_tokens` tokens after `prompt_ids`; returns (new tokens, statistics).
 
     Callers validate inputs (`Pipeline.generate` does); here `prompt_ids` is non-empty and fits
     the context. After each step `on_tokens` receives the committed tokens and `on_logits` the
-    target logits each of them was verified or sampled against (one row per token).
+    target logits each of them was verified or sampled against (one row per token). `costs` is the
+    read-only cost view the scheduler and strategies see on the state.
     """
     context_length = target.adapter.context_length
     eos = set(eos_token_ids)
@@ -50,7 +53,7 @@ def generate_tokens(
 
     state = DecodingState(
         tokens=list(prompt_ids), prompt_length=len(prompt_ids), sampling=sampling,
-        generator=make_generator(sampling, target.device), target=target,
+        generator=make_generator(sampling, target.device), costs=costs, context_length=target.length,
     )
     for level in levels:
         level.reset_counters()
@@ -79,6 +82,7 @@ def generate_tokens(
         verified_at = time.perf_counter()
         verdict = verifier.verify(tree, target_logits, sampling, state.generator)
         target.commit(tree, verdict.accepted_nodes)
+        state.context_length = target.length
 
         new = list(verdict.new_tokens)
         hit_eos = next((i for i, t in enumerate(new) if t in eos), None)

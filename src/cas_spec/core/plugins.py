@@ -55,7 +55,7 @@ class Plugins:
 
 
 def _registries() -> dict[str, Registry]:
-    from cas_spec.adapters.base import ModelAdapter
+    from cas_spec.core.adapter import ModelAdapter
     from cas_spec.core.interfaces import DraftStrategy, Scheduler, Verifier
 
     return {

@@ -1,6 +1,6 @@
 """`DraftCostTable`: what one draft call of each level costs, measured ahead and cached.
 
-The latency model (`schedulers/latency.py`) prices a level's draft as per_call + per_token · k,
+The latency model (`schedulers/estimators/latency.py`) prices a level's draft as per_call + per_token · k,
 in one-token target forwards at the same context. Online it fits these from the engine's step
 timings; this table is where it starts, so that a scheduler neither tries an expensive level at
 full length because it has not been timed yet, nor waits for the first steps to learn that
@@ -32,51 +32,17 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from cas_spec.costs.table import context_weights, costs_dir
+from cas_spec.schedulers.estimators.latency import LevelCost
+from cas_spec.paths import write_text_atomically
 
 FORMAT_VERSION = 3
 DRAFT_LENGTHS = (1, 3, 6)
 AGREEMENT_TOKENS = 48  # positions a level's agreement with the target is measured on, per context
-
-
-@dataclass
-class LevelCost:
-    """seconds ≈ per_call · calls + per_token · tokens, least squares with forgetting.
-
-    When calls and tokens are too collinear to separate (a level always drafting the same
-    length), or the fit goes negative, the time is all put on tokens (or on calls when there are
-    no tokens)."""
-
-    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("cc", "ct", "tt", "cs", "ts", "c", "t", "s"), 0.0))
-    per_call: float = 0.0
-    per_token: float = 0.0
-    observations: int = 0
-
-    def update(self, calls: int, tokens: int, seconds: float, decay: float) -> None:
-        new = {"cc": calls * calls, "ct": calls * tokens, "tt": tokens * tokens, "cs": calls * seconds,
-               "ts": tokens * seconds, "c": calls, "t": tokens, "s": seconds}
-        self.sums = {k: decay * v + new[k] for k, v in self.sums.items()}
-        self.observations += 1
-        m = self.sums
-        det = m["cc"] * m["tt"] - m["ct"] ** 2
-        if det > 1e-3 * m["cc"] * m["tt"]:
-            per_call = (m["tt"] * m["cs"] - m["ct"] * m["ts"]) / det
-            per_token = (m["cc"] * m["ts"] - m["ct"] * m["cs"]) / det
-            if per_call >= 0 and per_token >= 0:
-                self.per_call, self.per_token = per_call, per_token
-                return
-        if m["t"] > 0:
-            self.per_call, self.per_token = 0.0, m["s"] / m["t"]
-        else:
-            self.per_call, self.per_token = m["s"] / m["c"], 0.0
-
-    def seconds(self, calls: int, tokens: int) -> float:
-        return self.per_call * calls + self.per_token * tokens
 
 
 @dataclass(frozen=True)
@@ -125,11 +91,7 @@ def save_draft_costs(key: str, entries: dict[str, dict]) -> None:
                     "per_token": list(e["cost"].per_token), "residual": list(e["cost"].residual),
                     "agreement": e["cost"].agreement,
                     "quick": e["quick"]} for sig, e in entries.items()}
-    path = _path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"format": FORMAT_VERSION, "levels": levels}, indent=1))
-    tmp.replace(path)
+    write_text_atomically(_path(key), json.dumps({"format": FORMAT_VERSION, "levels": levels}, indent=1))
 
 
 def fit_call_and_token(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
@@ -168,7 +130,7 @@ def measure_draft_costs(target, levels, text_ids: Sequence[int], context_lengths
         for context in contexts:
             target.prefill(list(text_ids[:context]))
             state = DecodingState(tokens=list(text_ids[:context + 1]), prompt_length=context + 1,
-                                  sampling=SamplingParams(), generator=None, target=target,
+                                  sampling=SamplingParams(), generator=None, context_length=target.length,
                                   max_depth=max(DRAFT_LENGTHS), force_length=True)
             root = TreeBuilder(state.root_token).build()
             ahead = tuple(text_ids[context + 1:context + 1 + AGREEMENT_TOKENS])
@@ -197,9 +159,9 @@ def measure_draft_costs(target, levels, text_ids: Sequence[int], context_lengths
                         else:
                             forwards.append(seconds)
                         bar.update()
-                reviewed = level.strategy.review(state, (), ahead)
-                target.restore()
-                if reviewed is not None:
+                if level.strategy.can_review:
+                    reviewed = level.strategy.review(state, (), ahead)
+                    target.restore()
                     agreements[level.name].append(float((reviewed.argmax(-1) == truth).float().mean()))
                 unit = statistics.median(forwards)
                 points[level.name].append([
@@ -241,7 +203,7 @@ def calibration_text_ids(tokenizer, tokens: int, vocab_size: int) -> list[int]:
 
     A tokenizer that cannot encode them (a test double) gets seeded random ids instead: costs
     hardly depend on the text, only lookup levels find fewer matches in it."""
-    from cas_spec.bench.questions import load_questions
+    from cas_spec.data.questions import load_questions
 
     _, questions = load_questions()
     ids: list[int] = []

@@ -14,6 +14,8 @@ import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cas_spec.paths import cache_dir, write_text_atomically
+
 FORMAT_VERSION = 1
 
 
@@ -131,8 +133,6 @@ def calibration_key(model, threads: int | None, kernels: str = "stock") -> str:
 
 
 def costs_dir() -> Path:
-    from cas_spec.core.models import cache_dir
-
     return cache_dir() / "costs"
 
 
@@ -145,9 +145,4 @@ def load_cached(key: str) -> CostTable | None:
 
 
 def save(table: CostTable) -> Path:
-    path = costs_dir() / f"{table.key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(table.to_json(), indent=1))
-    tmp.replace(path)
-    return path
+    return write_text_atomically(costs_dir() / f"{table.key}.json", json.dumps(table.to_json(), indent=1))

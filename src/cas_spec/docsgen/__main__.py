@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from cas_spec.docsgen import DIAGRAM, REGENERATE, stale_pages, write_pages
+from cas_spec.docsgen import DIAGRAM, REGENERATE
+from cas_spec.docsgen.pages import stale_pages, write_pages
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,8 @@ present file is reused (about 2 s per build with g++ 12, then nothing). Builds g
 temporary folder beside the target and an atomic rename: concurrent builders leave one complete
 library. The caller loads it with `ctypes` and probes it numerically before use.
 
-The kernels package is a leaf: the cache folder is read from the same environment variable as
-`cas_spec.core.models.cache_dir`, not imported from there.
+The kernels package is a leaf: it imports nothing of cas_spec but `cas_spec.paths` (the cache
+folder), itself a leaf.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-CACHE_ENV = "CAS_SPEC_CACHE"  # the variable `cas_spec.core.models.cache_dir` reads
+from cas_spec.paths import cache_dir
+
 _OFF = ("0", "false", "no", "off")
 
 
@@ -66,10 +67,6 @@ def compiler() -> str | None:
         if name and (path := shutil.which(name)):
             return path
     return None
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "cas-spec")
 
 
 def library_path(stem: str, source: str, compiler: str, flags: Sequence[str]) -> Path:

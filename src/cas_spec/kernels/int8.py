@@ -26,7 +26,7 @@ layout with prefetch 5.7 ms, without 19 ms; summing a float tensor of the same 1
 at memory speed), 2 rows 5.6, 4 rows 10.1 (compute-bound from 3 rows: ~50 GMAC/s); float32 MKL/the
 `native` kernel need ~28 ms for 1 row. A call from Python costs ~4.4 µs (packed ctypes arguments;
 `nn.Linear` ~6 µs for a tiny layer). In a full draft forward (`benchmarks/int8_kernel_cost.py`) see
-`cas_spec.strategies.quantization` for the cost relative to a target step and the agreement.
+`cas_spec.strategies.dsia.quantization` for the cost relative to a target step and the agreement.
 
 Availability: x86-64 with AVX2, a C++ compiler, and a passing numerical probe; `CAS_SPEC_INT8_KERNEL=0`
 disables it. `status()` says why not. `Int8Linear` falls back to `linear_reference` (the same

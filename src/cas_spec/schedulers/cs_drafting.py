@@ -170,10 +170,6 @@ class _Token:
         self.runners_up: tuple[tuple[int, float], ...] = ()  # the strongest reviewer's, with `tree`
 
 
-def _can_review(strategy: DraftStrategy) -> bool:
-    return type(strategy).review is not DraftStrategy.review
-
-
 class CSDraftingScheduler(Scheduler):
     name = "cs_drafting"
     Options = CSDraftingOptions
@@ -205,7 +201,7 @@ class CSDraftingScheduler(Scheduler):
         self.order = [by_name[n] for n in o.order] if o.order is not None else list(levels)
         n = len(self.order)
         self.k = increments(o.k_matrix, o.k_form) if o.k_matrix is not None else default_k_matrix(n)
-        self.reviews = [_can_review(level.strategy) for level in self.order]
+        self.reviews = [level.strategy.can_review for level in self.order]
         horizontal = o.cascade == "horizontal"
         self.leaf = [horizontal or i == n - 1 or not self.reviews[i] for i in range(n)]
         self.plans: list[list[tuple[int, int]]] = []  # per call row s: (level index, threshold) in turn

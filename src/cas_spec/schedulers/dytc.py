@@ -150,22 +150,20 @@ class DytcScheduler(Scheduler):
         (`DytcEstimates`: costs, acceptance, calibration, probe intervals, the recent rate) carries
         over (`carry_over`, default on), so a level that does not pay is not tried afresh for every
         prompt; the EMAs adapt to the new text within a few steps."""
-        target = state.target
         known = getattr(self, "estimates", None)
-        if not self.options.carry_over or known is None or known.latency.costs is not target.costs:
-            self.estimates = DytcEstimates(self.options, self.levels, target.costs,
-                                           getattr(target, "draft_costs", None) or {})
+        if not self.options.carry_over or known is None or known.latency.costs is not state.costs:
+            self.estimates = DytcEstimates(self.options, self.levels, state.costs)
         self.estimates.restart()
         self.proposals: list[Proposal] = []
         self.pruned_tokens = getattr(self, "pruned_tokens", 0)  # drafted tokens left out of trees, ever (tests)
-        self._context = target.length
+        self._context = state.context_length
         self._spent = 0.0
         self._bar = 1.0
 
     # -- building ---------------------------------------------------------------------------
     def build_tree(self, state: DecodingState) -> TokenTree:
         o = self.options
-        context = self._context = state.target.length
+        context = self._context = state.context_length
         self.proposals = []
         self._spent = 0.0
         step = _Step(state, ValuedTree(state.root_token),

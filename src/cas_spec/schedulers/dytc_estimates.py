@@ -14,12 +14,13 @@ Everything learns from the step's `Proposal`s, scored against the committed text
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
+from cas_spec.core.cost_model import CostModel, DraftCost
 from cas_spec.core.levels import Level
 from cas_spec.core.types import StepTimings
-from cas_spec.schedulers.acceptance import ConfidenceCalibration, WindowedAcceptance
-from cas_spec.schedulers.latency import LatencyModel
+from cas_spec.schedulers.estimators.acceptance import ConfidenceCalibration, WindowedAcceptance
+from cas_spec.schedulers.estimators.latency import LatencyModel
 from cas_spec.schedulers.proposals import Proposal, score
 
 PROBE_SURPRISE = 0.1  # a probe that moves α̂ by more than this is followed up at the shortest interval
@@ -28,10 +29,10 @@ BURST_CLIP = 2.0  # a step counts for at most this many times R
 
 
 class DytcEstimates:
-    def __init__(self, options, levels: Sequence[Level], costs, draft_costs: Mapping):
+    def __init__(self, options, levels: Sequence[Level], costs: CostModel):
         self.options = options
-        self.latency = LatencyModel(costs, levels, draft_costs=draft_costs)
-        self.alpha = {lv.name: WindowedAcceptance(prior=prior(draft_costs.get(lv.name), options.prior_alpha),
+        self.latency = LatencyModel(costs, levels)
+        self.alpha = {lv.name: WindowedAcceptance(prior=prior(costs.draft(lv.name), options.prior_alpha),
                                                   decay=options.ema_decay, window=options.window,
                                                   warmup=options.warmup) for lv in levels}
         self.calibration = {lv.name: ConfidenceCalibration() for lv in levels}
@@ -92,10 +93,10 @@ class DytcEstimates:
                                                                             o.max_probe_interval)
 
 
-def prior(calibrated, default: float) -> float:
+def prior(calibrated: DraftCost | None, default: float) -> float:
     """A level's acceptance before it has drafted: its calibrated agreement with the target
     (`costs/draft_costs.py`, model levels), kept inside (0.05, 0.95), else `default`."""
-    agreement = getattr(calibrated, "agreement", None)
+    agreement = calibrated.agreement if calibrated is not None else None
     return default if agreement is None else min(max(agreement, 0.05), 0.95)
 
 

@@ -26,7 +26,6 @@ from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.state import DecodingState
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import StepTimings, TokenTree, Verdict
-from cas_spec.schedulers.latency import verify_cost
 
 
 class NeverSlowerGate(Scheduler):
@@ -46,7 +45,7 @@ class NeverSlowerGate(Scheduler):
         generations would pay for it most)."""
         self.inner.start(state)
         previous = getattr(self, "_state", None)
-        if previous is None or previous.target is not state.target:
+        if previous is None or previous.costs is not state.costs:
             self.forward_seconds: float | None = None  # EMA of a one-token target forward
             self.overhead_seconds: float | None = None  # EMA of a plain step's time outside its forward
             self.hold = self.base_hold
@@ -59,11 +58,11 @@ class NeverSlowerGate(Scheduler):
         self.triggers = 0  # times the gate switched speculation off
         self._plain = False
         self._state = state
-        self._context = state.target.length
+        self._context = state.context_length
 
     def build_tree(self, state: DecodingState) -> TokenTree:
         self._plain = state.step < self.plain_until
-        self._context = state.target.length
+        self._context = state.context_length
         if self._plain:
             self.plain_steps += 1
             return TreeBuilder(state.root_token).build()
@@ -80,7 +79,7 @@ class NeverSlowerGate(Scheduler):
     def _measure(self, tree: TokenTree, timings: StepTimings) -> None:
         if timings.verify <= 0:
             return
-        forward = timings.verify / verify_cost(self._state.target.costs, tree.size, self._context)
+        forward = timings.verify / self._state.costs.verify(tree.size, self._context)
         self.forward_seconds = forward if self.forward_seconds is None else \
             self.decay * self.forward_seconds + (1 - self.decay) * forward
         if self._plain:

@@ -24,10 +24,10 @@ from pydantic import Field
 
 from cas_spec.core.errors import ConfigError
 from cas_spec.core.state import DecodingState
-from cas_spec.core.types import EMPTY_DRAFT, DraftResult
-from cas_spec.strategies.quanto_activation import QuantizeChoice, shared_twins
-from cas_spec.strategies.self_draft import SelfDraftOptions, SelfDraftStrategy, draft_chain
-from cas_spec.strategies.variants import ModelVariant, build_variant
+from cas_spec.core.types import EMPTY_DRAFT, DraftResult, SetupContext
+from cas_spec.strategies.dsia.twins import QuantizeChoice, shared_twins
+from cas_spec.strategies.dsia.self_draft import SelfDraftOptions, SelfDraftStrategy, draft_chain
+from cas_spec.strategies.dsia.variants import ModelVariant, build_variant
 
 
 class EarlyExitOptions(SelfDraftOptions):
@@ -41,13 +41,17 @@ class EarlyExit(SelfDraftStrategy):
     name = "early_exit"
     Options = EarlyExitOptions
 
-    def build_variant(self, state: DecodingState) -> ModelVariant:
-        target = state.target
-        layers = target.adapter.num_layers
+    def setup(self, context: SetupContext) -> None:
+        super().setup(context)
+        layers = self.target.adapter.num_layers
         if self.options.exit_layer >= layers:
             raise ConfigError([f"early_exit.exit_layer: {self.options.exit_layer} is not below the "
                                f"model's {layers} layers"])
-        twins = shared_twins(state, self.options.quantize)
+
+    def build_variant(self, state: DecodingState) -> ModelVariant:
+        target = self.target
+        layers = target.adapter.num_layers
+        twins = shared_twins(target, self.options.quantize, state.tokens)
         return build_variant(target.adapter, exit_layer=self.options.exit_layer, linear_twins=twins,
                              description=f"first {self.options.exit_layer} of {layers} layers")
 
@@ -57,7 +61,7 @@ class EarlyExit(SelfDraftStrategy):
         variant = self.variant(state)
         drafted = EMPTY_DRAFT
         for _ in range(max_tokens):  # each pass re-feeds root, prefix and every token drafted so far
-            step = draft_chain(variant, state, (*prefix, *drafted.tokens), 1, self.stop_threshold(state))
+            step = draft_chain(self.target, variant, state, (*prefix, *drafted.tokens), 1, self.stop_threshold(state))
             if not len(step):
                 break
             drafted = _concat(drafted, step)

@@ -20,7 +20,6 @@ off where it does not pay.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Literal
 
 import torch
@@ -29,11 +28,11 @@ from pydantic import Field, field_validator
 from cas_spec.core.errors import ConfigError
 from cas_spec.core.state import DecodingState
 from cas_spec.core.target import Target
-from cas_spec.core.types import SamplingParams
-from cas_spec.strategies.quanto_activation import QuantizeChoice, shared_twins
-from cas_spec.strategies.self_draft import SelfDraftOptions, SelfDraftStrategy
-from cas_spec.strategies.skip_search import SkipSearch, load_cached, model_fingerprint, save_cached
-from cas_spec.strategies.variants import ModelVariant, Sublayer, build_variant, skippable_sublayers, use_variant
+from cas_spec.core.types import SamplingParams, SetupContext
+from cas_spec.strategies.dsia.twins import QuantizeChoice, shared_twins
+from cas_spec.strategies.dsia.self_draft import SelfDraftOptions, SelfDraftStrategy
+from cas_spec.strategies.dsia.skip_search import SkipSearch, load_cached, model_fingerprint, save_cached
+from cas_spec.strategies.dsia.variants import ModelVariant, Sublayer, build_variant, skippable_sublayers
 
 
 PREPARE_WINDOW = 96  # tokens every candidate is scored on when the search runs ahead (`prepare`)
@@ -72,8 +71,9 @@ class LayerSparsity(SelfDraftStrategy):
     name = "layer_sparsity"
     Options = LayerSparsityOptions
 
-    def setup(self, target: Target) -> None:
-        super().setup(target)
+    def setup(self, context: SetupContext) -> None:
+        super().setup(context)
+        target = self.target
         adapter, options = target.adapter, self.options
         self.candidates = skippable_sublayers(adapter)
         self.count = int((adapter.num_layers - 2) * 2 * options.sparsity)
@@ -109,8 +109,8 @@ class LayerSparsity(SelfDraftStrategy):
         return self._variant_for(state, self.skip)
 
     def _variant_for(self, state: DecodingState, skip: frozenset[Sublayer]) -> ModelVariant:
-        twins = shared_twins(state, self.options.quantize)
-        return build_variant(state.target.adapter, skip=skip, linear_twins=twins,
+        twins = shared_twins(self.target, self.options.quantize, state.tokens)
+        return build_variant(self.target.adapter, skip=skip, linear_twins=twins,
                              description=f"{len(skip)} sublayers skipped")
 
     def observe(self, state: DecodingState) -> None:
@@ -132,7 +132,7 @@ class LayerSparsity(SelfDraftStrategy):
 
         target.prefill(text[:-1])
         state = DecodingState(tokens=text, prompt_length=len(text), sampling=SamplingParams(), generator=None,
-                              target=target)
+                              context_length=target.length)
         self.truth = {}
         bar = tqdm(total=search.budget, initial=search.evaluations, unit="set", disable=not progress,
                    leave=False, desc=f"searching a skip set (sparsity {self.options.sparsity})")
@@ -151,7 +151,8 @@ class LayerSparsity(SelfDraftStrategy):
         adopt it if it beats the best so far."""
         search = self.search
         candidate = search.propose()
-        score = matchness(state, self._variant_for(state, candidate), window or self.options.window, self.truth)
+        score = matchness(self.target, state, self._variant_for(state, candidate), window or self.options.window,
+                          self.truth)
         if score is None:
             return
         if search.report(candidate, score):
@@ -161,40 +162,28 @@ class LayerSparsity(SelfDraftStrategy):
             save_cached(self.fingerprint, self.options.sparsity, search.to_entry())
 
 
-@torch.inference_mode()
-def matchness(state: DecodingState, variant: ModelVariant, window: int, truth: dict[int, int]) -> float | None:
+def matchness(target: Target, state: DecodingState, variant: ModelVariant, window: int,
+              truth: dict[int, int]) -> float | None:
     """Fraction of the last `window` committed positions where `variant`'s argmax equals the
     target's, or None when fewer than 4 committed tokens are cached.
 
     `truth` memoizes the target's argmax per position. Under greedy decoding a generated token is
     the target's argmax at the position before it, so only prompt positions cost a target pass
-    (once); under sampling, positions are computed once each, in one pass per window.
+    (once); under sampling, positions are computed once each, in one pass per window. Both passes
+    read the committed KV through a prefix view (`Target.score`): the cache is never written.
     """
-    target = state.target
     length = target.length  # the cache holds tokens[:length]; tokens[length] is the root
     width = min(window, length - 1)
     if width < 4:
         return None
     start = length - width
+    committed = state.tokens[start:length]
     if state.sampling.greedy:
         for position in range(max(start, state.prompt_length - 1), length):
             truth.setdefault(position, state.tokens[position + 1])
     if any(position not in truth for position in range(start, length)):
-        predicted = _window_argmax(state, None, start, length)
+        predicted = target.score(committed, start).argmax(dim=-1)
         for position, token in zip(range(start, length), predicted.tolist(), strict=True):
             truth.setdefault(position, token)
-    expected = torch.tensor([truth[p] for p in range(start, length)], device=target.device)
-    return float((_window_argmax(state, variant, start, length) == expected).float().mean())
-
-
-def _window_argmax(state: DecodingState, variant: ModelVariant | None, start: int, length: int) -> torch.Tensor:
-    """[length − start] argmax of the target (variant None) or of `variant` at positions
-    start..length−1, in one pass reading the committed KV before `start` through a view."""
-    target = state.target
-    cache = target.adapter.prefix_view(target.cache, start)
-    device = target.device
-    ids = torch.tensor([state.tokens[start:length]], dtype=torch.long, device=device)
-    positions = torch.arange(start, length, device=device)[None]
-    with use_variant(target.adapter, variant) if variant is not None else contextlib.nullcontext():
-        logits = target.model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True).logits[0]
-    return logits.argmax(dim=-1)
+    expected = torch.tensor([truth[p] for p in range(start, length)])
+    return float((target.score(committed, start, variant).argmax(dim=-1).cpu() == expected).float().mean())

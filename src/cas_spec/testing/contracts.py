@@ -23,6 +23,7 @@ from cas_spec.core.errors import ConfigError
 from cas_spec.core.interfaces import DraftStrategy, Scheduler
 from cas_spec.core.plugins import Plugins
 from cas_spec.core.types import DraftResult
+from cas_spec.plugin import CostView
 from cas_spec.testing import exact, harness, stats
 from cas_spec.testing.clocks import frozen_clock
 from cas_spec.testing.models import ARCHITECTURES, repetitive_prompt, sampling_llama, tiny_model
@@ -354,7 +355,7 @@ class StrategyContract(PluginContract):
                 assert tuple(q.shape) == (len(result), vocab), f"draft_probs has shape {tuple(q.shape)}"
                 assert float(q.min()) >= 0 and bool(((q.sum(-1) - 1).abs() < 1e-4).all()), "rows are not distributions"
                 assert all(float(q[i, t]) > 0 for i, t in enumerate(result.tokens)), "a token has q = 0"
-            reviewed = strategy.review(state, prefix, result.tokens)
+            reviewed = strategy.review(state, prefix, result.tokens) if strategy.can_review else None
             if reviewed is not None:
                 assert tuple(reviewed.shape) == (len(result) + 1, vocab), f"review has shape {tuple(reviewed.shape)}"
                 assert bool(((reviewed.sum(-1) - 1).abs() < 1e-4).all()), "review rows are not distributions"
@@ -383,9 +384,9 @@ class SchedulerContract(PluginContract):
         calibration of confidences) is in play when the law is checked. The clock is frozen
         (`clocks.frozen_clock`), so the given costs decide, whatever this machine's speed."""
         pipe, law, recorder = self._sampling_setup()
-        pipe.target.costs = harness.SlopedCosts(self.steep_slope)
-        pipe.target.draft_costs = {level.name: harness.PriorCost(0.0, 0.0 if level.strategy.deterministic else 0.1)
-                                   for level in pipe.levels}
+        pipe.costs = CostView(harness.SlopedCosts(self.steep_slope),
+                              {level.name: harness.PriorCost(0.0, 0.0 if level.strategy.deterministic else 0.1)
+                               for level in pipe.levels})
         with frozen_clock(pipe):  # the costs above, not this machine's timings, drive the decisions
             for seed in range(self.warm_runs):
                 pipe.generate(list(self.sampling_prompt), max_new_tokens=self.honesty_tokens, seed=10_000 + seed)

@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
+from cas_spec import pipeline as _pipeline
+from cas_spec.pipeline import Pipeline
 from cas_spec.core.config import load_config
-from cas_spec.core.pipeline import Pipeline
 from cas_spec.core.plugins import ENTRY_POINT_GROUP, Plugins, build_plugins
 from cas_spec.core.sampling import make_generator
 from cas_spec.core.state import DecodingState
@@ -50,10 +51,10 @@ def plugin_set(plugin_name: str, kind: str, extra: Iterable[object] = ()) -> Plu
     return plugins if plugin_name in plugins.registry(kind) else _cached(extra, entry_points=True)
 
 
-def build_pipeline(config: Mapping[str, Any], model, plugins: Plugins, tokenizer=None) -> Pipeline:
+def build_pipeline(config: Mapping[str, Any], model, plugins: Plugins, tokenizer=None) -> _pipeline.Pipeline:
     """A `Pipeline` of `config` (a dict as in YAML) on `model`, with `plugins`."""
-    return Pipeline(load_config(dict(config), plugins=plugins), model, tokenizer or IdTokenizer(),
-                    plugins=plugins)
+    return _pipeline.build_pipeline(load_config(dict(config), plugins=plugins), model, tokenizer or IdTokenizer(),
+                                    plugins=plugins)
 
 
 # -- cost models -----------------------------------------------------------------------------
@@ -144,7 +145,8 @@ def prepared_state(pipe: Pipeline, prompt: Sequence[int], sampling: SamplingPara
     level's `start` called. Draft with `pipe.levels[i].strategy.draft(state, prefix, k)`."""
     pipe.target.prefill(list(prompt[:-1]))
     state = DecodingState(tokens=list(prompt), prompt_length=len(prompt), sampling=sampling,
-                          generator=make_generator(sampling, pipe.target.device), target=pipe.target,
+                          generator=make_generator(sampling, pipe.target.device), costs=pipe.costs,
+                          context_length=pipe.target.length,
                           max_depth=max_depth)
     for level in pipe.levels:
         level.strategy.start(state)

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cas_spec.core.errors import CasSpecError, ModelNotFoundError
-
-CACHE_ENV = "CAS_SPEC_CACHE"
+from cas_spec.paths import cache_dir
 
 
 @dataclass(frozen=True)
@@ -64,10 +63,6 @@ ALIASES: dict[str, ModelSource] = {
                "(https://ai.google.dev/gemma/terms); by fetching it you accept them.",
     ),
 }
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "cas-spec")
 
 
 def model_dir(alias: str) -> Path:

@@ -71,7 +71,7 @@ def resolve_path(source: str | Path | None) -> tuple[str, str]:
             raise QuestionFileError(f"cannot read question file '{path}': {exc}") from None
     if str(source) in SHIPPED:
         name = SHIPPED[str(source)]
-        return f"{source} (shipped {name})", resources.files(__package__).joinpath("data", name).read_text("utf-8")
+        return f"{source} (shipped {name})", resources.files(__package__).joinpath(name).read_text("utf-8")
     if path.exists():
         raise QuestionFileError(f"question file '{path}' is not a file")
     raise QuestionFileError(f"no question file '{source}'; shipped: {', '.join(SHIPPED)}")

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from cas_spec.core.models import cache_dir
-from cas_spec.strategies.variants import Sublayer
+from cas_spec.paths import cache_dir, write_text_atomically
+from cas_spec.strategies.dsia.variants import Sublayer
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -70,9 +70,7 @@ def save_cached(fingerprint: str, sparsity: float, entry: dict) -> None:
         except (OSError, ValueError):
             data = {}
         data[f"{sparsity:.4f}"] = entry
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(path)
+        write_text_atomically(path, json.dumps(data, indent=1))
 
 
 @dataclass

@@ -1,12 +1,12 @@
 """`SelfDraftStrategy`: the common draft loop of the self-speculative (DSIA) strategies.
 
-Notation: the target's distribution is p, the drafter's q. A self-speculative level drafts with
-the target model switched into a `ModelVariant` (`variants.py`): it feeds the tree root and the
-unverified `prefix` through the variant in one forward pass, then one token per pass, reading the
-target's KV of the committed tokens (the kept layers see exactly what the target sees) and
-writing KV for the tokens it feeds. Everything it wrote is rolled back before it returns, and the
-variant is swapped out in `finally`, so a draft that raises leaves neither the model nor the
-cache changed.
+Notation: the target's distribution is p, the drafter's q. A self-speculative level receives the
+target in `setup` and drafts with it switched into a `ModelVariant` (`variants.py`), always inside
+one `Target.draft_pass`: it feeds the tree root and the unverified `prefix` through the variant in
+one forward pass, then one token per pass, reading the target's KV of the committed tokens (the
+kept layers see exactly what the target sees) and writing KV for the tokens it feeds. The pass
+drops everything it wrote and swaps the target's modules back in `finally`, so a draft that
+raises leaves neither the model nor the cache changed.
 
 Greedy decoding proposes the argmax of q (a point mass for the verifier). Sampling proposes a
 token drawn from q, warped exactly as the target's p is (temperature, top-k, top-p), and returns
@@ -27,8 +27,8 @@ from cas_spec.core.interfaces import DraftStrategy
 from cas_spec.core.sampling import sample, target_probs
 from cas_spec.core.state import DecodingState
 from cas_spec.core.target import Target
-from cas_spec.core.types import EMPTY_DRAFT, DraftResult
-from cas_spec.strategies.variants import ModelVariant, use_variant
+from cas_spec.core.types import EMPTY_DRAFT, DraftResult, SetupContext
+from cas_spec.strategies.dsia.variants import ModelVariant
 
 
 ALTERNATIVES = 8  # runners-up reported per drafted token, for tree schedulers
@@ -49,15 +49,18 @@ class SelfDraftStrategy(DraftStrategy):
     """A strategy that drafts with the target model in a cheaper mode (a `ModelVariant`)."""
 
     deterministic = False  # samples from q when the pipeline samples
+    can_review = True
+    runs_target = True
     Options = SelfDraftOptions
 
-    def setup(self, target: Target) -> None:
-        self.target = target
+    def setup(self, context: SetupContext) -> None:
+        assert context.target is not None, "a strategy that runs the target receives it in setup"
+        self.target: Target = context.target
         self._variant: ModelVariant | None = None
 
     @abstractmethod
-    def build_variant(self, state: DecodingState) -> ModelVariant:
-        """Build (once, at the first draft) the draft mode of `state.target`."""
+    def build_variant(self, state: DecodingState) -> ModelVariant | None:
+        """Build (once, at the first draft) the draft mode of `self.target` (None: propose nothing)."""
 
     def variant(self, state: DecodingState) -> ModelVariant | None:
         """The variant to draft with this step (None: propose nothing)."""
@@ -65,76 +68,58 @@ class SelfDraftStrategy(DraftStrategy):
             self._variant = self.build_variant(state)
         return self._variant
 
-    def draft(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int) -> DraftResult:
-        variant = self.variant(state)
-        if variant is None or max_tokens <= 0:
-            return EMPTY_DRAFT
-        return draft_chain(variant, state, prefix, max_tokens, self.stop_threshold(state))
-
     def stop_threshold(self, state: DecodingState) -> float:
         """`stop_below`, or 0 while the state asks for exact lengths (`force_length`)."""
         return 0.0 if state.force_length else self.options.stop_below
 
-    def review(self, state: DecodingState, prefix: tuple[int, ...], tokens: tuple[int, ...]) -> torch.Tensor | None:
+    def draft(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int) -> DraftResult:
         variant = self.variant(state)
-        return None if variant is None else review_chain(variant, state, prefix, tokens)
+        if variant is None or max_tokens <= 0:
+            return EMPTY_DRAFT
+        return draft_chain(self.target, variant, state, prefix, max_tokens, self.stop_threshold(state))
+
+    def review(self, state: DecodingState, prefix: tuple[int, ...], tokens: tuple[int, ...]) -> torch.Tensor:
+        variant = self.variant(state)
+        return review_chain(self.target, variant, state, prefix, tokens)
 
 
 @torch.inference_mode()
-def draft_chain(
-    variant: ModelVariant, state: DecodingState, prefix: tuple[int, ...], max_tokens: int, stop_below: float = 0.0,
-) -> DraftResult:
-    """Draft up to `max_tokens` tokens after `state.tokens + prefix` with `variant`, one token per pass."""
-    target = state.target
-    device = target.device
+def draft_chain(target: Target, variant: ModelVariant | None, state: DecodingState, prefix: tuple[int, ...],
+                max_tokens: int, stop_below: float = 0.0) -> DraftResult:
+    """Draft up to `max_tokens` tokens after `state.tokens + prefix` with `variant` (None: the target
+    itself), one token per pass, in one `Target.draft_pass`."""
     feed = [state.root_token, *prefix]
     position = target.length
     tokens: list[int] = []
     confidence: list[float] = []
     rows: list[torch.Tensor] = []
     alternatives: list[tuple[tuple[int, float], ...]] = []
-    target.restore()
-    try:
-        with use_variant(target.adapter, variant):
-            while len(tokens) < max_tokens:
-                ids = torch.tensor([feed], dtype=torch.long, device=device)
-                positions = torch.arange(position, position + len(feed), device=device)[None]
-                logits = target.model(input_ids=ids, position_ids=positions, past_key_values=target.cache,
-                                      use_cache=True, logits_to_keep=1).logits[0, -1].float()
-                position += len(feed)
-                token, probs, sampled = _choose(logits, state)
-                probability, top = float(probs[token]), float(probs.max())
-                if top < stop_below:
-                    break
-                tokens.append(token)
-                confidence.append(probability)
-                alternatives.append(_runners_up(probs, token))
-                if sampled:
-                    rows.append(probs)
-                feed = [token]
-    finally:
-        target.restore()
+    with target.draft_pass(variant):
+        while len(tokens) < max_tokens:
+            logits = target.forward(feed, position)[-1]
+            position += len(feed)
+            token, probs, sampled = _choose(logits, state)
+            probability, top = float(probs[token]), float(probs.max())
+            if top < stop_below:
+                break
+            tokens.append(token)
+            confidence.append(probability)
+            alternatives.append(_runners_up(probs, token))
+            if sampled:
+                rows.append(probs)
+            feed = [token]
     return DraftResult(tokens=tuple(tokens), confidence=tuple(confidence),
                        draft_probs=torch.stack(rows) if rows else None, alternatives=tuple(alternatives))
 
 
 @torch.inference_mode()
-def review_chain(variant: ModelVariant, state: DecodingState, prefix: tuple[int, ...],
+def review_chain(target: Target, variant: ModelVariant | None, state: DecodingState, prefix: tuple[int, ...],
                  tokens: tuple[int, ...]) -> torch.Tensor:
     """[len(tokens) + 1, V] distributions of `variant` (warped as the target's p; one-hot argmax
     when greedy) after `state.tokens + prefix + tokens[:i]`, in one teacher-forced pass."""
-    target = state.target
-    device = target.device
     feed = [state.root_token, *prefix, *tokens]
-    positions = torch.arange(target.length, target.length + len(feed), device=device)[None]
-    target.restore()
-    try:
-        with use_variant(target.adapter, variant):
-            logits = target.model(input_ids=torch.tensor([feed], dtype=torch.long, device=device),
-                                  position_ids=positions, past_key_values=target.cache, use_cache=True,
-                                  logits_to_keep=len(tokens) + 1).logits[0].float()
-    finally:
-        target.restore()
+    with target.draft_pass(variant):
+        logits = target.forward(feed, target.length, logits_to_keep=len(tokens) + 1)
     return target_probs(logits, state.sampling)
 
 
