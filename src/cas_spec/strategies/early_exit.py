@@ -25,7 +25,7 @@ from pydantic import Field
 from cas_spec.core.errors import ConfigError
 from cas_spec.core.state import DecodingState
 from cas_spec.core.types import EMPTY_DRAFT, DraftResult
-from cas_spec.strategies.quanto_activation import QuantizeChoice, shared_twins
+from cas_spec.strategies.quanto_activation import QuantizeChoice, quantize_backend, shared_twins
 from cas_spec.strategies.self_draft import SelfDraftOptions, SelfDraftStrategy, draft_chain
 from cas_spec.strategies.variants import ModelVariant, build_variant
 
@@ -40,6 +40,9 @@ class EarlyExitOptions(SelfDraftOptions):
 class EarlyExit(SelfDraftStrategy):
     name = "early_exit"
     Options = EarlyExitOptions
+
+    def head_backend(self) -> str | None:
+        return quantize_backend(self.options.quantize)
 
     def build_variant(self, state: DecodingState) -> ModelVariant:
         target = state.target

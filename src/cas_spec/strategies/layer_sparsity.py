@@ -30,7 +30,7 @@ from cas_spec.core.errors import ConfigError
 from cas_spec.core.state import DecodingState
 from cas_spec.core.target import Target
 from cas_spec.core.types import SamplingParams
-from cas_spec.strategies.quanto_activation import QuantizeChoice, shared_twins
+from cas_spec.strategies.quanto_activation import QuantizeChoice, quantize_backend, shared_twins
 from cas_spec.strategies.self_draft import SelfDraftOptions, SelfDraftStrategy
 from cas_spec.strategies.skip_search import SkipSearch, load_cached, model_fingerprint, save_cached
 from cas_spec.strategies.variants import ModelVariant, Sublayer, build_variant, skippable_sublayers, use_variant
@@ -103,7 +103,11 @@ class LayerSparsity(SelfDraftStrategy):
         self.skip = self.search.best
 
     def start(self, state: DecodingState) -> None:
+        super().start(state)
         self.truth: dict[int, int] = {}  # position -> the target's argmax there (this generation)
+
+    def head_backend(self) -> str | None:
+        return quantize_backend(self.options.quantize)
 
     def build_variant(self, state: DecodingState) -> ModelVariant:
         return self._variant_for(state, self.skip)
@@ -116,6 +120,7 @@ class LayerSparsity(SelfDraftStrategy):
     def observe(self, state: DecodingState) -> None:
         """While the search is not done, score one candidate on the text just committed (timed
         apart from drafting: the search is not the level's draft cost)."""
+        super().observe(state)
         if self.search is not None and not self.search.done:
             self.search_step(state)
 

@@ -71,6 +71,11 @@ def resolve_backend(name: str) -> str:
     return name
 
 
+def quantize_backend(choice: str) -> str | None:
+    """The backend a `quantize:` option drafts in: None for "none", else `resolve_backend(choice)`."""
+    return None if choice == "none" else resolve_backend(choice)
+
+
 def build_shared_twins(target: Target, backend: str) -> dict[nn.Module, nn.Module]:
     """The int8 twins of `target`'s Linear layers for `backend`, built once per model."""
     per_model = _TWINS.setdefault(target.model, {})
@@ -107,6 +112,7 @@ def calibrate(target: Target, twins: dict, backend: str, tokens: list[int]) -> N
 
 
 class QuantoActivationOptions(SelfDraftOptions):
+    int8_head = True
     backend: Literal["auto", "native_int8", "dynamic_int8", "quanto"] = Field(
         "auto", description="int8 backend: auto (the first usable of native_int8, dynamic_int8, quanto), "
                             "native_int8, dynamic_int8 or quanto.")
@@ -125,6 +131,9 @@ class QuantoActivation(SelfDraftStrategy):
     def memory_bytes(self) -> int:
         """Memory held by the int8 twins (shared with other levels on the same model and backend)."""
         return quantization.twin_bytes(self.twins)
+
+    def head_backend(self) -> str | None:
+        return self.backend
 
     def build_variant(self, state: DecodingState) -> ModelVariant:
         twins = shared_twins(state, self.backend)
