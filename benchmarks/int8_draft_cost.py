@@ -78,11 +78,11 @@ class Swap:
 
 def fast_calibration(model):
     from cas_spec.adapters import resolve_adapter
-    from cas_spec.costs.calibration import calibrate
     from cas_spec.core.target import Target
+    from cas_spec.costs.calibration import measure_target
 
     target = Target(model, resolve_adapter(model))
-    return calibrate(target, 1, "auto", "auto", quick=True, use_cache=True, progress=False)
+    return measure_target(target, 1, "auto", "auto", quick=True, use_cache=True, progress=False)
 
 
 @torch.inference_mode()
@@ -90,7 +90,7 @@ def agreement(model, swaps: dict, prompts: list[list[int]], steps: int) -> tuple
     """(first-draft-token agreement over the float32 cache per backend, positions)."""
     from transformers import DynamicCache
 
-    hits = {name: 0 for name in swaps}
+    hits = dict.fromkeys(swaps, 0)
     total = 0
     for ids in prompts:
         cache = DynamicCache(config=model.config)

@@ -66,8 +66,8 @@ def main() -> None:
     start = time.perf_counter()
 
     from cas_spec import load_pipeline
-    from cas_spec.data.questions import group_questions, load_questions
     from cas_spec.costs.calibration import kernels_active
+    from cas_spec.data.questions import group_questions, load_questions
     from cas_spec.hub import load_model
     from cas_spec.kernels import time_forwards
     from cas_spec.strategies.dsia import quantization as qz
@@ -146,7 +146,7 @@ def main() -> None:
     groups = group_questions(questions)
     prompts = [pipe.encode(qs[0].prompt, chat=True) for qs in groups.values()][:args.prompts]
     steps = max(1, args.positions // len(prompts))
-    hits = {name: 0 for name in variants}
+    hits = dict.fromkeys(variants, 0)
     total = 0
     t0 = time.perf_counter()
     with torch.inference_mode(), kernels_active(model, calibration):

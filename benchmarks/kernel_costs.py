@@ -30,7 +30,6 @@ import contextlib
 import os
 import resource
 import statistics
-import sys
 import time
 
 import torch

@@ -47,7 +47,7 @@ def measure(text: list[int], context: int, calls: int, prefix_len: int, seed: in
     while done < calls:
         offset = rng.randrange(len(text) - context - 4 * steps)
         state = DecodingState(tokens=list(text[offset:offset + context]), prompt_length=context,
-                              sampling=SamplingParams(), generator=None, target=None)
+                              sampling=SamplingParams(), generator=None)
         strategy.start(state)
         strategy.draft(state, (), 7)  # untimed: indexes the prompt
         pos = offset + context

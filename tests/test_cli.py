@@ -239,10 +239,8 @@ def test_plugins_json(capsys):
     code, out, _ = run(capsys, "plugins", "--json")
     assert code == 0
     data = json.loads(out)
-    assert data["strategies"] == {name: "cas_spec.strategies" for name in (
-        "early_exit", "layer_sparsity", "max_gram", "prompt_lookup", "quanto_activation")}
-    assert data["schedulers"] == {name: "cas_spec.schedulers" for name in (
-        "autoregressive", "chain", "cs_drafting", "dytc", "lookup_tree", "static_tree")}
+    assert data["strategies"] == dict.fromkeys(("early_exit", "layer_sparsity", "max_gram", "prompt_lookup", "quanto_activation"), "cas_spec.strategies")
+    assert data["schedulers"] == dict.fromkeys(("autoregressive", "chain", "cs_drafting", "dytc", "lookup_tree", "static_tree"), "cas_spec.schedulers")
     assert data["verifiers"] == {"greedy": "cas_spec.verifiers", "sampling": "cas_spec.verifiers"}
     assert data["adapters"] == {"llama": "cas_spec.adapters", "gemma3": "cas_spec.adapters"}
     assert data["plugins"][:4] == ["cas_spec.strategies", "cas_spec.schedulers", "cas_spec.verifiers",

@@ -17,9 +17,9 @@ import yaml
 
 import cas_spec
 from cas_spec.core.config import PipelineConfig, SamplingConfig, load_config
-from cas_spec.pipeline import GenerationResult
 from cas_spec.core.plugins import build_plugins
 from cas_spec.core.types import GenerationStats, LevelStats
+from cas_spec.pipeline import GenerationResult
 
 ROOT = Path(__file__).parents[1]
 DOCS = ROOT / "docs"

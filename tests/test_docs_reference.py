@@ -14,11 +14,11 @@ from pydantic import BaseModel, Field
 from cas_spec.core.config import PipelineConfig
 from cas_spec.core.plugins import HOOKS
 from cas_spec.docsgen import REGENERATE
-from cas_spec.docsgen.pages import pages, stale_pages
 from cas_spec.docsgen.__main__ import main as docsgen_main
 from cas_spec.docsgen.diagram import STEPS, draw
 from cas_spec.docsgen.fields import constraints, default, field_table, nested_models, type_name
 from cas_spec.docsgen.hooks_page import BASE_CLASSES, hookspecs_in_order
+from cas_spec.docsgen.pages import pages, stale_pages
 from cas_spec.docsgen.yaml_page import builtin_plugins, summary
 
 DOCS = Path(__file__).parents[1] / "docs"

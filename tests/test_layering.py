@@ -28,6 +28,12 @@ LAYERS = {
     "cli": 7, "bench": 7, "testing": 7, "docsgen": 7, "__init__": 7, "__main__": 7,
 }
 FRONT_ENDS = 7  # the front ends may use each other (the CLI runs the bench); below, a layer's packages may not
+# Modules that import cas_spec modules inside functions, and why: loading time or optional
+# dependencies, never a cycle (the graph has none, function-level imports included).
+LAZY = {
+    "__init__": "old plugin names served from cas_spec.plugin with a deprecation warning",
+    "strategies.dsia.quantization": "each int8 backend's dependencies only when it is used",
+}
 
 
 def modules() -> dict[str, Path]:
@@ -120,6 +126,16 @@ def test_the_import_graph_has_no_cycle():
         if name not in state:
             visit(name, [name])
     assert not cycles, "import cycles (function-level imports included):\n" + "\n".join(cycles)
+
+
+def test_function_level_imports_are_only_where_loading_time_asks_for_them():
+    known = modules()
+    found = sorted({name for name, path in known.items() for _, _, nested, typing in imports(name, path, known)
+                    if nested and not typing})
+    unexpected = [name for name in found if name not in LAZY]
+    assert not unexpected, (f"cas_spec imports inside functions in {unexpected}: import at module level, or add the "
+                            "module to LAZY with the reason")
+    assert sorted(LAZY) == found, f"LAZY lists modules without function-level imports: {sorted(set(LAZY) - set(found))}"
 
 
 @pytest.mark.parametrize("package", ["kernels", "paths"])

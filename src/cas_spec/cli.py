@@ -10,8 +10,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
+
+from cas_spec.bench import cli as bench_cli
+from cas_spec.core.config import load_config
+from cas_spec.core.errors import InputError, UserError
+from cas_spec.core.plugins import get_plugins
+from cas_spec.core.stats import format_stats
+from cas_spec.costs.draft_costs import format_draft_costs
+from cas_spec.hub import ALIASES, resolve_model_path
+from cas_spec.kernels import extra_memory_bytes
+from cas_spec.pipeline import load_pipeline
 
 EXAMPLES = {
     "generate": """examples:
@@ -79,7 +90,6 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--threads", type=int, help="CPU threads (overrides the pipeline's)")
     calibrate.add_argument("--show", action="store_true", help="show the cached table; measure only if none")
 
-    from cas_spec.bench import cli as bench_cli
 
     bench_cli.add_parser(commands)
 
@@ -112,9 +122,6 @@ def _progress_bars(show: bool) -> Iterator[None]:
 
 
 def _generate(args) -> int:
-    from cas_spec.core.errors import InputError
-    from cas_spec.pipeline import load_pipeline
-    from cas_spec.core.stats import format_stats
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt.strip():
@@ -140,7 +147,6 @@ def _generate(args) -> int:
 
 
 def _plugins(args) -> int:
-    from cas_spec.core.plugins import get_plugins
 
     plugins = get_plugins()
     kinds = {"strategies": plugins.strategies, "schedulers": plugins.schedulers,
@@ -163,7 +169,6 @@ def _plugins(args) -> int:
 
 
 def _validate(args) -> int:
-    from cas_spec.core.config import load_config
 
     config = load_config(args.pipeline, args.overrides)
     levels = ", ".join(f"{lv.name} ({lv.kind})" for lv in config.levels) or "none"
@@ -172,9 +177,6 @@ def _validate(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from cas_spec.costs.draft_costs import format_draft_costs
-    from cas_spec.kernels import extra_memory_bytes
-    from cas_spec.pipeline import load_pipeline
 
     overrides = []
     if args.model:
@@ -200,13 +202,11 @@ def _calibrate(args) -> int:
 
 
 def _bench(args) -> int:
-    from cas_spec.bench import cli as bench_cli
 
     return bench_cli.run(args)
 
 
 def _fetch(args) -> int:
-    from cas_spec.hub import ALIASES, resolve_model_path
 
     print(resolve_model_path(args.model, progress=_show_progress()))
     source = ALIASES.get(args.model)
@@ -219,7 +219,6 @@ def _fetch(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from cas_spec.core.errors import UserError
 
     command = {"generate": _generate, "plugins": _plugins, "validate": _validate,
                "calibrate": _calibrate, "fetch": _fetch, "bench": _bench}[args.command]
@@ -233,8 +232,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # not the user's mistake: a short message, exit 1 (CAS_SPEC_DEBUG=1 re-raises)
-        import os
-
         if os.environ.get("CAS_SPEC_DEBUG"):
             raise
         print(f"cas-spec: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -25,7 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cas_spec.core.errors import CasSpecError, ModelNotFoundError
+from cas_spec.core.errors import CasSpecError, ModelNotFoundError, UserError
 from cas_spec.paths import cache_dir
 
 
@@ -193,7 +193,6 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
 
 def load_model(name: str, device: str = "auto", dtype: str = "auto", progress: bool = True):
     """(model, tokenizer) for an alias or a local folder, in eval mode on the chosen device."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name, progress=progress)
@@ -210,7 +209,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        from cas_spec.core.errors import UserError
 
         raise UserError("device 'cuda' requested but torch sees no CUDA device")
     return device

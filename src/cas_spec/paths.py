@@ -10,6 +10,7 @@ reader never sees half a file and concurrent writers leave one complete file.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 CACHE_ENV = "CAS_SPEC_CACHE"
@@ -24,9 +25,14 @@ def write_text_atomically(path: Path, text: str) -> Path:
     """Write `text` to `path` through a temporary file beside it and an atomic rename; creates the
     folder. Returns `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

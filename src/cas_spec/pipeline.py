@@ -30,6 +30,7 @@ from cas_spec.core.prompts import Prompt, TextStreamer, encode_prompt, scores_of
 from cas_spec.core.target import Target
 from cas_spec.core.types import GenerationStats, SamplingParams, SetupContext
 from cas_spec.costs.calibration import Calibration, kernels_active, measure_levels, measure_target
+from cas_spec.hub import load_model
 from cas_spec.schedulers.gate import NeverSlowerGate
 
 CalibrationChoice = Literal["config", "quick", "full", "fresh", "off"] | Calibration
@@ -234,7 +235,6 @@ def load_pipeline(
     if (model is None) != (tokenizer is None):
         raise InputError("pass both model and tokenizer, or neither")
     if model is None:
-        from cas_spec.hub import load_model  # lazily: it imports transformers' model classes
 
         model, tokenizer = load_model(config.model, config.device, config.dtype,
                                       progress=_progress_default(progress))

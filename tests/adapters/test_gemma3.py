@@ -9,13 +9,13 @@ import torch
 from cas_spec import load_pipeline
 from cas_spec.adapters import Gemma3Adapter, resolve_adapter
 from cas_spec.core import kvcache as kv
-from cas_spec.costs.calibration import kernels_active
 from cas_spec.core.engine import generate_tokens
 from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.levels import Level
 from cas_spec.core.target import Target
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import SamplingParams
+from cas_spec.costs.calibration import kernels_active
 from cas_spec.kernels import attention_kernel
 from cas_spec.strategies.prompt_lookup import PromptLookup
 from cas_spec.verifiers.greedy import GreedyVerifier

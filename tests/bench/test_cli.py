@@ -89,7 +89,7 @@ def test_the_level_table_gives_acceptance_and_cost_of_each_level(quick):
     _, stdout, _ = quick
     rows = table_rows(stdout, table=1)
     assert [r[:2] for r in rows] == [["default", "pld"]]  # engine methods only, one row per level
-    method, level, alpha, cost, proposed, drafted = rows[0]
+    _method, _level, alpha, cost, proposed, drafted = rows[0]
     assert 0.0 <= float(alpha) <= 1.0
     assert 0.0 <= float(cost) < 0.5  # prompt lookup costs next to nothing against a target forward
     assert int(proposed) >= int(drafted) > 0
@@ -134,7 +134,7 @@ def test_report_redraws_the_table_and_plots_from_a_saved_folder(quick, tmp_path)
     shutil.copytree(out, copy)
     for png in copy.glob("*.png"):
         png.unlink()
-    code, redrawn, stderr = bench("--report", str(copy))
+    code, redrawn, _stderr = bench("--report", str(copy))
     assert code == 0 and redrawn == stdout
     assert sorted(p.name for p in copy.glob("*.png")) == ["acceptance.png", "speedup.png", "time_split.png"]
     code, again, _ = bench("--report", str(copy), "--no-plots")

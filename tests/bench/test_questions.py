@@ -6,11 +6,19 @@ import json
 
 import pytest
 
-from cas_spec.data.questions import (
-    MT_BENCH_CATEGORIES, GroupError, Question, QuestionFileError, group_of, group_questions,
-    load_questions, parse_groups, parse_questions, select,
-)
 from cas_spec.core.errors import UserError
+from cas_spec.data.questions import (
+    MT_BENCH_CATEGORIES,
+    GroupError,
+    Question,
+    QuestionFileError,
+    group_of,
+    group_questions,
+    load_questions,
+    parse_groups,
+    parse_questions,
+    select,
+)
 
 SPEC_BENCH_GROUPS = ["mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag"]
 
@@ -30,7 +38,7 @@ def test_shipped_spec_bench_file_has_six_groups_of_eighty():
 
 
 def test_shipped_mt_bench_file_is_one_group():
-    label, questions = load_questions("mt_bench")
+    _label, questions = load_questions("mt_bench")
     assert len(questions) == 80 and list(group_questions(questions)) == ["mt_bench"]
 
 

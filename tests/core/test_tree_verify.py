@@ -83,7 +83,7 @@ def test_verdict_and_cache_equal_a_plain_forward_over_the_accepted_path(seed):
 
     target.commit(tree, verdict.accepted_nodes)
     assert target.length == prefix + 4
-    expected_logits, expected_cache = full_forward(model, PROMPT + greedy[:3])
+    _expected_logits, expected_cache = full_forward(model, PROMPT + greedy[:3])
     for got, want in zip(target.cache.layers, expected_cache.layers):
         torch.testing.assert_close(got.keys, want.keys, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got.values, want.values, atol=1e-5, rtol=1e-5)

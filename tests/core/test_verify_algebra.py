@@ -50,8 +50,12 @@ def sibling_problems(draw):
             # Same q as an earlier sampled sibling (i.i.d. multi-draft), p itself, or a fresh q.
             earlier = [s[1] for s in specs if s[0] == "sampled"]
             choice = draw(st.sampled_from(["fresh", "p", "earlier"] if earlier else ["fresh", "p"]))
-            q = {"fresh": lambda: draw(distributions(vocab)), "p": lambda: p.clone(),
-                 "earlier": lambda: draw(st.sampled_from(earlier))}[choice]()
+            if choice == "fresh":
+                q = draw(distributions(vocab))
+            elif choice == "p":
+                q = p.clone()
+            else:
+                q = draw(st.sampled_from(earlier))
             specs.append(("sampled", q))
             sampled += 1
         else:

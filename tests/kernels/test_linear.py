@@ -46,7 +46,7 @@ def spy(monkeypatch):
 
 def test_plan_lookup_is_a_step_function_with_a_default_above_the_table():
     plan = LinearPlan.from_mapping({1: "xwt", 2: "wxt", 4: "onednn", 8: "stock"}, default="wxt")
-    assert [plan.kernel_for(r) for r in range(0, 11)] == [
+    assert [plan.kernel_for(r) for r in range(11)] == [
         "stock", "xwt", "wxt", "wxt", "onednn", "onednn", "onednn", "onednn", "stock", "wxt", "wxt"]
     assert plan.kernels == {"xwt", "wxt", "onednn", "stock"}
     assert LinearPlan.from_mapping({1: "xwt", 3: "onednn"}).default == "onednn"

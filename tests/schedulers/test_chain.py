@@ -9,8 +9,8 @@ from cas_spec.core.interfaces import DraftStrategy
 from cas_spec.core.levels import Level
 from cas_spec.core.state import DecodingState
 from cas_spec.core.types import DraftResult, SamplingParams, StepTimings, Verdict
-from cas_spec.schedulers.estimators.acceptance import AcceptanceEstimate, best_draft_length
 from cas_spec.schedulers.chain import ChainScheduler
+from cas_spec.schedulers.estimators.acceptance import AcceptanceEstimate, best_draft_length
 
 
 class Flat:
@@ -89,7 +89,7 @@ def test_a_costly_level_is_asked_only_for_what_pays_before_it_drafts():
 
 
 def test_a_level_that_costs_more_than_it_brings_is_switched_off_and_probed():
-    scheduler, level, state = make()
+    scheduler, _level, state = make()
     step(scheduler, state, accepted=0, draft_seconds_per_token=0.3)  # c = 3 forwards per token
     drafted = [step(scheduler, state, accepted=0, draft_seconds_per_token=0.3) for _ in range(8)]
     assert drafted.count(0) >= 6  # plain steps ...

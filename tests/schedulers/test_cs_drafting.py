@@ -6,7 +6,6 @@ lenient intermediate reviews, greedy identity on tiny models and stories, and se
 from __future__ import annotations
 
 from collections import Counter
-from types import SimpleNamespace
 
 import pytest
 import torch

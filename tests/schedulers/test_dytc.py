@@ -4,12 +4,14 @@ never-slower gate on real (tiny) models. Exact sampling: `test_dytc_sampling.py`
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
 from cas_spec import load_pipeline
-from cas_spec.schedulers.estimators.acceptance import WindowedAcceptance
 from cas_spec.schedulers.dytc import DytcScheduler
+from cas_spec.schedulers.estimators.acceptance import WindowedAcceptance
 from cas_spec.testing.models import IdTokenizer, repetitive_prompt, tiny_llama
 from cas_spec.testing.simulation import FlatCosts, Scripted, simulate
 from tests.helpers import AUTOREGRESSIVE, SELF_DRAFT_LEVELS
@@ -82,7 +84,7 @@ def test_a_level_that_never_pays_is_probed_ever_less_often():
     level = Scripted("model", alpha=0.0, per_token=0.4)
     result = simulate(DytcScheduler, {"probe_interval": 8, "max_probe_interval": 64}, [level], 400)
     probes = [i for i, t in enumerate(result.trees) if t.size > 1]
-    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
     assert all(t.size <= 2 for t in result.trees[20:])  # a probe drafts one token
     assert gaps == sorted(gaps) and gaps[-1] == 64 and gaps[0] <= 16
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 from cas_spec.core.cost_model import CostView
@@ -69,7 +70,7 @@ def test_a_drafter_slower_than_plain_decoding_is_switched_off_and_probed_ever_le
     spoke = run(gate, lambda i: (1, 2.0 * FORWARD), 1000)
     assert sum(spoke) < 45  # under 5 % of the steps: the first ones and short probes
     starts = [i for i in range(1, 1000) if spoke[i] and not spoke[i - 1]]
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert gaps == sorted(gaps) and len(gaps) >= 3
 
 

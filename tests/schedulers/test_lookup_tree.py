@@ -5,17 +5,15 @@ stories fixture."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cas_spec import load_pipeline
+from cas_spec.core.cost_model import UNCALIBRATED, CostView
 from cas_spec.core.interfaces import DraftStrategy
 from cas_spec.core.levels import Level
 from cas_spec.core.state import DecodingState
-from cas_spec.core.cost_model import UNCALIBRATED, CostView
 from cas_spec.core.types import Candidate, DraftResult, SamplingParams, StepTimings, Verdict
 from cas_spec.schedulers.lookup_tree import (
     LookupTreeOptions,
@@ -30,7 +28,6 @@ from tests.conftest import IdTokenizer, tiny_llama
 from tests.core.test_engine_greedy import repetitive_prompt
 from tests.helpers import record_trees
 from tests.strategies.test_self_draft import AUTOREGRESSIVE
-
 
 # -- the index: several matches --------------------------------------------------------------------
 

@@ -4,8 +4,6 @@ tiny models and the stories fixture, and a seeded distribution test (slow)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from pydantic import ValidationError
@@ -20,10 +18,9 @@ from cas_spec.core.verify import emission_distribution
 from cas_spec.schedulers.static_tree import StaticTreeOptions, StaticTreeScheduler, static_tree, width_for
 from tests.conftest import IdTokenizer, tiny_llama
 from tests.core.test_engine_greedy import repetitive_prompt
-from tests.strategies.test_self_draft import AUTOREGRESSIVE, LEVELS
 from tests.helpers import PROMPT, peaked_tiny_model, record_trees, two_token_distribution
+from tests.strategies.test_self_draft import AUTOREGRESSIVE, LEVELS
 from tests.verifiers.test_sampling_verifier import chi2_critical, chi2_goodness
-
 
 # -- fake levels ----------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ def model_with_identity_sublayers(seed: int = 0):
     skipping exactly them leaves the model unchanged. The other sublayers are made to matter."""
     model = tiny_llama(seed, layers=6, hidden=32, heads=4, kv_heads=2, intermediate=64, vocab=64)
     with torch.no_grad():
-        for index, layer in enumerate(model.model.layers):
+        for _index, layer in enumerate(model.model.layers):
             layer.self_attn.o_proj.weight.mul_(4.0)
             layer.mlp.down_proj.weight.mul_(4.0)
         for sub in IDENTITIES:

@@ -49,7 +49,7 @@ def assert_unchanged(module: nn.Module, before: dict) -> None:
 def calibrate(twins: dict, backend: str, inputs: list[torch.Tensor]) -> None:
     if qz.needs_calibration(backend):
         with qz.calibrating(backend):
-            for lin, twin in twins.items():
+            for _lin, twin in twins.items():
                 for x in inputs:
                     twin(x)
     qz.finish(twins, backend)
@@ -76,7 +76,7 @@ def swapped(model: nn.Module, twins: dict):
 def test_available_backends_lists_every_backend():
     status = qz.available_backends()
     assert set(status) == set(qz.BACKENDS)
-    assert all(reason is None or isinstance(reason, str) and reason for reason in status.values())
+    assert all(reason is None or (isinstance(reason, str) and reason) for reason in status.values())
     assert qz.needs_calibration("quanto") and not qz.needs_calibration("dynamic_int8")
     assert not qz.needs_calibration("native_int8")
     assert qz.BACKENDS[:2] == ("native_int8", "dynamic_int8")  # the order `auto` prefers

@@ -80,8 +80,8 @@ class RoundRobinTree(Scheduler):
 def test_three_dsia_levels_in_one_pipeline_draft_a_shared_tree_losslessly():
     from cas_spec.core.config import load_config
     from cas_spec.core.hookspecs import hookimpl
-    from cas_spec.pipeline import build_pipeline
     from cas_spec.core.plugins import build_plugins
+    from cas_spec.pipeline import build_pipeline
 
     class Plugin:
         @hookimpl

@@ -11,8 +11,8 @@ import pytest
 
 from cas_spec.core.config import load_config
 from cas_spec.core.hookspecs import hookimpl
-from cas_spec.pipeline import build_pipeline
 from cas_spec.core.plugins import build_plugins
+from cas_spec.pipeline import build_pipeline
 from tests.conftest import IdTokenizer, tiny_gemma3
 from tests.core.test_engine_greedy import repetitive_prompt
 from tests.strategies.test_self_draft import AUTOREGRESSIVE, RoundRobinTree

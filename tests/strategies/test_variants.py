@@ -9,11 +9,17 @@ import torch
 from cas_spec import load_pipeline
 from cas_spec.adapters import resolve_adapter
 from cas_spec.strategies.dsia.variants import (
-    ATTENTION, MLP, PassThroughLayer, Sublayer, ZeroAttention, ZeroMLP, build_variant, skippable_sublayers,
+    ATTENTION,
+    MLP,
+    PassThroughLayer,
+    Sublayer,
+    ZeroAttention,
+    build_variant,
+    skippable_sublayers,
 )
 from tests.conftest import IdTokenizer, tiny_llama
 from tests.core.test_engine_greedy import repetitive_prompt
-from tests.strategies.test_self_draft import AUTOREGRESSIVE, LEVELS, chain
+from tests.strategies.test_self_draft import AUTOREGRESSIVE, chain
 
 
 def snapshot(model):

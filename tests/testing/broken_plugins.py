@@ -12,10 +12,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from cas_spec.core.hookspecs import hookimpl
-from cas_spec.core.interfaces import DraftStrategy
-from cas_spec.core.tree import chain_tree
-from cas_spec.core.types import EMPTY_DRAFT, DraftResult
+from cas_spec.plugin import EMPTY_DRAFT, DraftResult, DraftStrategy, chain_tree, hookimpl
 from cas_spec.schedulers.chain import ChainScheduler
 from cas_spec.strategies.early_exit import EarlyExit
 from cas_spec.strategies.prompt_lookup import PromptLookup

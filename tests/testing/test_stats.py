@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from cas_spec.testing.stats import (
-    chi2_calibration, chi2_critical, chi2_draft_tokens, chi2_goodness, chi2_mean_law, pooled_cells)
+    chi2_calibration,
+    chi2_critical,
+    chi2_draft_tokens,
+    chi2_goodness,
+    chi2_mean_law,
+    pooled_cells,
+)
 
 
 def test_chi2_critical_known_values():

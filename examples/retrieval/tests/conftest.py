@@ -14,11 +14,11 @@ os.environ["CAS_SPEC_CACHE"] = tempfile.mkdtemp(prefix="cas-spec-retrieval-test-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from cas_spec.plugin import SetupContext  # noqa: E402
-from cas_spec_retrieval import store  # noqa: E402
+from cas_spec.plugin import SetupContext
+from cas_spec_retrieval import store
 
 torch.set_num_threads(1)
 

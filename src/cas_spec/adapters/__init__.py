@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from cas_spec.adapters.gemma3 import Gemma3Adapter
+from cas_spec.adapters.llama import LlamaAdapter
 from cas_spec.core import adapter
 from cas_spec.core.adapter import ModelAdapter
 from cas_spec.core.hookspecs import hookimpl
 from cas_spec.core.plugins import get_plugins
 from cas_spec.core.registry import Registry
-from cas_spec.adapters.gemma3 import Gemma3Adapter
-from cas_spec.adapters.llama import LlamaAdapter
 
 __all__ = ["Gemma3Adapter", "LlamaAdapter", "ModelAdapter", "resolve_adapter"]
 

@@ -13,7 +13,12 @@ import datetime
 import sys
 from pathlib import Path
 
+from cas_spec.bench.plots import PlotsUnavailable, plot_all
+from cas_spec.bench.report import load_results, render, save_results
+from cas_spec.bench.run import BenchSettings, run_bench
+from cas_spec.bench.runners import DEFAULT_METHODS, parse_methods
 from cas_spec.core.errors import UserError
+from cas_spec.data.questions import group_questions, load_questions, parse_groups
 
 EPILOG = """examples:
   cas-spec bench --quick
@@ -39,7 +44,6 @@ class BenchArgumentError(UserError):
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `bench` subcommand to an argparse subparsers object; returns its parser."""
-    from cas_spec.bench.runners import DEFAULT_METHODS
 
     bench = subparsers.add_parser(
         "bench", help="measure speed and identity on Spec-Bench questions", epilog=EPILOG,
@@ -70,7 +74,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run `cas-spec bench` (or redraw with --report); returns the exit status."""
-    from cas_spec.bench.report import load_results, render, save_results
 
     if args.report is not None:
         results = load_results(args.report)
@@ -82,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("bench-out") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     if out.exists() and not out.is_dir():
         raise BenchArgumentError(f"--out '{out}' exists and is not a folder")
-    from cas_spec.bench.run import run_bench
 
     results = run_bench(settings)
     path = save_results(results, out)
@@ -95,9 +97,6 @@ def run(args: argparse.Namespace) -> int:
 
 def settings_from(args: argparse.Namespace):
     """Validated `BenchSettings` from parsed arguments (methods are checked before any model loads)."""
-    from cas_spec.data.questions import group_questions, load_questions, parse_groups
-    from cas_spec.bench.run import BenchSettings
-    from cas_spec.bench.runners import parse_methods
 
     prompts = args.prompts_per_group if args.prompts_per_group is not None else (
         QUICK_PROMPTS if args.quick else DEFAULT_PROMPTS)
@@ -119,7 +118,6 @@ def settings_from(args: argparse.Namespace):
 def _plots(results: dict, out: Path, disabled: bool) -> None:
     if disabled:
         return
-    from cas_spec.bench.plots import PlotsUnavailable, plot_all
 
     try:
         paths = plot_all(results, out)

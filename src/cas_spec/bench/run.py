@@ -33,8 +33,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cas_spec.data.questions import GroupError, Question, group_questions, load_questions, parse_groups, select
+import torch
+import transformers
+
+import cas_spec
 from cas_spec.bench.runners import REFERENCE, MethodSpec, Output, Runner, build_runners
+from cas_spec.data.questions import GroupError, Question, group_questions, load_questions, parse_groups, select
+from cas_spec.hub import load_model
 
 FORMAT = "cas-spec-bench/1"
 WARMUP_TOKENS = 16
@@ -55,16 +60,12 @@ class BenchSettings:
 
 def run_bench(settings: BenchSettings, progress: bool = True) -> dict:
     """Run every method on the selected prompts; returns the results (see `report.save_results`)."""
-    import torch
-
     started = _loadavg()
     label, questions = load_questions(settings.questions)
     grouped = group_questions(questions)
     names = parse_groups(settings.groups, list(grouped))
 
     torch.set_num_threads(settings.threads)
-    from cas_spec.hub import load_model
-
     model, tokenizer = load_model(settings.model, "cpu", "float32", progress=progress)
     runners = build_runners(settings.methods, model, tokenizer, settings.threads)
     torch.set_num_threads(settings.threads)
@@ -171,13 +172,8 @@ def _record(question: Question, runner: Runner, prompt_tokens: int, output: Outp
 
 def environment(threads: int, load_start: list[float] | None, load_end: list[float] | None) -> dict:
     """Versions, machine and load: what a reader needs to judge the numbers."""
-    import torch
-    import transformers
-
-    import cas_spec
-
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": shlex.join(sys.argv),
         "python": platform.python_version(), "torch": torch.__version__,
         "transformers": transformers.__version__, "cas_spec": cas_spec.__version__,

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cas_spec.core.config import load_config, preset_names
 from cas_spec.core.errors import UserError
 from cas_spec.core.types import GenerationStats
+from cas_spec.pipeline import load_pipeline
 
 REFERENCE = "autoregressive"
 HF_GREEDY = "hf:greedy"
@@ -55,7 +57,6 @@ class Output:
 
 
 def _known() -> str:
-    from cas_spec.core.config import preset_names
 
     return (f"presets: {', '.join(preset_names())}; baselines: {', '.join(HF_METHODS)}, {HF_EARLY_EXIT}E; "
             f"method sets: {', '.join(METHOD_SETS)}; or a pipeline YAML file")
@@ -73,7 +74,6 @@ def parse_method(entry: str) -> MethodSpec:
                                   f"e.g. {HF_EARLY_EXIT}4")
             return MethodSpec(f"{HF_EARLY_EXIT}{int(value)}", "hf", hf_kwargs={"assistant_early_exit": int(value)})
         raise MethodError(f"--methods entry '{entry}': unknown transformers baseline; {_known()}")
-    from cas_spec.core.config import load_config
 
     try:
         load_config(entry)
@@ -194,7 +194,6 @@ def _quiet_transformers():
 
 def build_runners(specs: Sequence[MethodSpec], model, tokenizer, threads: int) -> list[Runner]:
     """Runners sharing one model: engine pipelines through `load_pipeline(model=, tokenizer=)`."""
-    from cas_spec.pipeline import load_pipeline
 
     runners: list[Runner] = []
     pipes = []

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from cas_spec.core.errors import UnsupportedModelError
+from cas_spec.core.kvcache import KVCache
 from cas_spec.core.tree import tree_attention_mask
 from cas_spec.core.types import TokenTree
 
@@ -113,7 +114,6 @@ class ModelAdapter(ABC):
     def new_cache(self) -> KVCache:
         """An empty in-place KV cache for this model (`core/kvcache.py`); sliding-window layers
         keep enough history to roll back, commit and view past the window."""
-        from cas_spec.core.kvcache import KVCache
 
         return KVCache(self.config)
 
@@ -201,7 +201,6 @@ def resolve_adapter(model: nn.Module, registry: Any) -> ModelAdapter:
 
 
 def _checked(cache: object) -> KVCache:
-    from cas_spec.core.kvcache import KVCache
 
     if not isinstance(cache, KVCache):
         raise TypeError(f"expected a KVCache from `ModelAdapter.new_cache`, got {type(cache).__name__}")

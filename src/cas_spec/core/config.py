@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from cas_spec.core.errors import ConfigError
+from cas_spec.core.plugins import get_plugins
 
 PRESETS_PACKAGE = "cas_spec.pipelines"
 
@@ -186,7 +187,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError([f"--set {item}: expected key.path=value"])
     path, _, raw = item.partition("=")
-    keys = [k for k in path.strip().split(".")]
+    keys = list(path.strip().split("."))
     if not all(keys):
         raise ConfigError([f"--set {item}: empty key in '{path}'"])
     try:
@@ -247,7 +248,6 @@ def _location(loc: tuple) -> str:
 def validate(data: Mapping[str, Any], source: str | None = None, plugins=None) -> PipelineConfig:
     """Validate structure, every plugin kind and its options (once: the validated options stay with
     the config, `validated_options`); raise one `ConfigError` listing all problems."""
-    from cas_spec.core.plugins import get_plugins
 
     plugins = plugins or get_plugins()
     # Plugin kinds and options are checked on the raw data, wherever they are well-formed, so a

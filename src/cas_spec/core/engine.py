@@ -133,4 +133,4 @@ def _check_tree(tree, state: DecodingState, scheduler: Scheduler) -> None:
         )
 
 
-__all__ = ["generate_tokens", "LogitsCallback", "TokenCallback"]
+__all__ = ["LogitsCallback", "TokenCallback", "generate_tokens"]

@@ -20,6 +20,8 @@ from functools import cache
 import pluggy
 
 from cas_spec.core import hookspecs
+from cas_spec.core.adapter import ModelAdapter
+from cas_spec.core.interfaces import DraftStrategy, Scheduler, Verifier
 from cas_spec.core.registry import Registry
 
 ENTRY_POINT_GROUP = "cas_spec"
@@ -55,8 +57,6 @@ class Plugins:
 
 
 def _registries() -> dict[str, Registry]:
-    from cas_spec.core.adapter import ModelAdapter
-    from cas_spec.core.interfaces import DraftStrategy, Scheduler, Verifier
 
     return {
         "strategy": Registry("strategy", DraftStrategy),

@@ -25,7 +25,8 @@ from torch import nn
 from cas_spec.core.cost_model import CostView
 from cas_spec.core.levels import Level
 from cas_spec.core.target import Target
-from cas_spec.costs.calibrate import QUICK_SIZES, measure as measure_table
+from cas_spec.costs.calibrate import QUICK_SIZES
+from cas_spec.costs.calibrate import measure as measure_table
 from cas_spec.costs.draft_costs import LevelDraftCost, calibrated_draft_costs, calibration_text_ids
 from cas_spec.costs.table import CostTable, calibration_key, load_cached, save
 from cas_spec.kernels import ATTENTION_NAME, DEFAULT_NS, LinearPlan, attention_kernel, linear_kernels, select_plan

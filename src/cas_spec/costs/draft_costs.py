@@ -36,9 +36,13 @@ from dataclasses import dataclass
 
 import torch
 
+from cas_spec.core.state import DecodingState
+from cas_spec.core.tree import TreeBuilder, chain_tree
+from cas_spec.core.types import DraftResult, SamplingParams
 from cas_spec.costs.table import context_weights, costs_dir
-from cas_spec.schedulers.estimators.latency import LevelCost
+from cas_spec.data.questions import load_questions
 from cas_spec.paths import write_text_atomically
+from cas_spec.schedulers.estimators.latency import LevelCost
 
 FORMAT_VERSION = 3
 DRAFT_LENGTHS = (1, 3, 6)
@@ -115,9 +119,6 @@ def measure_draft_costs(target, levels, text_ids: Sequence[int], context_lengths
     """Level name -> its measured `LevelDraftCost` (see the module docstring)."""
     from tqdm import tqdm
 
-    from cas_spec.core.state import DecodingState
-    from cas_spec.core.tree import TreeBuilder, chain_tree
-    from cas_spec.core.types import DraftResult, SamplingParams
 
     limit = min(target.adapter.context_length, len(text_ids)) - max(*DRAFT_LENGTHS, AGREEMENT_TOKENS) - 2
     contexts = tuple(sorted({c for c in context_lengths if c <= limit})) or (max(4, limit),)
@@ -203,7 +204,6 @@ def calibration_text_ids(tokenizer, tokens: int, vocab_size: int) -> list[int]:
 
     A tokenizer that cannot encode them (a test double) gets seeded random ids instead: costs
     hardly depend on the text, only lookup levels find fewer matches in it."""
-    from cas_spec.data.questions import load_questions
 
     _, questions = load_questions()
     ids: list[int] = []

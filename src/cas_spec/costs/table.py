@@ -74,7 +74,7 @@ class CostTable:
     def format(self) -> str:
         """The table as text (what `cas-spec calibrate` shows)."""
         head = "n".rjust(6) + "".join(f"{c:>10}" for c in self.context_lengths)
-        lines = [f"cost of a forward over n new tokens / cost of one (columns: cached tokens)", head]
+        lines = ["cost of a forward over n new tokens / cost of one (columns: cached tokens)", head]
         for j, n in enumerate(self.sizes):
             lines.append(f"{n:>6}" + "".join(f"{self.relative[i][j]:>10.2f}" for i in range(len(self.context_lengths))))
         lines.append("1-token step".rjust(6) + "".join(f"{s * 1e3:>8.1f}ms" for s in self.step_seconds))

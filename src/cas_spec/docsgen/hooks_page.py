@@ -8,13 +8,13 @@ import inspect
 import textwrap
 
 import cas_spec
-from cas_spec.core.adapter import ModelAdapter
 from cas_spec.core import hookspecs
+from cas_spec.core.adapter import ModelAdapter
 from cas_spec.core.interfaces import DraftStrategy, Plugin, Scheduler, Verifier
 from cas_spec.core.plugins import ALLOW_LIST_ENV, ENTRY_POINT_GROUP
 from cas_spec.core.registry import Registry
-
 from cas_spec.docsgen import REGENERATE
+
 BASE_CLASSES = (Plugin, DraftStrategy, Scheduler, Verifier, ModelAdapter)
 
 

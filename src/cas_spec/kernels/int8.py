@@ -48,7 +48,6 @@ from torch import nn
 from cas_spec.kernels import compiled
 from cas_spec.kernels.int8_source import SOURCE
 
-
 FLAGS = ("-O3", "-mavx2", "-ffp-contract=off", "-fPIC", "-shared", "-std=c++17")
 ENV_SWITCH = "CAS_SPEC_INT8_KERNEL"
 ALIGN = 32  # the input dimension is padded to a multiple of this (one k-step)
@@ -172,7 +171,7 @@ def _load() -> str | None:
     try:
         lib = compiled.load(library_path(compiler), (SOURCE, compiler, FLAGS))
         fn, pfn, qfn = lib.cas_int8_linear, lib.cas_int8_linear_packed, lib.cas_int8_quantize_rows
-    except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     fn.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, ptr, ptr, ptr]
@@ -182,7 +181,7 @@ def _load() -> str | None:
     _fn, _packed_fn, _quantize_fn = fn, pfn, qfn
     try:
         why = _probe()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         why = f"the compiled int8 kernel failed in the probe: {type(exc).__name__}: {exc}"
     if why is not None:
         _fn = _packed_fn = _quantize_fn = None
@@ -297,7 +296,7 @@ class Int8Linear(nn.Module):
                 out = torch.empty(*shape[:-1], args[1])
                 try:
                     fn(x.data_ptr(), rows, args[0], out.data_ptr())
-                except Exception as exc:  # noqa: BLE001 - stop using it, answer with the reference
+                except Exception as exc:
                     disable(f"int8 kernel failed on use: {type(exc).__name__}: {exc}")
                 else:
                     return out
@@ -311,7 +310,7 @@ class Int8Linear(nn.Module):
                 and self._kernel_args is not None and ready()):
             try:
                 return linear(x, self.qweight, self.scale, self.bias, self.in_features).to(x.dtype)
-            except Exception as exc:  # noqa: BLE001 - stop using it, answer with the reference
+            except Exception as exc:
                 disable(f"int8 kernel failed on use: {type(exc).__name__}: {exc}")
         with torch.no_grad():
             return linear_reference(x, self.qweight, self.scale, self.bias, self.in_features)

@@ -130,7 +130,7 @@ def _probe_onednn() -> str | None:
             ref = F.linear(x, w, b)
         if out.shape != ref.shape or not torch.allclose(out, ref, atol=1e-4, rtol=1e-4):
             return "oneDNN linear gave wrong results in the probe"
-    except Exception as exc:  # noqa: BLE001 - private ops: any failure means "not usable"
+    except Exception as exc:
         return f"oneDNN linear failed in the probe: {type(exc).__name__}: {exc}"
     return None
 
@@ -241,14 +241,14 @@ def _run(module: nn.Linear, kernel: str, x: torch.Tensor) -> torch.Tensor:
         if _ok("native"):
             try:
                 return _native_linear(x, weight, bias)
-            except Exception as exc:  # noqa: BLE001 - disable it, answer with stock
+            except Exception as exc:
                 _disable("native", f"native kernel failed on use: {type(exc).__name__}: {exc}")
         return F.linear(x, weight, bias)
     if kernel == "onednn":
         if _onednn_ok():
             try:
                 return _onednn_linear(x, _copy(module, "onednn"), bias)
-            except Exception as exc:  # noqa: BLE001 - private op: disable it, answer with stock
+            except Exception as exc:
                 _disable_onednn(f"oneDNN linear failed on use: {type(exc).__name__}: {exc}")
                 module.__dict__.get("_cas_copies", {}).pop("onednn", None)
     return F.linear(x, weight, bias)
@@ -257,7 +257,7 @@ def _run(module: nn.Linear, kernel: str, x: torch.Tensor) -> torch.Tensor:
 class _DispatchMixin:
     """Mixed into a dynamic subclass of the module's class; reads the plan from `_cas_plan`."""
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - nn.Linear's name
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if (input.dtype is torch.float32 and input.device.type == "cpu" and weight.dtype is torch.float32
                 and weight.device.type == "cpu"
@@ -319,7 +319,7 @@ def linear_kernels(model: nn.Module, plan: LinearPlan, *, prebuild: bool = True)
                 for kernel in _needed_copies(plan):
                     try:
                         _copy(module, kernel)
-                    except Exception as exc:  # noqa: BLE001
+                    except Exception as exc:
                         if kernel != "onednn":
                             raise
                         _disable_onednn(f"oneDNN weight packing failed: {type(exc).__name__}: {exc}")

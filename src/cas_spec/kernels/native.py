@@ -158,7 +158,7 @@ def _load() -> str | None:
         if not target.exists():
             _build(compiler, target)
         fn = ctypes.CDLL(str(target)).cas_linear_rows
-    except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                    ctypes.c_void_p, ctypes.c_void_p]

@@ -67,7 +67,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cas_spec.core.interfaces import DraftStrategy, Scheduler
+from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.state import DecodingState
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import DraftResult, SamplingParams, TokenTree
@@ -163,7 +163,7 @@ def lenient_step(p: torch.Tensor, law: torch.Tensor | None, token: int, leniency
 
 
 class _Token:
-    __slots__ = ("token", "level", "confidence", "q", "law", "runners_up")
+    __slots__ = ("confidence", "law", "level", "q", "runners_up", "token")
 
     def __init__(self, token: int, level: str, confidence: float, q: float, law: torch.Tensor | None):
         self.token, self.level, self.confidence, self.q, self.law = token, level, confidence, q, law

@@ -100,4 +100,4 @@ def prior(calibrated: DraftCost | None, default: float) -> float:
     return default if agreement is None else min(max(agreement, 0.05), 0.95)
 
 
-__all__ = ["BURST_CLIP", "DytcEstimates", "PROBE_SURPRISE", "prior"]
+__all__ = ["BURST_CLIP", "PROBE_SURPRISE", "DytcEstimates", "prior"]

@@ -26,6 +26,7 @@ emitted token is distributed as p (see `tests/schedulers/test_static_tree.py`). 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -55,7 +56,7 @@ class StaticTreeOptions(BaseModel):
         t = self.thresholds
         if any(not 0.0 <= x <= 1.0 for x in t):
             raise ValueError(f"thresholds must lie in [0, 1], got {list(t)}")
-        if any(b <= a for a, b in zip(t, t[1:])):
+        if any(b <= a for a, b in itertools.pairwise(t)):
             raise ValueError(f"thresholds must be strictly ascending, got {list(t)}")
         for name in ("widths", "sampling_widths"):
             widths = getattr(self, name)

@@ -25,8 +25,8 @@ from pydantic import Field
 from cas_spec.core.errors import ConfigError
 from cas_spec.core.state import DecodingState
 from cas_spec.core.types import EMPTY_DRAFT, DraftResult, SetupContext
-from cas_spec.strategies.dsia.twins import QuantizeChoice, shared_twins
 from cas_spec.strategies.dsia.self_draft import SelfDraftOptions, SelfDraftStrategy, draft_chain
+from cas_spec.strategies.dsia.twins import QuantizeChoice, quantize_backend, shared_twins
 from cas_spec.strategies.dsia.variants import ModelVariant, build_variant
 
 
@@ -47,6 +47,9 @@ class EarlyExit(SelfDraftStrategy):
         if self.options.exit_layer >= layers:
             raise ConfigError([f"early_exit.exit_layer: {self.options.exit_layer} is not below the "
                                f"model's {layers} layers"])
+
+    def head_backend(self) -> str | None:
+        return quantize_backend(self.options.quantize)
 
     def build_variant(self, state: DecodingState) -> ModelVariant:
         target = self.target

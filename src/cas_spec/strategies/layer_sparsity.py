@@ -29,11 +29,10 @@ from cas_spec.core.errors import ConfigError
 from cas_spec.core.state import DecodingState
 from cas_spec.core.target import Target
 from cas_spec.core.types import SamplingParams, SetupContext
-from cas_spec.strategies.dsia.twins import QuantizeChoice, shared_twins
 from cas_spec.strategies.dsia.self_draft import SelfDraftOptions, SelfDraftStrategy
 from cas_spec.strategies.dsia.skip_search import SkipSearch, load_cached, model_fingerprint, save_cached
+from cas_spec.strategies.dsia.twins import QuantizeChoice, quantize_backend, shared_twins
 from cas_spec.strategies.dsia.variants import ModelVariant, Sublayer, build_variant, skippable_sublayers
-
 
 PREPARE_WINDOW = 96  # tokens every candidate is scored on when the search runs ahead (`prepare`)
 
@@ -103,7 +102,11 @@ class LayerSparsity(SelfDraftStrategy):
         self.skip = self.search.best
 
     def start(self, state: DecodingState) -> None:
+        super().start(state)
         self.truth: dict[int, int] = {}  # position -> the target's argmax there (this generation)
+
+    def head_backend(self) -> str | None:
+        return quantize_backend(self.options.quantize)
 
     def build_variant(self, state: DecodingState) -> ModelVariant:
         return self._variant_for(state, self.skip)
@@ -116,6 +119,7 @@ class LayerSparsity(SelfDraftStrategy):
     def observe(self, state: DecodingState) -> None:
         """While the search is not done, score one candidate on the text just committed (timed
         apart from drafting: the search is not the level's draft cost)."""
+        super().observe(state)
         if self.search is not None and not self.search.done:
             self.search_step(state)
 

@@ -37,6 +37,7 @@ longer matches only choose among earlier occurrences of the same 16 tokens. Henc
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable
 from functools import lru_cache
@@ -94,7 +95,7 @@ class BigramTable:
             self.best[token] = follower
 
     def add_text(self, ids: list[int]) -> None:
-        for token, follower in zip(ids, ids[1:]):
+        for token, follower in itertools.pairwise(ids):
             self.add(token, follower)
 
 

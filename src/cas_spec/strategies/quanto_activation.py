@@ -36,6 +36,7 @@ from cas_spec.strategies.dsia.variants import ModelVariant, build_variant
 
 
 class QuantoActivationOptions(SelfDraftOptions):
+    int8_head = True
     backend: Literal["auto", "native_int8", "dynamic_int8", "quanto"] = Field(
         "auto", description="int8 backend: auto (the first usable of native_int8, dynamic_int8, quanto), "
                             "native_int8, dynamic_int8 or quanto.")
@@ -54,6 +55,9 @@ class QuantoActivation(SelfDraftStrategy):
     def memory_bytes(self) -> int:
         """Memory held by the int8 twins (shared with other levels on the same model and backend)."""
         return quantization.twin_bytes(self.twins)
+
+    def head_backend(self) -> str | None:
+        return self.backend
 
     def build_variant(self, state: DecodingState) -> ModelVariant:
         twins = shared_twins(self.target, self.backend, state.tokens)

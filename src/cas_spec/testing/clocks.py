@@ -12,6 +12,8 @@ import contextlib
 from collections.abc import Iterator
 from types import SimpleNamespace
 
+from cas_spec.core import engine
+
 
 def _zero() -> float:
     return 0.0
@@ -20,7 +22,6 @@ def _zero() -> float:
 @contextlib.contextmanager
 def frozen_clock(pipe) -> Iterator[None]:
     """Within the block, the engine's and `pipe`'s levels' clocks read 0; restored in `finally`."""
-    from cas_spec.core import engine
 
     saved_time, saved_clocks = engine.time, [level.clock for level in pipe.levels]
     try:

@@ -19,11 +19,7 @@ from typing import Any, ClassVar
 import pytest
 
 from cas_spec.core.config import load_config
-from cas_spec.core.errors import ConfigError
-from cas_spec.core.interfaces import DraftStrategy, Scheduler
-from cas_spec.core.plugins import Plugins
-from cas_spec.core.types import DraftResult
-from cas_spec.plugin import CostView
+from cas_spec.plugin import ConfigError, CostView, DraftResult, DraftStrategy, Plugins, Scheduler
 from cas_spec.testing import exact, harness, stats
 from cas_spec.testing.clocks import frozen_clock
 from cas_spec.testing.models import ARCHITECTURES, repetitive_prompt, sampling_llama, tiny_model

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 import torch
 
 from cas_spec.core.sampling import target_probs
-from cas_spec.core.tree import TreeBuilder
-from cas_spec.core.types import SamplingParams, TokenTree
 from cas_spec.core.verify import candidate_step
+from cas_spec.plugin import SamplingParams, TokenTree, TreeBuilder
 
 Sequence_ = tuple[int, ...]
+PLAIN_SAMPLING = SamplingParams(temperature=1.0)  # unwarped sampling: the default law
 
 
 # -- distributions --------------------------------------------------------------------------------
@@ -125,7 +125,7 @@ class TargetLaw:
 
 
 def law_from(next_probs: Callable[[list[Sequence_]], torch.Tensor], length: int, eos: Iterable[int] = (),
-             sampling: SamplingParams = SamplingParams(temperature=1.0), prompt: Sequence[int] = ()) -> TargetLaw:
+             sampling: SamplingParams = PLAIN_SAMPLING, prompt: Sequence[int] = ()) -> TargetLaw:
     """The `TargetLaw` of a sampler whose next-token law after each continuation in a batch is
     `next_probs(continuations)` ([B, V] float64 rows): a model (`target_law`) or a synthetic one."""
     eos = tuple(eos)
@@ -147,7 +147,7 @@ def law_from(next_probs: Callable[[list[Sequence_]], torch.Tensor], length: int,
 
 
 def target_law(model, prompt: Sequence[int], length: int, eos: Iterable[int] = (),
-               sampling: SamplingParams = SamplingParams(temperature=1.0)) -> TargetLaw:
+               sampling: SamplingParams = PLAIN_SAMPLING) -> TargetLaw:
     """Exact law of plain sampling's first `length` tokens after `prompt` (one batched forward
     per depth: 1 + V + … + V^(length−1) sequences, fine for V ≈ 10 and length ≤ 3), warped by
     `sampling` as the verifier warps the target's logits."""

@@ -22,12 +22,11 @@ from typing import Any
 import torch
 
 from cas_spec import pipeline as _pipeline
-from cas_spec.pipeline import Pipeline
 from cas_spec.core.config import load_config
 from cas_spec.core.plugins import ENTRY_POINT_GROUP, Plugins, build_plugins
 from cas_spec.core.sampling import make_generator
-from cas_spec.core.state import DecodingState
-from cas_spec.core.types import SamplingParams, TokenTree, Verdict
+from cas_spec.pipeline import Pipeline
+from cas_spec.plugin import DecodingState, SamplingParams, TokenTree, Verdict
 from cas_spec.testing.models import IdTokenizer
 
 _PLUGIN_SETS: list[tuple[tuple, bool, Plugins]] = []  # (extra, with entry points, plugins), built once each

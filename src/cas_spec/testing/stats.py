@@ -135,4 +135,4 @@ def chi2_calibration(draws: Iterable[Draw], edges: Sequence[float] = CALIBRATION
     return _draft_test(draws, lambda q: torch.bucketize(q, bounds, right=True).tolist())
 
 
-__all__ = ["chi2_critical", "chi2_draft_tokens", "chi2_goodness", "chi2_mean_law", "chi2_calibration", "pooled_cells"]
+__all__ = ["chi2_calibration", "chi2_critical", "chi2_draft_tokens", "chi2_goodness", "chi2_mean_law", "pooled_cells"]

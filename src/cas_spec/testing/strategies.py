@@ -16,8 +16,7 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-from cas_spec.core.tree import TreeBuilder
-from cas_spec.core.types import DraftResult, SamplingParams, TokenTree
+from cas_spec.plugin import DraftResult, SamplingParams, TokenTree, TreeBuilder
 from cas_spec.testing.exact import as_distribution, point_mass
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cas_spec.plugin import EMPTY_DRAFT, ConfigError, DraftResult, DraftStrategy, SetupContext
-
 from cas_spec_retrieval.corpus import check_corpus
 from cas_spec_retrieval.store import load_index
 

@@ -121,4 +121,4 @@ class LatencyModel:
                 for name in self.level_costs}
 
 
-__all__ = ["LatencyModel", "LevelCost", "UNMEASURED_TOKEN_COST"]
+__all__ = ["UNMEASURED_TOKEN_COST", "LatencyModel", "LevelCost"]

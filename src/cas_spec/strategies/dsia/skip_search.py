@@ -130,4 +130,4 @@ class SkipSearch:
                 "evaluations": self.evaluations, "done": self.done}
 
 
-__all__ = ["SkipSearch", "model_fingerprint", "load_cached", "save_cached", "cache_file"]
+__all__ = ["SkipSearch", "cache_file", "load_cached", "model_fingerprint", "save_cached"]

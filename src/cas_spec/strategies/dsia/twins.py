@@ -55,6 +55,11 @@ def resolve_backend(name: str) -> str:
     return name
 
 
+def quantize_backend(choice: str) -> str | None:
+    """The backend a `quantize:` option drafts in: None for "none", else `resolve_backend(choice)`."""
+    return None if choice == "none" else resolve_backend(choice)
+
+
 def build_shared_twins(target: Target, backend: str) -> dict[nn.Module, nn.Module]:
     """The int8 twins of `target`'s Linear layers for `backend`, built once per model."""
     per_model = _TWINS.setdefault(target.model, {})
@@ -87,4 +92,7 @@ def calibrate(target: Target, twins: dict[nn.Module, nn.Module], backend: str, t
     quantization.finish(twins, backend)
 
 
-__all__ = ["QuantizeChoice", "build_shared_twins", "calibrate", "resolve_backend", "shared_twins", "target_linears"]
+__all__ = [
+    "QuantizeChoice", "build_shared_twins", "calibrate", "quantize_backend", "resolve_backend", "shared_twins",
+    "target_linears",
+]

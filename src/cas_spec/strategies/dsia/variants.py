@@ -141,6 +141,13 @@ def _under(path: str, prefix: str) -> bool:
 
 
 __all__ = [
-    "ATTENTION", "MLP", "Sublayer", "ModelVariant", "build_variant",
-    "skippable_sublayers", "ZeroAttention", "ZeroMLP", "PassThroughLayer",
+    "ATTENTION",
+    "MLP",
+    "ModelVariant",
+    "PassThroughLayer",
+    "Sublayer",
+    "ZeroAttention",
+    "ZeroMLP",
+    "build_variant",
+    "skippable_sublayers",
 ]

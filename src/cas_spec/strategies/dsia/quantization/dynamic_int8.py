@@ -117,7 +117,7 @@ def _probe_engines() -> None:
             if not err < 0.05:
                 reasons.append(f"{name}: relative error {err:.3g} in the probe")
                 continue
-        except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
+        except Exception as exc:
             reasons.append(f"{name}: {type(exc).__name__}: {exc}")
             continue
         _probe.update(engine=name, reason=None)
