@@ -81,15 +81,17 @@ def main() -> None:
     from cas_spec.costs.draft_costs import calibration_text_ids
     from cas_spec.data.questions import group_questions, load_questions
     from cas_spec.hub import load_model
-    from cas_spec.strategies.dsia.draft_head import ranked_ids
     from cas_spec.strategies.dsia.skip_search import load_cached, model_fingerprint
+    from cas_spec.strategies.dsia.token_ranking import ranked_ids
 
     model, tok = load_model("smollm2-135m", "cpu", "float32")
     pipe = load_pipeline("autoregressive", model=model, tokenizer=tok, progress=False)
     calibration, adapter = pipe.calibration, pipe.adapter
     plan = calibration.linear_plan.describe() if calibration and calibration.linear_plan else "stock"
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, 1 thread; "
-          f"target kernels: linear plan {plan}, attention {calibration.attention if calibration else None}")
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, 1 thread; "
+        f"target kernels: linear plan {plan}, attention {calibration.attention if calibration else None}"
+    )
     t0 = time.perf_counter()
     print(f"token ranking: {len(ranked_ids(tok))} special and seen ids ({time.perf_counter() - t0:.1f} s)")
     vocabs: list[int | None] = [None if v == "full" else int(v) for v in args.vocabs.split(",")]
@@ -101,24 +103,40 @@ def main() -> None:
         cached = load_cached(model_fingerprint(model), args.sparsity)
         if cached is None or not cached.get("done"):
             t0 = time.perf_counter()
-            search = load_pipeline({"scheduler": {"kind": "chain"}, "calibration": "off",
-                                    "levels": [{"name": "ls", "kind": "layer_sparsity", "options": ls}]},
-                                   model=model, tokenizer=tok, progress=False)
+            search = load_pipeline(
+                {
+                    "scheduler": {"kind": "chain"},
+                    "calibration": "off",
+                    "levels": [{"name": "ls", "kind": "layer_sparsity", "options": ls}],
+                },
+                model=model,
+                tokenizer=tok,
+                progress=False,
+            )
             with kernels_active(model, calibration):
                 search.levels[0].strategy.prepare(search.target, text[:512], progress=False)
             print(f"searched the {args.sparsity} skip set in {time.perf_counter() - t0:.0f} s")
         cached = load_cached(model_fingerprint(model), args.sparsity)
-        print(f"ls{round(args.sparsity * 100)} skip set: {len(cached['skip'])} sublayers, search score "
-              f"{cached['score']:.3f} after {cached['evaluations']} candidates")
+        print(
+            f"ls{round(args.sparsity * 100)} skip set: {len(cached['skip'])} sublayers, search score "
+            f"{cached['score']:.3f} after {cached['evaluations']} candidates"
+        )
         families[f"ls{round(args.sparsity * 100)}"] = {"kind": "layer_sparsity", "options": {**ls, "search": "off"}}
 
     def label(v: int | None) -> str:
         return "full" if v is None else str(v)
 
-    levels = [{"name": f"{fam}_{label(v)}", "kind": spec["kind"], "options": {**spec["options"], "draft_vocab": v}}
-              for fam, spec in families.items() for v in vocabs]
-    drafts = load_pipeline({"scheduler": {"kind": "chain"}, "calibration": "off", "levels": levels},
-                           model=model, tokenizer=tok, progress=False)
+    levels = [
+        {"name": f"{fam}_{label(v)}", "kind": spec["kind"], "options": {**spec["options"], "draft_vocab": v}}
+        for fam, spec in families.items()
+        for v in vocabs
+    ]
+    drafts = load_pipeline(
+        {"scheduler": {"kind": "chain"}, "calibration": "off", "levels": levels},
+        model=model,
+        tokenizer=tok,
+        progress=False,
+    )
     target = drafts.target
     strategies = {lv.name: lv.strategy for lv in drafts.levels}
 
@@ -126,9 +144,15 @@ def main() -> None:
     context = args.cache_tokens
     with torch.inference_mode(), kernels_active(model, calibration):
         target.prefill(list(text[:context]))
-        state = DecodingState(tokens=list(text[:context + 1]), prompt_length=context + 1,
-                              sampling=SamplingParams(), generator=None, context_length=context, max_depth=1,
-                              force_length=True)
+        state = DecodingState(
+            tokens=list(text[: context + 1]),
+            prompt_length=context + 1,
+            sampling=SamplingParams(),
+            generator=None,
+            context_length=context,
+            max_depth=1,
+            force_length=True,
+        )
         for strategy in strategies.values():
             strategy.start(state)  # the heads' context: the cached text
             strategy.draft(state, (), 1)  # builds variants and heads
@@ -139,8 +163,14 @@ def main() -> None:
 
         def forward(name: str | None):
             def run() -> None:
-                model(input_ids=ids, position_ids=positions, past_key_values=target.cache, use_cache=True,
-                      logits_to_keep=1)
+                model(
+                    input_ids=ids,
+                    position_ids=positions,
+                    past_key_values=target.cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+
             if name is None:
                 return contextlib.nullcontext, run
             return (lambda: adapter.swapped(variants[name].layers, variants[name].lm_head)), run
@@ -166,25 +196,31 @@ def main() -> None:
                 target.restore()
                 if r:
                     times[key].append(elapsed)
-        print(f"\ntiming: {args.repeats} interleaved repeats, {context} cached tokens, "
-              f"{time.perf_counter() - t0:.0f} s; load average now {os.getloadavg()[0]:.2f}")
+        print(
+            f"\ntiming: {args.repeats} interleaved repeats, {context} cached tokens, "
+            f"{time.perf_counter() - t0:.0f} s; load average now {os.getloadavg()[0]:.2f}"
+        )
     costs: dict[tuple[str, str], tuple[float, float, float, float]] = {}
     for kind in ("forward", "call"):
         unit = times[(kind, None)]
-        print(f"{kind}: target {statistics.median(unit) * 1e3:.1f} ms (IQR "
-              f"{statistics.quantiles(unit, n=4)[0] * 1e3:.1f}-{statistics.quantiles(unit, n=4)[2] * 1e3:.1f})")
+        print(
+            f"{kind}: target {statistics.median(unit) * 1e3:.1f} ms (IQR "
+            f"{statistics.quantiles(unit, n=4)[0] * 1e3:.1f}-{statistics.quantiles(unit, n=4)[2] * 1e3:.1f})"
+        )
         for name in strategies:
             mine = times[(kind, name)]
             ratios = [d / u for d, u in zip(mine, unit, strict=True)]
             q1, _, q3 = statistics.quantiles(ratios, n=4)
             costs[(kind, name)] = (statistics.median(ratios), q1, q3, statistics.median(mine) / statistics.median(unit))
-            print(f"  {name:<12} {statistics.median(mine) * 1e3:6.1f} ms  c = {costs[(kind, name)][0]:.3f} "
-                  f"(IQR {q1:.3f}-{q3:.3f}; ratio of medians {costs[(kind, name)][3]:.3f})")
+            print(
+                f"  {name:<12} {statistics.median(mine) * 1e3:6.1f} ms  c = {costs[(kind, name)][0]:.3f} "
+                f"(IQR {q1:.3f}-{q3:.3f}; ratio of medians {costs[(kind, name)][3]:.3f})"
+            )
 
     # -- 2. agreement ----------------------------------------------------------------------------
     _, questions = load_questions()
     groups = group_questions(questions)
-    prompts = [pipe.encode(qs[0].prompt, chat=True) for qs in groups.values()][:args.prompts]
+    prompts = [pipe.encode(qs[0].prompt, chat=True) for qs in groups.values()][: args.prompts]
     capture = {fam: Capture(variants[f"{fam}_full"].lm_head or adapter.lm_head) for fam in families}
     capture_variants = {fam: replace(variants[f"{fam}_full"], lm_head=capture[fam]) for fam in families}
     heads = {name: strategies[name].draft_head() for name in strategies}
@@ -206,8 +242,9 @@ def main() -> None:
                 full_tokens, predicted = {}, {}
                 for fam, variant in capture_variants.items():
                     with adapter.swapped(variant.layers, variant.lm_head):
-                        logits = model(input_ids=x, position_ids=pos, past_key_values=target.cache,
-                                       use_cache=True).logits[0, -1]
+                        logits = model(
+                            input_ids=x, position_ids=pos, past_key_values=target.cache, use_cache=True
+                        ).logits[0, -1]
                     target.restore()
                     full_tokens[fam] = int(logits.argmax())
                     hidden = capture[fam].hidden
@@ -227,15 +264,21 @@ def main() -> None:
                     if head is not None:
                         head.add_context([last])
                 total += 1
-    print(f"\nagreement with the target's greedy token, {total} positions over {len(prompts)} Spec-Bench questions "
-          f"({', '.join(list(groups)[:len(prompts)])}; {time.perf_counter() - t0:.0f} s)")
-    print("\n| level | V′ | c (forward) | IQR | c (draft call) | agreement | = own full head | target token in subset |")
+    print(
+        f"\nagreement with the target's greedy token, {total} positions over {len(prompts)} Spec-Bench questions "
+        f"({', '.join(list(groups)[: len(prompts)])}; {time.perf_counter() - t0:.0f} s)"
+    )
+    print(
+        "\n| level | V′ | c (forward) | IQR | c (draft call) | agreement | = own full head | target token in subset |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in strategies:
         fam, v = name.rsplit("_", 1)
         c, q1, q3, _ = costs[("forward", name)]
-        print(f"| {fam} | {v} | {c:.3f} | {q1:.3f}-{q3:.3f} | {costs[('call', name)][0]:.3f} | "
-              f"{hits[name] / total:.3f} | {same[name] / total:.3f} | {covered[name] / total:.3f} |")
+        print(
+            f"| {fam} | {v} | {c:.3f} | {q1:.3f}-{q3:.3f} | {costs[('call', name)][0]:.3f} | "
+            f"{hits[name] / total:.3f} | {same[name] / total:.3f} | {covered[name] / total:.3f} |"
+        )
     print(f"total {time.perf_counter() - start:.0f} s")
 
 

@@ -58,8 +58,12 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=300, help="agreement positions (over --prompts prompts)")
     parser.add_argument("--prompts", type=int, default=6)
     parser.add_argument("--no-floor", action="store_true", help="skip the forward with free Linear layers")
-    parser.add_argument("--cache", choices=("pipeline", "dynamic"), default="pipeline",
-                        help="the KV cache: the adapter's `new_cache` (as decoding uses it) or transformers' DynamicCache")
+    parser.add_argument(
+        "--cache",
+        choices=("pipeline", "dynamic"),
+        default="pipeline",
+        help="the KV cache: the adapter's `new_cache` (as decoding uses it) or transformers' DynamicCache",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     torch.set_num_threads(1)
@@ -78,9 +82,11 @@ def main() -> None:
     pipe = load_pipeline("autoregressive", model=model, tokenizer=tok, progress=False)
     target, adapter, calibration = pipe.target, pipe.adapter, pipe.calibration
     plan = calibration.linear_plan.describe() if calibration and calibration.linear_plan else "stock"
-    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, 1 thread; target kernels: linear plan "
-          f"{plan}, attention {calibration.attention if calibration else None}")
+    print(
+        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, 1 thread; target kernels: linear plan "
+        f"{plan}, attention {calibration.attention if calibration else None}"
+    )
 
     linears = target_linears(target)
     float_bytes = sum(m.weight.numel() * m.weight.element_size() for m in linears)
@@ -95,8 +101,10 @@ def main() -> None:
         twins = build_shared_twins(target, name)
         sizes[name] = qz.twin_bytes(twins)
         variants[name] = build_variant(adapter, linear_twins=twins, description=name)
-        print(f"{name}: {len(twins)} twins in {time.perf_counter() - t0:.1f} s, {sizes[name] / 2**20:.1f} MiB "
-              f"(float32 weights of the same layers: {float_bytes / 2**20:.1f} MiB)")
+        print(
+            f"{name}: {len(twins)} twins in {time.perf_counter() - t0:.1f} s, {sizes[name] / 2**20:.1f} MiB "
+            f"(float32 weights of the same layers: {float_bytes / 2**20:.1f} MiB)"
+        )
 
     def config(variant=None):
         def enter():
@@ -105,6 +113,7 @@ def main() -> None:
             if variant is not None:
                 stack.enter_context(adapter.swapped(variant.layers, variant.lm_head))
             return stack
+
         return enter
 
     configs = {"target": config()} | {name: config(v) for name, v in variants.items()}
@@ -122,29 +131,36 @@ def main() -> None:
     extra = {"new_cache": new_cache} if "new_cache" in inspect.signature(time_forwards).parameters else {}
     print(f"KV cache: {type(new_cache()).__name__}" + ("" if extra else " (time_forwards: DynamicCache)"))
     t0 = time.perf_counter()
-    times = time_forwards(model, configs, ns, cache_tokens=args.cache_tokens, repeats=args.repeats, threads=1,
-                          progress=False, **extra)
-    print(f"\ntiming: {args.repeats} interleaved repeats, {args.cache_tokens} cached tokens, "
-          f"{time.perf_counter() - t0:.0f} s; load average now {os.getloadavg()[0]:.2f}")
+    times = time_forwards(
+        model, configs, ns, cache_tokens=args.cache_tokens, repeats=args.repeats, threads=1, progress=False, **extra
+    )
+    print(
+        f"\ntiming: {args.repeats} interleaved repeats, {args.cache_tokens} cached tokens, "
+        f"{time.perf_counter() - t0:.0f} s; load average now {os.getloadavg()[0]:.2f}"
+    )
     for n in ns:
         row = times[n]
         med = {k: statistics.median(v) for k, v in row.items()}
         low = {k: min(v) for k, v in row.items()}
         q1 = {k: statistics.quantiles(v, n=4)[0] for k, v in row.items()}
         q3 = {k: statistics.quantiles(v, n=4)[2] for k, v in row.items()}
-        print(f"n={n}: target {med['target'] * 1e3:.1f} ms (min {low['target'] * 1e3:.1f}, "
-              f"IQR {q1['target'] * 1e3:.1f}-{q3['target'] * 1e3:.1f})")
+        print(
+            f"n={n}: target {med['target'] * 1e3:.1f} ms (min {low['target'] * 1e3:.1f}, "
+            f"IQR {q1['target'] * 1e3:.1f}-{q3['target'] * 1e3:.1f})"
+        )
         for name in [*variants, *(["no-linear floor"] if not args.no_floor else [])]:
             ratios = [d / t for d, t in zip(row[name], row["target"])]  # same repeat: neighbours in time
-            print(f"  {name:<13} {med[name] * 1e3:6.1f} ms  c = {med[name] / med['target']:.3f} (medians), "
-                  f"{low[name] / low['target']:.3f} (minima), {statistics.median(ratios):.3f} (median of "
-                  f"per-repeat ratios; IQR {statistics.quantiles(ratios, n=4)[0]:.3f}-"
-                  f"{statistics.quantiles(ratios, n=4)[2]:.3f})")
+            print(
+                f"  {name:<13} {med[name] * 1e3:6.1f} ms  c = {med[name] / med['target']:.3f} (medians), "
+                f"{low[name] / low['target']:.3f} (minima), {statistics.median(ratios):.3f} (median of "
+                f"per-repeat ratios; IQR {statistics.quantiles(ratios, n=4)[0]:.3f}-"
+                f"{statistics.quantiles(ratios, n=4)[2]:.3f})"
+            )
 
     # agreement over real text
     _, questions = load_questions()
     groups = group_questions(questions)
-    prompts = [pipe.encode(qs[0].prompt, chat=True) for qs in groups.values()][:args.prompts]
+    prompts = [pipe.encode(qs[0].prompt, chat=True) for qs in groups.values()][: args.prompts]
     steps = max(1, args.positions // len(prompts))
     hits = dict.fromkeys(variants, 0)
     total = 0
@@ -166,9 +182,11 @@ def main() -> None:
                 for name in variants:
                     hits[name] += int(drafts[name] == last)
                 total += 1
-    print(f"\nagreement of the draft's argmax with the target's greedy token, {total} positions over "
-          f"{len(prompts)} Spec-Bench questions ({', '.join(list(groups)[:len(prompts)])}; "
-          f"{time.perf_counter() - t0:.0f} s):")
+    print(
+        f"\nagreement of the draft's argmax with the target's greedy token, {total} positions over "
+        f"{len(prompts)} Spec-Bench questions ({', '.join(list(groups)[: len(prompts)])}; "
+        f"{time.perf_counter() - t0:.0f} s):"
+    )
     for name in variants:
         print(f"  {name:<13} {hits[name] / total:.3f}")
     print(f"total {time.perf_counter() - start:.0f} s")

@@ -16,8 +16,10 @@ SELF_DRAFT_LEVELS = {
     "early_exit_no_reuse": {"kind": "early_exit", "options": {"exit_layer": 1, "reuse_kv": False}},
     "layer_sparsity": {"kind": "layer_sparsity", "options": {"skip": ["1.mlp", "2.attention"], "stop_below": 0.0}},
     "quanto_activation": {"kind": "quanto_activation", "options": {"backend": "dynamic_int8"}},
-    "skip_int8": {"kind": "layer_sparsity", "options": {"skip": ["2.mlp"], "quantize": "dynamic_int8",
-                                                        "stop_below": 0.0}},
+    "skip_int8": {
+        "kind": "layer_sparsity",
+        "options": {"skip": ["2.mlp"], "quantize": "dynamic_int8", "stop_below": 0.0},
+    },
 }
 EOS = 2  # tiny_llama's eos_token_id: generation stops right after it
 

@@ -21,11 +21,21 @@ LAYERS = {
     "paths": 0,
     "kernels": 1,
     "core": 2,
-    "data": 3, "plugin": 3, "hub": 3,
-    "adapters": 4, "strategies": 4, "schedulers": 4, "verifiers": 4,
+    "data": 3,
+    "plugin": 3,
+    "hub": 3,
+    "adapters": 4,
+    "strategies": 4,
+    "schedulers": 4,
+    "verifiers": 4,
     "costs": 5,
     "pipeline": 6,
-    "cli": 7, "bench": 7, "testing": 7, "docsgen": 7, "__init__": 7, "__main__": 7,
+    "cli": 7,
+    "bench": 7,
+    "testing": 7,
+    "docsgen": 7,
+    "__init__": 7,
+    "__main__": 7,
 }
 FRONT_ENDS = 7  # the front ends may use each other (the CLI runs the bench); below, a layer's packages may not
 # Modules that import cas_spec modules inside functions, and why: loading time or optional
@@ -60,8 +70,9 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> list[tuple[str, in
     """(imported cas_spec module, line, at function level, for type checking only) per import."""
     tree = ast.parse(path.read_text())
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-    nested = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
-              for n in ast.walk(f)}
+    nested = {
+        id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef) for n in ast.walk(f)
+    }
     typing_only = _type_checking_only(tree)
     found = []
     for node in ast.walk(tree):
@@ -99,8 +110,7 @@ def test_no_import_goes_against_the_dependency_direction():
         for target, line, nested, _ in imports(name, path, known):
             if top(target) == top(name):
                 continue
-            if LAYERS[top(target)] > LAYERS[top(name)] or (
-                    LAYERS[top(target)] == LAYERS[top(name)] < FRONT_ENDS):
+            if LAYERS[top(target)] > LAYERS[top(name)] or (LAYERS[top(target)] == LAYERS[top(name)] < FRONT_ENDS):
                 where = "in a function" if nested else "at module level"
                 wrong.append(f"{path.relative_to(SRC.parent)}:{line} ({where}): {name} imports {target}")
     assert not wrong, "imports against the direction:\n" + "\n".join(wrong)
@@ -108,8 +118,10 @@ def test_no_import_goes_against_the_dependency_direction():
 
 def test_the_import_graph_has_no_cycle():
     known = modules()
-    graph = {name: {t for t, _, _, typing in imports(name, path, known) if t != name and not typing}
-             for name, path in known.items()}
+    graph = {
+        name: {t for t, _, _, typing in imports(name, path, known) if t != name and not typing}
+        for name, path in known.items()
+    }
     state: dict[str, int] = {}
     cycles = []
 
@@ -117,7 +129,7 @@ def test_the_import_graph_has_no_cycle():
         state[node] = 1
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, [*stack, nxt])
         state[node] = 2
@@ -130,11 +142,19 @@ def test_the_import_graph_has_no_cycle():
 
 def test_function_level_imports_are_only_where_loading_time_asks_for_them():
     known = modules()
-    found = sorted({name for name, path in known.items() for _, _, nested, typing in imports(name, path, known)
-                    if nested and not typing})
+    found = sorted(
+        {
+            name
+            for name, path in known.items()
+            for _, _, nested, typing in imports(name, path, known)
+            if nested and not typing
+        }
+    )
     unexpected = [name for name in found if name not in LAZY]
-    assert not unexpected, (f"cas_spec imports inside functions in {unexpected}: import at module level, or add the "
-                            "module to LAZY with the reason")
+    assert not unexpected, (
+        f"cas_spec imports inside functions in {unexpected}: import at module level, or add the "
+        "module to LAZY with the reason"
+    )
     assert sorted(LAZY) == found, f"LAZY lists modules without function-level imports: {sorted(set(LAZY) - set(found))}"
 
 
@@ -142,6 +162,11 @@ def test_function_level_imports_are_only_where_loading_time_asks_for_them():
 def test_the_leaves_import_no_other_package(package):
     known = modules()
     allowed = {"paths"} if package == "kernels" else set()
-    wrong = [f"{name} imports {t}" for name, path in known.items() if top(name) == package
-             for t, _, _, _ in imports(name, path, known) if top(t) not in {package, *allowed}]
+    wrong = [
+        f"{name} imports {t}"
+        for name, path in known.items()
+        if top(name) == package
+        for t, _, _, _ in imports(name, path, known)
+        if top(t) not in {package, *allowed}
+    ]
     assert not wrong, wrong

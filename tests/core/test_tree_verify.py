@@ -22,7 +22,7 @@ def greedy_continuation(model, prompt, n):
     with torch.inference_mode():
         for _ in range(n):
             ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 def full_forward(model, ids):
@@ -66,14 +66,19 @@ def test_verdict_and_cache_equal_a_plain_forward_over_the_accepted_path(seed):
     wrong = [(t + 1) % model.config.vocab_size for t in greedy]
     # The correct path sits on a later branch, below a wrong sibling, with a wrong leaf beside
     # its last accepted node, so the accepted nodes are not a contiguous prefix of the tree.
-    tree = build_tree(PROMPT[-1], [
-        (0, wrong[0]), (1, greedy[1]),          # wrong first token: a dead branch
-        (0, greedy[0]),                          # node 3
-        (3, wrong[1]),                           # node 4: wrong sibling first
-        (3, greedy[1]),                          # node 5
-        (5, greedy[2]), (5, wrong[2]),           # nodes 6, 7
-        (6, wrong[3]),                           # node 8: rejected leaf
-    ])
+    tree = build_tree(
+        PROMPT[-1],
+        [
+            (0, wrong[0]),
+            (1, greedy[1]),  # wrong first token: a dead branch
+            (0, greedy[0]),  # node 3
+            (3, wrong[1]),  # node 4: wrong sibling first
+            (3, greedy[1]),  # node 5
+            (5, greedy[2]),
+            (5, wrong[2]),  # nodes 6, 7
+            (6, wrong[3]),  # node 8: rejected leaf
+        ],
+    )
     target = prefilled_target(model)
     prefix = target.length
     verdict = GreedyVerifier().verify(tree, target.forward_tree(tree), SamplingParams(), None)

@@ -24,8 +24,11 @@ def test_calibration_drafts_each_length_in_full_although_the_level_stops_early()
     """A level that would stop after one token (stop_below 1.0) still drafts 1, 3 and 6 tokens
     while its cost is measured, so the fit sees three lengths, not one."""
     model = tiny_llama(33, layers=4, vocab=96, max_positions=512)
-    config = {"scheduler": {"kind": "chain"}, "calibration": "off",
-              "levels": [{"name": "exit1", "kind": "early_exit", "options": {"exit_layer": 1, "stop_below": 1.0}}]}
+    config = {
+        "scheduler": {"kind": "chain"},
+        "calibration": "off",
+        "levels": [{"name": "exit1", "kind": "early_exit", "options": {"exit_layer": 1, "stop_below": 1.0}}],
+    }
     pipe = load_pipeline(config, model=model, tokenizer=IdTokenizer())
     proposed = []
     draft = pipe.levels[0].strategy.draft
@@ -52,9 +55,13 @@ def test_cache_round_trip_and_signatures_follow_the_options(tmp_path, monkeypatc
     assert a != dc.level_signature("layer_sparsity", LayerSparsityOptions(sparsity=0.6))
 
 
-CONFIG = {"scheduler": {"kind": "dytc"},
-          "levels": [{"name": "exit1", "kind": "early_exit", "options": {"exit_layer": 1}},
-                     {"name": "pld", "kind": "prompt_lookup"}]}
+CONFIG = {
+    "scheduler": {"kind": "dytc"},
+    "levels": [
+        {"name": "exit1", "kind": "early_exit", "options": {"exit_layer": 1}},
+        {"name": "pld", "kind": "prompt_lookup"},
+    ],
+}
 
 
 def test_a_pipeline_measures_its_levels_once_and_reuses_the_cache(monkeypatch, tmp_path):

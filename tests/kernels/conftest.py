@@ -20,10 +20,20 @@ def tied_tiny(seed: int = 0):
     """A tiny Llama whose LM head is tied to the embeddings, like SmolLM2's."""
     import transformers
 
-    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                      bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True,
-                                      attn_implementation="sdpa")
+    config = transformers.LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(config).eval()
     assert model.lm_head.weight is model.model.embed_tokens.weight
@@ -52,6 +62,6 @@ def cached_logits(model, ids: torch.Tensor, chunks: list[int]) -> list[torch.Ten
     out, start = [], 0
     with torch.inference_mode():
         for size in chunks:
-            out.append(model(input_ids=ids[:, start:start + size], past_key_values=cache, use_cache=True).logits)
+            out.append(model(input_ids=ids[:, start : start + size], past_key_values=cache, use_cache=True).logits)
             start += size
     return out

@@ -51,8 +51,15 @@ def fake_clock(monkeypatch):
 def make(k: int = 6):
     level = Level("echo", Echo())
     scheduler = ChainScheduler(ChainScheduler.Options(k=k, probe_interval=4), [level])
-    state = DecodingState(tokens=[1] * 51, prompt_length=51, sampling=SamplingParams(), generator=None,
-                          costs=CostView(Flat()), context_length=50, max_depth=k)
+    state = DecodingState(
+        tokens=[1] * 51,
+        prompt_length=51,
+        sampling=SamplingParams(),
+        generator=None,
+        costs=CostView(Flat()),
+        context_length=50,
+        max_depth=k,
+    )
     scheduler.start(state)
     return scheduler, level, state
 

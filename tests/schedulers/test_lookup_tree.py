@@ -31,6 +31,7 @@ from tests.strategies.test_self_draft import AUTOREGRESSIVE
 
 # -- the index: several matches --------------------------------------------------------------------
 
+
 def oracle_candidates(tokens: list[int], min_ngram: int, max_ngram: int, occurrences: int, count: int) -> list[Match]:
     """Longest n first; per n the `occurrences` latest ends e (n ≤ e ≤ len − 1) whose n-gram equals
     the suffix, latest first; ends already taken by a longer n skipped (occurrence index kept)."""
@@ -39,7 +40,7 @@ def oracle_candidates(tokens: list[int], min_ngram: int, max_ngram: int, occurre
     for n in range(max_ngram, min_ngram - 1, -1):
         if L <= n:
             continue
-        ends = sorted((e for e in range(n, L) if tokens[e - n:e] == tokens[L - n:]), reverse=True)
+        ends = sorted((e for e in range(n, L) if tokens[e - n : e] == tokens[L - n :]), reverse=True)
         for j, e in enumerate(ends[:occurrences]):
             if e not in seen and len(out) < count:
                 seen.add(e)
@@ -48,8 +49,14 @@ def oracle_candidates(tokens: list[int], min_ngram: int, max_ngram: int, occurre
 
 
 @settings(max_examples=200)
-@given(text=st.lists(st.integers(0, 3), max_size=60), min_ngram=st.integers(1, 3), extra=st.integers(0, 3),
-       occurrences=st.integers(1, 4), count=st.integers(1, 8), cut=st.integers(0, 60))
+@given(
+    text=st.lists(st.integers(0, 3), max_size=60),
+    min_ngram=st.integers(1, 3),
+    extra=st.integers(0, 3),
+    occurrences=st.integers(1, 4),
+    count=st.integers(1, 8),
+    cut=st.integers(0, 60),
+)
 def test_candidates_match_a_brute_force_oracle_as_the_index_grows(text, min_ngram, extra, occurrences, count, cut):
     index = NgramIndex(min_ngram, min_ngram + extra, occurrences)
     index.extend(text[:cut])  # grown in two parts: incremental indexing keeps the earlier ends
@@ -69,8 +76,7 @@ def test_prompt_lookup_candidates_are_drafts_from_each_match():
     text = [A, B, C, X, A, B, D, E, A, B, E, B, A, B]
     strategy = PromptLookup(PromptLookupOptions(min_ngram=1, max_ngram=2, num_tokens=3))
     strategy.offer_candidates(3)
-    state = DecodingState(tokens=list(text), prompt_length=len(text), sampling=SamplingParams(),
-                          generator=None)
+    state = DecodingState(tokens=list(text), prompt_length=len(text), sampling=SamplingParams(), generator=None)
     strategy.start(state)
     got = strategy.candidates(state, (), 3, 4)
     assert [c.key for c in got] == [(2, 0), (2, 1), (2, 2), (1, 0)]
@@ -84,6 +90,7 @@ def test_prompt_lookup_candidates_are_drafts_from_each_match():
 
 
 # -- fake levels ----------------------------------------------------------------------------------
+
 
 class Scripted(DraftStrategy):
     """A lookup-like strategy whose candidates are given per call."""
@@ -106,8 +113,14 @@ class Scripted(DraftStrategy):
         out = []
         for j, tokens in enumerate(self.proposals[:count]):
             n = 3 if j == 0 else 2
-            out.append(Candidate((n, j), DraftResult(tokens=tuple(tokens[:max_tokens]),
-                                                     confidence=(float(n),) * min(len(tokens), max_tokens))))
+            out.append(
+                Candidate(
+                    (n, j),
+                    DraftResult(
+                        tokens=tuple(tokens[:max_tokens]), confidence=(float(n),) * min(len(tokens), max_tokens)
+                    ),
+                )
+            )
         return out
 
 
@@ -123,9 +136,15 @@ def make(proposals, *, costs=None, max_depth=16, **options):
     strategy = Scripted(proposals)
     level = Level("pld", strategy)
     scheduler = LookupTreeScheduler(LookupTreeOptions(**options), [level])
-    state = DecodingState(tokens=[7] * 20, prompt_length=20, sampling=SamplingParams(), generator=None,
-                          costs=CostView(costs) if costs is not None else UNCALIBRATED, context_length=19,
-                          max_depth=max_depth)
+    state = DecodingState(
+        tokens=[7] * 20,
+        prompt_length=20,
+        sampling=SamplingParams(),
+        generator=None,
+        costs=CostView(costs) if costs is not None else UNCALIBRATED,
+        context_length=19,
+        max_depth=max_depth,
+    )
     scheduler.start(state)
     return scheduler, level, state
 
@@ -161,6 +180,7 @@ def paths(tree) -> set[tuple[int, ...]]:
 
 
 # -- the tree -------------------------------------------------------------------------------------
+
 
 def test_candidates_are_merged_by_shared_prefix():
     scheduler, level, state = make([[1, 2, 3], [1, 2, 4], [5, 6], [1, 2, 3]], candidates=4, k=3)
@@ -275,14 +295,16 @@ def test_a_level_without_candidates_gives_a_chain():
             return DraftResult(tokens=tuple(range(10, 10 + max_tokens)))
 
     scheduler = LookupTreeScheduler(LookupTreeOptions(k=4), [Level("echo", Echo())])
-    state = DecodingState(tokens=[7] * 5, prompt_length=5, sampling=SamplingParams(), generator=None,
-                          context_length=4, max_depth=8)
+    state = DecodingState(
+        tokens=[7] * 5, prompt_length=5, sampling=SamplingParams(), generator=None, context_length=4, max_depth=8
+    )
     scheduler.start(state)
     tree = scheduler.build_tree(state)
     assert tree.is_chain and tree.tokens.tolist()[1:] == [10, 11, 12, 13]
 
 
 # -- greedy identity on models --------------------------------------------------------------------
+
 
 def branching_prompt(seed: int, vocab: int) -> list[int]:
     """A motif that occurs three times with different continuations, then its start again."""
@@ -295,10 +317,11 @@ def branching_prompt(seed: int, vocab: int) -> list[int]:
 
 
 def lookup(**options) -> dict:
-    return {"scheduler": {"kind": "lookup_tree", "options": {"level": "pld", **options}}, "calibration": "off",
-            "levels": [{"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "min_ngram": 1}}]}
-
-
+    return {
+        "scheduler": {"kind": "lookup_tree", "options": {"level": "pld", **options}},
+        "calibration": "off",
+        "levels": [{"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "min_ngram": 1}}],
+    }
 
 
 CPU_COSTS = Table(lambda n: {1: 1.0, 2: 1.7, 3: 2.16, 4: 1.79}.get(n, 1.79 + 0.04 * (n - 4)))
@@ -310,8 +333,13 @@ def test_greedy_output_equals_plain_decoding_on_tiny_models(family, costs):
     seen_all = []
     for seed in (0, 1, 2):
         model = tiny_llama(seed, family=family, layers=2)
-        for prompt in (branching_prompt(seed, model.config.vocab_size), repetitive_prompt(seed, model.config.vocab_size)):
-            plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=40)
+        for prompt in (
+            branching_prompt(seed, model.config.vocab_size),
+            repetitive_prompt(seed, model.config.vocab_size),
+        ):
+            plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(
+                prompt, max_new_tokens=40
+            )
             pipe = load_pipeline(lookup(candidates=4, k=5), model=model, tokenizer=IdTokenizer())
             pipe.costs = CostView(costs) if costs is not None else UNCALIBRATED
             seen = record_trees(pipe)
@@ -324,9 +352,13 @@ def test_greedy_output_equals_plain_decoding_on_tiny_models(family, costs):
 
 def test_greedy_output_equals_plain_decoding_on_stories(stories):
     model, tokenizer = stories
-    prompt = ("Once upon a time, there was a little girl named Lily. She loved to play with her ball. "
-              "One day, Lily saw a big dog. Lily was scared of the dog. Lily saw a big cat. She")
-    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(prompt, max_new_tokens=60, chat=False)
+    prompt = (
+        "Once upon a time, there was a little girl named Lily. She loved to play with her ball. "
+        "One day, Lily saw a big dog. Lily was scared of the dog. Lily saw a big cat. She"
+    )
+    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(
+        prompt, max_new_tokens=60, chat=False
+    )
     pipe = load_pipeline(lookup(candidates=4, k=5), model=model, tokenizer=tokenizer)
     seen = record_trees(pipe)
     got = pipe.generate(prompt, max_new_tokens=60, chat=False)

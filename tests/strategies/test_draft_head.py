@@ -19,17 +19,20 @@ from torch import nn
 
 from cas_spec import load_pipeline
 from cas_spec.core.errors import ConfigError
-from cas_spec.strategies import draft_head
-from cas_spec.strategies import quantization as qz
-from cas_spec.strategies.dsia.draft_head import SubsetHead, build_subset_head, ranked_ids, ranking_text, token_ranking
+from cas_spec.strategies.dsia import quantization as qz
+from cas_spec.strategies.dsia import token_ranking as ranking
+from cas_spec.strategies.dsia.draft_head import SubsetHead, build_subset_head
+from cas_spec.strategies.dsia.token_ranking import ranked_ids, ranking_text, token_ranking
 from cas_spec.testing.models import tiny_model
 from tests.conftest import IdTokenizer, tiny_llama
 from tests.core.test_engine_greedy import repetitive_prompt
 from tests.helpers import AUTOREGRESSIVE, SELF_DRAFT_LEVELS
 
 AVAILABLE = qz.available_backends()
-INT8 = [pytest.param(name, marks=pytest.mark.skipif(AVAILABLE[name] is not None, reason=str(AVAILABLE[name])))
-        for name in ("native_int8", "dynamic_int8")]
+INT8 = [
+    pytest.param(name, marks=pytest.mark.skipif(AVAILABLE[name] is not None, reason=str(AVAILABLE[name])))
+    for name in ("native_int8", "dynamic_int8")
+]
 WORDS = ["the", "of", "and", "a", "to", "in", "zzz-unseen", "is", "yyy-unseen", "for"]
 
 
@@ -51,7 +54,7 @@ class WordTokenizer:
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CAS_SPEC_CACHE", str(tmp_path))
-    monkeypatch.setattr(draft_head, "_rankings", {})
+    monkeypatch.setattr(ranking, "_rankings", {})
     return tmp_path / "draft_vocab"
 
 
@@ -61,9 +64,12 @@ def with_vocab(level: str, draft_vocab: int | None) -> dict:
 
 
 def chain(level: dict, name: str = "lvl", k: int = 4, **sampling) -> dict:
-    return {"scheduler": {"kind": "chain", "options": {"level": name, "k": k, "adaptive": False}},
-            "levels": [{"name": name, **level}], "calibration": "off",
-            **({"sampling": sampling} if sampling else {})}
+    return {
+        "scheduler": {"kind": "chain", "options": {"level": name, "k": k, "adaptive": False}},
+        "levels": [{"name": name, **level}],
+        "calibration": "off",
+        **({"sampling": sampling} if sampling else {}),
+    }
 
 
 # -- the ranking -------------------------------------------------------------------------------------
@@ -76,10 +82,10 @@ def test_ranking_puts_special_tokens_first_then_counts_then_unseen_ids_in_order(
     assert sorted(order) == list(range(20))
     assert order[:3] == [0, 1, 2]
     seen = [i for i in order[3:] if counts[i]]
-    assert order[3:3 + len(seen)] == seen
+    assert order[3 : 3 + len(seen)] == seen
     assert [counts[i] for i in seen] == sorted((counts[i] for i in seen), reverse=True)
     assert all(a < b for a, b in itertools.pairwise(seen) if counts[a] == counts[b])  # ties by id
-    unseen = order[3 + len(seen):]
+    unseen = order[3 + len(seen) :]
     assert unseen == sorted(unseen) and {tokenizer.vocab["zzz-unseen"], tokenizer.vocab["yyy-unseen"]} <= set(unseen)
     assert order.index(tokenizer.vocab["the"]) < order.index(tokenizer.vocab["for"])
     assert token_ranking(tokenizer, 6) == [i for i in order if i < 6]
@@ -93,9 +99,9 @@ def test_the_ranking_is_cached_on_disk_per_vocabulary(fresh_cache, monkeypatch):
     data = json.loads(files[0].read_text())
     assert data["ranked"] == first
     assert data["tokens"] == sum(len(text.split()) for text in ranking_text())
-    draft_head._rankings.clear()
+    ranking._rankings.clear()
     with monkeypatch.context() as patch:
-        patch.setattr(draft_head, "count_tokens", lambda tok: pytest.fail("counted again instead of read"))
+        patch.setattr(ranking, "count_tokens", lambda tok: pytest.fail("counted again instead of read"))
         assert ranked_ids(tokenizer) == first  # read back from disk
     ranked_ids(WordTokenizer(["another", *WORDS]))  # another vocabulary: another file
     assert len(list(fresh_cache.iterdir())) == 2
@@ -106,7 +112,7 @@ def test_a_corrupt_cache_file_is_counted_again(fresh_cache):
     first = ranked_ids(tokenizer)
     (path,) = fresh_cache.iterdir()
     path.write_text("{not json")
-    draft_head._rankings.clear()
+    ranking._rankings.clear()
     assert ranked_ids(tokenizer) == first
     assert json.loads(path.read_text())["ranked"] == first
 
@@ -215,8 +221,12 @@ def test_warping_keeps_tokens_outside_the_subset_at_zero():
 
     logits = torch.full((30,), float("-inf"))
     logits[[2, 5, 9, 11]] = torch.tensor([1.0, 3.0, 2.0, 0.5])
-    for sampling in (SamplingParams(temperature=0.7), SamplingParams(temperature=1.0, top_k=10),
-                     SamplingParams(temperature=1.3, top_k=3, top_p=0.8), SamplingParams(temperature=1.0, top_p=0.99)):
+    for sampling in (
+        SamplingParams(temperature=0.7),
+        SamplingParams(temperature=1.0, top_k=10),
+        SamplingParams(temperature=1.3, top_k=3, top_p=0.8),
+        SamplingParams(temperature=1.0, top_p=0.99),
+    ):
         probs = target_probs(logits, sampling)
         assert torch.isfinite(probs).all() and float(probs.sum()) == pytest.approx(1.0)
         assert probs[torch.isneginf(logits)].abs().sum() == 0
@@ -266,8 +276,13 @@ def test_greedy_drafts_and_reviews_stay_in_the_subset(level):
     strategy = pipe.levels[0].strategy
     prompt = repetitive_prompt(6, 96)
     pipe.target.prefill(prompt[:-1])
-    state = DecodingState(tokens=list(prompt), prompt_length=len(prompt), sampling=SamplingParams(),
-                          generator=None, context_length=len(prompt) - 1)
+    state = DecodingState(
+        tokens=list(prompt),
+        prompt_length=len(prompt),
+        sampling=SamplingParams(),
+        generator=None,
+        context_length=len(prompt) - 1,
+    )
     strategy.start(state)
     drafted = strategy.draft(state, (), 4)
     member = strategy.draft_head().member
@@ -280,8 +295,12 @@ def test_greedy_drafts_and_reviews_stay_in_the_subset(level):
 def test_the_head_runs_in_the_levels_int8_backend():
     model = tiny_llama(2, layers=4)
     prompt = repetitive_prompt(2, 96)
-    for level, rows in (("quanto_activation", "dynamic_int8"), ("skip_int8", "dynamic_int8"),
-                        ("layer_sparsity", None), ("early_exit", None)):
+    for level, rows in (
+        ("quanto_activation", "dynamic_int8"),
+        ("skip_int8", "dynamic_int8"),
+        ("layer_sparsity", None),
+        ("early_exit", None),
+    ):
         pipe = load_pipeline(chain(with_vocab(level, 8)), model=model, tokenizer=IdTokenizer())
         pipe.generate(prompt, max_new_tokens=4)
         strategy = pipe.levels[0].strategy
@@ -316,16 +335,24 @@ def test_greedy_output_equals_plain_decoding_with_a_small_draft_vocab(level, arc
 @pytest.mark.parametrize("level", ["early_exit", "layer_sparsity", "quanto_activation"])
 def test_greedy_output_equals_plain_decoding_on_stories_with_a_small_draft_vocab(stories, level):
     model, tokenizer = stories
-    levels = {"early_exit": {"kind": "early_exit", "options": {"exit_layer": 3}},
-              "layer_sparsity": {"kind": "layer_sparsity",
-                                 "options": {"skip": ["1.mlp", "2.attention", "3.mlp"], "stop_below": 0.0}},
-              "quanto_activation": {"kind": "quanto_activation"}}
+    levels = {
+        "early_exit": {"kind": "early_exit", "options": {"exit_layer": 3}},
+        "layer_sparsity": {
+            "kind": "layer_sparsity",
+            "options": {"skip": ["1.mlp", "2.attention", "3.mlp"], "stop_below": 0.0},
+        },
+        "quanto_activation": {"kind": "quanto_activation"},
+    }
     spec = levels[level]
-    config = chain({**spec, "options": {**spec["options"], "draft_vocab": 64}} if "options" in spec
-                   else {**spec, "options": {"draft_vocab": 64}})
+    config = chain(
+        {**spec, "options": {**spec["options"], "draft_vocab": 64}}
+        if "options" in spec
+        else {**spec, "options": {"draft_vocab": 64}}
+    )
     prompt = "Once upon a time, there was a little girl named Lily. She"
-    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(prompt, max_new_tokens=60,
-                                                                                      chat=False)
+    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(
+        prompt, max_new_tokens=60, chat=False
+    )
     pipe = load_pipeline(config, model=model, tokenizer=tokenizer)
     got = pipe.generate(prompt, max_new_tokens=60, chat=False)
     assert got.token_ids == plain.token_ids

@@ -29,10 +29,25 @@ def model_with_identity_sublayers(seed: int = 0):
 
 
 def searching(**options) -> dict:
-    return {"scheduler": {"kind": "chain", "options": {"k": 4, "adaptive": False}}, "calibration": "off",
-            "levels": [{"name": "skip", "kind": "layer_sparsity",
-                        "options": {"sparsity": 0.375, "window": 128, "target_score": 1.0, "search_budget": 120,
-                                    "patience": 120, "stop_below": 0.0, **options}}]}
+    return {
+        "scheduler": {"kind": "chain", "options": {"k": 4, "adaptive": False}},
+        "calibration": "off",
+        "levels": [
+            {
+                "name": "skip",
+                "kind": "layer_sparsity",
+                "options": {
+                    "sparsity": 0.375,
+                    "window": 128,
+                    "target_score": 1.0,
+                    "search_budget": 120,
+                    "patience": 120,
+                    "stop_below": 0.0,
+                    **options,
+                },
+            }
+        ],
+    }
 
 
 def random_prompt(length: int, vocab: int, seed: int = 0) -> list[int]:
@@ -48,8 +63,12 @@ def test_the_search_finds_the_identity_sublayers_and_caches_them():
     strategy = pipe.levels[0].strategy
     assert strategy.count == len(IDENTITIES)
     result = pipe.generate(prompt, max_new_tokens=100)
-    assert result.token_ids == load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(
-        prompt, max_new_tokens=100).token_ids
+    assert (
+        result.token_ids
+        == load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer())
+        .generate(prompt, max_new_tokens=100)
+        .token_ids
+    )
     search = strategy.search
     assert search.done and search.best_score == 1.0
     assert set(strategy.skip) == IDENTITIES

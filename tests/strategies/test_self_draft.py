@@ -22,13 +22,20 @@ LEVELS = SELF_DRAFT_LEVELS
 
 
 def chain(name: str, k: int = 4, **sampling) -> dict:
-    return {"scheduler": {"kind": "chain", "options": {"level": name, "k": k, "adaptive": False}},
-            "levels": [{"name": name, **LEVELS[name]}], "calibration": "off",
-            **({"sampling": sampling} if sampling else {})}
+    return {
+        "scheduler": {"kind": "chain", "options": {"level": name, "k": k, "adaptive": False}},
+        "levels": [{"name": name, **LEVELS[name]}],
+        "calibration": "off",
+        **({"sampling": sampling} if sampling else {}),
+    }
 
 
-FAMILIES = [dict(family="llama", layers=4), dict(family="qwen2", layers=4, kv_heads=1),
-            dict(family="mistral", layers=4), dict(family="llama", layers=4, attn="eager")]
+FAMILIES = [
+    dict(family="llama", layers=4),
+    dict(family="qwen2", layers=4, kv_heads=1),
+    dict(family="mistral", layers=4),
+    dict(family="llama", layers=4, attn="eager"),
+]
 
 
 @pytest.mark.parametrize("level", sorted(LEVELS))
@@ -46,13 +53,23 @@ def test_greedy_output_equals_plain_decoding_on_tiny_models(level, shape):
 @pytest.mark.parametrize("level", ["early_exit", "layer_sparsity", "quanto_activation"])
 def test_greedy_output_equals_plain_decoding_on_stories(stories, level):
     model, tokenizer = stories
-    levels = {"early_exit": {"kind": "early_exit", "options": {"exit_layer": 3}},
-              "layer_sparsity": {"kind": "layer_sparsity", "options": {"skip": ["1.mlp", "2.attention", "3.mlp"], "stop_below": 0.0}},
-              "quanto_activation": {"kind": "quanto_activation"}}
-    config = {"scheduler": {"kind": "chain", "options": {"k": 4, "adaptive": False}}, "calibration": "off",
-              "levels": [{"name": level, **levels[level]}]}
+    levels = {
+        "early_exit": {"kind": "early_exit", "options": {"exit_layer": 3}},
+        "layer_sparsity": {
+            "kind": "layer_sparsity",
+            "options": {"skip": ["1.mlp", "2.attention", "3.mlp"], "stop_below": 0.0},
+        },
+        "quanto_activation": {"kind": "quanto_activation"},
+    }
+    config = {
+        "scheduler": {"kind": "chain", "options": {"k": 4, "adaptive": False}},
+        "calibration": "off",
+        "levels": [{"name": level, **levels[level]}],
+    }
     prompt = "Once upon a time, there was a little girl named Lily. She"
-    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(prompt, max_new_tokens=60, chat=False)
+    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(
+        prompt, max_new_tokens=60, chat=False
+    )
     got = load_pipeline(config, model=model, tokenizer=tokenizer).generate(prompt, max_new_tokens=60, chat=False)
     assert got.token_ids == plain.token_ids
     assert got.stats.mean_acceptance_length > 1.0
@@ -89,10 +106,14 @@ def test_three_dsia_levels_in_one_pipeline_draft_a_shared_tree_losslessly():
             registry.add(RoundRobinTree)
 
     plugins = build_plugins(entry_points=(), extra=[Plugin()])
-    config = load_config({
-        "scheduler": {"kind": "round_robin_tree"}, "calibration": "off",
-        "levels": [{"name": n, **LEVELS[n]} for n in ("quanto_activation", "layer_sparsity", "early_exit")],
-    }, plugins=plugins)
+    config = load_config(
+        {
+            "scheduler": {"kind": "round_robin_tree"},
+            "calibration": "off",
+            "levels": [{"name": n, **LEVELS[n]} for n in ("quanto_activation", "layer_sparsity", "early_exit")],
+        },
+        plugins=plugins,
+    )
     for seed in (0, 1):
         model = tiny_llama(seed, layers=4)
         prompt = repetitive_prompt(seed, model.config.vocab_size)
@@ -134,8 +155,12 @@ def test_sampling_draft_probs_are_the_distribution_sampled_from(level):
         model(input_ids=torch.tensor([tokens[:-1]]), past_key_values=cache, use_cache=True)
         with pipe.adapter.swapped(strategy._variant.layers, strategy._variant.lm_head):
             for i, token in enumerate([tokens[-1], *result.tokens[:-1]]):
-                logits = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True,
-                               position_ids=torch.tensor([[len(tokens) - 1 + i]])).logits[0, -1]
+                logits = model(
+                    input_ids=torch.tensor([[token]]),
+                    past_key_values=cache,
+                    use_cache=True,
+                    position_ids=torch.tensor([[len(tokens) - 1 + i]]),
+                ).logits[0, -1]
                 rows.append(target_probs(logits.float(), sampling))
     rows = torch.stack(rows)
     torch.testing.assert_close(result.draft_probs, rows, atol=1e-5, rtol=1e-4)
@@ -175,8 +200,13 @@ def test_review_gives_the_levels_own_distribution_at_each_drafted_token(level):
     strategy = pipe.levels[0].strategy
     prompt = repetitive_prompt(6, 96)
     pipe.target.prefill(prompt[:-1])
-    state = DecodingState(tokens=list(prompt), prompt_length=len(prompt), sampling=sampling,
-                          generator=torch.Generator().manual_seed(0), context_length=len(prompt) - 1)
+    state = DecodingState(
+        tokens=list(prompt),
+        prompt_length=len(prompt),
+        sampling=sampling,
+        generator=torch.Generator().manual_seed(0),
+        context_length=len(prompt) - 1,
+    )
     lengths = [layer.get_seq_length() for layer in pipe.target.cache.layers]
     drafted = strategy.draft(state, (7,), 3)
     reviewed = strategy.review(state, (7,), drafted.tokens)
@@ -186,6 +216,7 @@ def test_review_gives_the_levels_own_distribution_at_each_drafted_token(level):
     assert [layer.get_seq_length() for layer in pipe.target.cache.layers] == lengths
     assert strategy.can_review
     from cas_spec.strategies.prompt_lookup import PromptLookup
+
     assert not PromptLookup.can_review
     with pytest.raises(NotImplementedError, match="cannot review"):
         PromptLookup().review(state, (), (1, 2))

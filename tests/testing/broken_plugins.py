@@ -188,8 +188,17 @@ class CorruptingChain(ChainScheduler):
 class BrokenPlugins:
     @hookimpl
     def register_strategies(self, registry):
-        for cls in (ArgmaxLiar, FlatteningLiar, WeightVandal, HookLeaver, CacheCorrupter, NeverDrafts, OverDrafter,
-                    LaxStrategy, FalselyDeterministic):
+        for cls in (
+            ArgmaxLiar,
+            FlatteningLiar,
+            WeightVandal,
+            HookLeaver,
+            CacheCorrupter,
+            NeverDrafts,
+            OverDrafter,
+            LaxStrategy,
+            FalselyDeterministic,
+        ):
             registry.add(cls)
 
     @hookimpl

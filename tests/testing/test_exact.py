@@ -33,8 +33,10 @@ ATOL = 1e-6  # the verifier's probabilities are float32 softmaxes
 
 def world(seed: int, vocab: int):
     """Synthetic next-token laws, a function of the continuation only."""
+
     def next_probs(continuations):
         return torch.stack([random_distribution(random.Random(repr((seed, c))), vocab) for c in continuations])
+
     return next_probs
 
 

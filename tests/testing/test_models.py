@@ -41,7 +41,7 @@ def test_repetitive_prompt_repeats_its_motif_and_avoids_special_ids():
     prompt = repetitive_prompt(0, 96)
     assert len(prompt) == 51 and min(prompt) >= 3 and max(prompt) < 96
     tail = prompt[-4:]
-    assert any(prompt[i:i + 4] == tail for i in range(len(prompt) - 4))
+    assert any(prompt[i : i + 4] == tail for i in range(len(prompt) - 4))
 
 
 def test_id_tokenizer_round_trips():
@@ -51,12 +51,14 @@ def test_id_tokenizer_round_trips():
 
 
 def test_models_import_without_pytest_or_hypothesis():
-    code = ("import sys; sys.modules['hypothesis'] = None; sys.modules['pytest'] = None\n"
-            "import cas_spec.testing as kit\n"
-            "from cas_spec.testing.models import tiny_llama, IdTokenizer\n"
-            "assert kit.tiny_llama is tiny_llama and kit.IdTokenizer is IdTokenizer\n"
-            "assert 'cas_spec.testing.contracts' not in sys.modules\n"
-            "try:\n    kit.StrategyContract\nexcept ImportError:\n    print('contracts need pytest')\n")
+    code = (
+        "import sys; sys.modules['hypothesis'] = None; sys.modules['pytest'] = None\n"
+        "import cas_spec.testing as kit\n"
+        "from cas_spec.testing.models import tiny_llama, IdTokenizer\n"
+        "assert kit.tiny_llama is tiny_llama and kit.IdTokenizer is IdTokenizer\n"
+        "assert 'cas_spec.testing.contracts' not in sys.modules\n"
+        "try:\n    kit.StrategyContract\nexcept ImportError:\n    print('contracts need pytest')\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "contracts need pytest"
@@ -75,7 +77,8 @@ def test_the_testing_extra_brings_what_the_kit_imports():
     from pathlib import Path
 
     extras = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
+        "optional-dependencies"
+    ]
     names = {req.split(">")[0].split("=")[0] for req in extras["testing"]}
     assert names == {"pytest", "hypothesis"}
     assert set(extras["testing"]) <= set(extras["dev"])

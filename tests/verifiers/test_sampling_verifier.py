@@ -171,8 +171,7 @@ def test_acceptance_uniforms_are_drawn_on_the_generators_device(monkeypatch):
     builder.add(0, 1, "a")
     generator = seeded(0)
     SamplingVerifier().verify(builder.build(), torch.zeros(2, VOCAB), SamplingParams(temperature=1.0), generator)
-    assert calls and all(g is generator and d is not None and torch.device(d) == generator.device
-                         for g, d in calls)
+    assert calls and all(g is generator and d is not None and torch.device(d) == generator.device for g, d in calls)
 
 
 def _one_hot_logits(rows: int, token_of_row: list[int], vocab: int = VOCAB) -> torch.Tensor:
@@ -208,8 +207,7 @@ def test_top_k_one_makes_the_argmax_child_certain():
     child = builder.add(0, 1, "a", draft_probs=torch.full((VOCAB,), 1 / VOCAB))
     tree = builder.build()
     for seed in range(100):
-        verdict = SamplingVerifier().verify(tree, logits, SamplingParams(temperature=1.3, top_k=1),
-                                            seeded(seed))
+        verdict = SamplingVerifier().verify(tree, logits, SamplingParams(temperature=1.3, top_k=1), seeded(seed))
         assert verdict.accepted_nodes == (child,) and verdict.bonus_token == 1
 
 
@@ -289,7 +287,7 @@ MC_SAMPLING = SamplingParams(temperature=0.9, top_k=4)  # top-k zeros exercise p
 
 
 def _path_seed(kind: int, path: tuple[int, ...]) -> int:
-    return kind * 10_000 + sum((t + 1) * 7 ** i for i, t in enumerate(path))
+    return kind * 10_000 + sum((t + 1) * 7**i for i, t in enumerate(path))
 
 
 def mc_logits(path: tuple[int, ...]) -> torch.Tensor:
@@ -391,8 +389,7 @@ E2E_VOCAB = 16
 AUTOREGRESSIVE = {"scheduler": {"kind": "autoregressive"}, "sampling": {"temperature": 1.0}}
 CHAIN_PLD = {
     "scheduler": {"kind": "chain", "options": {"level": "pld", "k": 4}},
-    "levels": [{"name": "pld", "kind": "prompt_lookup",
-                "options": {"max_ngram": 2, "min_ngram": 1, "num_tokens": 4}}],
+    "levels": [{"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 2, "min_ngram": 1, "num_tokens": 4}}],
     "sampling": {"temperature": 1.0},
 }
 
@@ -426,8 +423,7 @@ def test_speculative_pipeline_matches_autoregressive_and_target():
     first = _next_probs(model, [prompt])[0]
     second = _next_probs(model, [prompt + [a] for a in range(E2E_VOCAB)])
     eos = 2  # tiny_llama's eos_token_id: generation stops right after it
-    exact = {(a, b): float(first[a] * second[a, b]) for a in range(E2E_VOCAB) for b in range(E2E_VOCAB)
-             if a != eos}
+    exact = {(a, b): float(first[a] * second[a, b]) for a in range(E2E_VOCAB) for b in range(E2E_VOCAB) if a != eos}
     exact[(eos,)] = float(first[eos])
     assert first[prompt[1]] > 0.25, "the drafted token must be a plausible target token"
 

@@ -35,8 +35,9 @@ def find_stories() -> Path:
     for folder in PACKAGE.resolve().parents:
         if (folder / "tests" / "fixtures" / "stories260K").is_dir():
             return folder / "tests" / "fixtures" / "stories260K"
-    raise RuntimeError("stories260K not found: set CAS_SPEC_STORIES to the cas-spec repository's "
-                       "tests/fixtures/stories260K")
+    raise RuntimeError(
+        "stories260K not found: set CAS_SPEC_STORIES to the cas-spec repository's tests/fixtures/stories260K"
+    )
 
 
 STORIES = find_stories()

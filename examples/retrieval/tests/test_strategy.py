@@ -22,13 +22,16 @@ def test_the_entry_point_registers_the_strategy():
     assert plugins.strategies.owner("retrieval") == "retrieval" and "retrieval" not in plugins.broken
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({}, "corpus\n  Field required"),
-    ({"corpus": "/nonexistent"}, "corpus /nonexistent: no such file or directory"),
-    ({"corpus": str(CORPUS), "num_tokens": 0}, "num_tokens\n  Input should be greater than or equal to 1"),
-    ({"corpus": str(CORPUS), "min_ngram": 5, "max_ngram": 3}, "min_ngram (5) must not exceed max_ngram (3)"),
-    ({"corpus": str(CORPUS), "top_k": 3}, "top_k\n  Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "corpus\n  Field required"),
+        ({"corpus": "/nonexistent"}, "corpus /nonexistent: no such file or directory"),
+        ({"corpus": str(CORPUS), "num_tokens": 0}, "num_tokens\n  Input should be greater than or equal to 1"),
+        ({"corpus": str(CORPUS), "min_ngram": 5, "max_ngram": 3}, "min_ngram (5) must not exceed max_ngram (3)"),
+        ({"corpus": str(CORPUS), "top_k": 3}, "top_k\n  Extra inputs are not permitted"),
+    ],
+)
 def test_bad_options_say_what_is_wrong(options, message):
     with pytest.raises(ValidationError) as info:
         RetrievalOptions(**options)
@@ -47,8 +50,11 @@ def test_an_empty_corpus_is_rejected(tmp_path):
 
 def test_a_pipeline_with_a_missing_corpus_fails_with_the_location(stories):
     model, tokenizer = stories
-    config = {"scheduler": {"kind": "chain"}, "calibration": "off",
-              "levels": [{"name": "rest", "kind": "retrieval", "options": {"corpus": "/nonexistent"}}]}
+    config = {
+        "scheduler": {"kind": "chain"},
+        "calibration": "off",
+        "levels": [{"name": "rest", "kind": "retrieval", "options": {"corpus": "/nonexistent"}}],
+    }
     with pytest.raises(ConfigError, match="levels.0.options.corpus: Value error, corpus /nonexistent: no such"):
         load_pipeline(config, model=model, tokenizer=tokenizer)
 

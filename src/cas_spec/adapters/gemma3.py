@@ -24,8 +24,9 @@ from cas_spec.core.adapter import ModelAdapter
 from cas_spec.core.tree import ancestor_matrix, tree_attention_mask
 
 
-def sliding_tree_attention_mask(tree, past_length: int, window: int, dtype: torch.dtype,
-                                device: torch.device | str = "cpu") -> torch.Tensor:
+def sliding_tree_attention_mask(
+    tree, past_length: int, window: int, dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Additive 4-D mask [1, 1, N, K + N] for a sliding-window layer holding `past_length` tokens.
 
     A sliding cache layer hands attention its last K = min(past_length, window - 1) cached tokens

@@ -137,8 +137,9 @@ class ModelAdapter(ABC):
         return min(lengths) if lengths else 0
 
     # -- tree attention ------------------------------------------------------------------------
-    def tree_attention_mask(self, tree: TokenTree, past_length: int, dtype: torch.dtype,
-                            device: torch.device | str) -> Any:
+    def tree_attention_mask(
+        self, tree: TokenTree, past_length: int, dtype: torch.dtype, device: torch.device | str
+    ) -> Any:
         """The `attention_mask` argument that verifies `tree` over `past_length` cached tokens:
         one additive 4-D mask (`core.tree.tree_attention_mask`); architectures whose layers see
         different keys (sliding windows) return what their model's forward takes instead."""

@@ -52,8 +52,11 @@ class LevelConfig(_Plugged):
 class SchedulerConfig(_Plugged):
     kind: str = Field("chain", description="Registered scheduler name.")
     options: dict[str, Any] = Field(default_factory=dict, description="The scheduler's options.")
-    gate: bool = Field(False, description="Wrap the scheduler in the never-slower gate: decode plainly "
-                       "while measured speculation is slower than plain decoding, and probe again later.")
+    gate: bool = Field(
+        False,
+        description="Wrap the scheduler in the never-slower gate: decode plainly "
+        "while measured speculation is slower than plain decoding, and probe again later.",
+    )
 
 
 class SamplingConfig(_Strict):
@@ -65,9 +68,11 @@ class SamplingConfig(_Strict):
 
 class KernelsConfig(_Strict):
     linear: Literal["auto", "stock"] = Field(
-        "auto", description="auto = per row count, the fastest linear kernel measured on this machine.")
+        "auto", description="auto = per row count, the fastest linear kernel measured on this machine."
+    )
     attention: Literal["auto", "stock"] = Field(
-        "auto", description="auto = SDPA without K/V copies for grouped-query attention.")
+        "auto", description="auto = SDPA without K/V copies for grouped-query attention."
+    )
 
 
 class PipelineConfig(_Strict):
@@ -76,30 +81,37 @@ class PipelineConfig(_Strict):
     model: str = Field("smollm2-135m", description="Model alias or a local Hugging Face folder.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto = float32 on CPU, bfloat16 on CUDA.")
+        "auto", description="auto = float32 on CPU, bfloat16 on CUDA."
+    )
     threads: int | None = Field(1, ge=1, description="CPU threads for torch (null = leave as is).")
     chat: bool | None = Field(None, description="Apply the chat template; null = when the model has one.")
     max_new_tokens: int = Field(128, ge=1, description="Default generation budget.")
     calibration: Literal["auto", "off"] = Field(
-        "auto", description="auto = use the cached cost table, or measure a quick one on first use.")
-    kernels: KernelsConfig = Field(default_factory=KernelsConfig,
-                                   description="CPU float32 kernels (used only when calibrated).")
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig,
-                                       description="Which scheduler decides who drafts what, and its options.")
+        "auto", description="auto = use the cached cost table, or measure a quick one on first use."
+    )
+    kernels: KernelsConfig = Field(
+        default_factory=KernelsConfig, description="CPU float32 kernels (used only when calibrated)."
+    )
+    scheduler: SchedulerConfig = Field(
+        default_factory=SchedulerConfig, description="Which scheduler decides who drafts what, and its options."
+    )
 
     @field_validator("calibration", mode="before")
     @classmethod
     def _yaml_off(cls, value):
         return "off" if value is False else value  # YAML reads a bare `off` as false
 
-    levels: list[LevelConfig] = Field(default_factory=list,
-                                      description="The drafting levels: named, configured strategies.")
+    levels: list[LevelConfig] = Field(
+        default_factory=list, description="The drafting levels: named, configured strategies."
+    )
     verifier: str = Field("auto", description="auto = greedy at temperature 0, sampling otherwise.")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig,
-                                     description="How tokens are chosen: greedy, or sampled like the target.")
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig, description="How tokens are chosen: greedy, or sampled like the target."
+    )
 
 
 # -- loading ----------------------------------------------------------------------------------
+
 
 def preset_names() -> list[str]:
     from importlib import resources
@@ -120,8 +132,9 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     if isinstance(exc, yaml.constructor.ConstructorError):
         tag = re.search(r"tag '([^']*)'", problem)
         name = tag.group(1).replace("tag:yaml.org,2002:", "!!") if tag else "?"
-        problem = (f"tag '{name}' is not allowed: a pipeline is plain data "
-                   "(mappings, lists, strings, numbers, booleans, null)")
+        problem = (
+            f"tag '{name}' is not allowed: a pipeline is plain data (mappings, lists, strings, numbers, booleans, null)"
+        )
     return problem
 
 
@@ -149,16 +162,16 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _resolve_extends(data: dict[str, Any], base_dir: Path | None, source: str,
-                     seen: tuple[str, ...]) -> dict[str, Any]:
+def _resolve_extends(data: dict[str, Any], base_dir: Path | None, source: str, seen: tuple[str, ...]) -> dict[str, Any]:
     parent = data.pop("extends", None)
     if parent is None:
         return data
     if not isinstance(parent, str):
         raise ConfigError(["extends: expected a file path or preset name"], source)
     if _is_remote(parent):
-        raise ConfigError([f"extends: '{parent}' is a URL or a network path; only local files and presets "
-                           "are allowed"], source)
+        raise ConfigError(
+            [f"extends: '{parent}' is a URL or a network path; only local files and presets are allowed"], source
+        )
     key = str((base_dir / parent).resolve()) if base_dir and (base_dir / parent).exists() else parent
     if key in seen:
         raise ConfigError([f"extends: cycle through '{parent}'"], source)
@@ -169,8 +182,9 @@ def _resolve_extends(data: dict[str, Any], base_dir: Path | None, source: str,
     elif parent in preset_names():
         parent_data = _resolve_extends(_parse_yaml(_preset_text(parent), parent), None, parent, seen + (key,))
     else:
-        raise ConfigError([f"extends: no file or preset named '{parent}'; presets: {', '.join(preset_names())}"],
-                          source)
+        raise ConfigError(
+            [f"extends: no file or preset named '{parent}'; presets: {', '.join(preset_names())}"], source
+        )
     return _merge(parent_data, data)
 
 
@@ -235,10 +249,10 @@ def load_raw(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], st
         data = _parse_yaml(path.read_text(), text_source)
         return _resolve_extends(data, path.parent, text_source, (str(path.resolve()),)), text_source
     if text_source in preset_names():
-        return _resolve_extends(_parse_yaml(_preset_text(text_source), text_source), None, text_source,
-                                (text_source,)), text_source
-    raise ConfigError([f"<pipeline>: no file or preset named '{text_source}'; presets: "
-                       f"{', '.join(preset_names())}"])
+        return _resolve_extends(
+            _parse_yaml(_preset_text(text_source), text_source), None, text_source, (text_source,)
+        ), text_source
+    raise ConfigError([f"<pipeline>: no file or preset named '{text_source}'; presets: {', '.join(preset_names())}"])
 
 
 def _location(loc: tuple) -> str:
@@ -300,20 +314,24 @@ def _plugin_problems(data: Mapping[str, Any], plugins, validated: dict[str, Base
     return problems
 
 
-def _check_plugin(registry, kind: str, options: dict[str, Any], where: str,
-                  validated: dict[str, BaseModel]) -> list[str]:
+def _check_plugin(
+    registry, kind: str, options: dict[str, Any], where: str, validated: dict[str, BaseModel]
+) -> list[str]:
     if kind not in registry:
         return [f"{where}.kind: {registry.unknown_message(kind)}"]
     try:
         validated[where] = registry.get(kind).Options.model_validate(options)
     except ValidationError as exc:
-        return [f"{where}.options.{_location(e['loc'])}: {e['msg']}".replace(".options.<root>", ".options")
-                for e in exc.errors()]
+        return [
+            f"{where}.options.{_location(e['loc'])}: {e['msg']}".replace(".options.<root>", ".options")
+            for e in exc.errors()
+        ]
     return []
 
 
-def load_config(source: str | Path | Mapping[str, Any] = "default", overrides: Iterable[str] = (),
-                plugins=None) -> PipelineConfig:
+def load_config(
+    source: str | Path | Mapping[str, Any] = "default", overrides: Iterable[str] = (), plugins=None
+) -> PipelineConfig:
     """Load, merge, override and validate a pipeline."""
     data, name = load_raw(source)
     data = apply_overrides(data, overrides)

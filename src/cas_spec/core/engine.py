@@ -52,8 +52,12 @@ def generate_tokens(
     prefill_seconds = time.perf_counter() - start
 
     state = DecodingState(
-        tokens=list(prompt_ids), prompt_length=len(prompt_ids), sampling=sampling,
-        generator=make_generator(sampling, target.device), costs=costs, context_length=target.length,
+        tokens=list(prompt_ids),
+        prompt_length=len(prompt_ids),
+        sampling=sampling,
+        generator=make_generator(sampling, target.device),
+        costs=costs,
+        context_length=target.length,
     )
     for level in levels:
         level.reset_counters()
@@ -90,8 +94,9 @@ def generate_tokens(
             new = new[: hit_eos + 1]
         state.tokens.extend(new)
         state.step += 1
-        timings = StepTimings(draft=drafted_at - step_start, verify=verified_at - drafted_at,
-                              total=time.perf_counter() - step_start)
+        timings = StepTimings(
+            draft=drafted_at - step_start, verify=verified_at - drafted_at, total=time.perf_counter() - step_start
+        )
         recorder.record_step(tree, verdict, timings, committed=len(new))
         scheduler.observe(tree, verdict, timings)
         for level in levels:  # online adaptation, outside the step's timings
@@ -104,10 +109,13 @@ def generate_tokens(
             stop_reason = "eos"
             break
 
-    new_tokens = state.tokens[state.prompt_length:]
+    new_tokens = state.tokens[state.prompt_length :]
     stats = recorder.finish(
-        prompt_tokens=len(prompt_ids), new_tokens=len(new_tokens), prefill_seconds=prefill_seconds,
-        decode_seconds=time.perf_counter() - decode_start, stop_reason=stop_reason,
+        prompt_tokens=len(prompt_ids),
+        new_tokens=len(new_tokens),
+        prefill_seconds=prefill_seconds,
+        decode_seconds=time.perf_counter() - decode_start,
+        stop_reason=stop_reason,
     )
     return new_tokens, stats
 

@@ -90,8 +90,7 @@ class DraftStrategy(Plugin):
         the target's)."""
         raise NotImplementedError(f"{type(self).__name__} cannot review (can_review is False)")
 
-    def candidates(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int,
-                   count: int) -> list[Candidate]:
+    def candidates(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int, count: int) -> list[Candidate]:
         """With `offers_candidates`: up to `count` proposals of up to `max_tokens` tokens each,
         best first (the first is what `draft` proposes), each with a `key` naming its kind."""
         raise NotImplementedError(f"{type(self).__name__} offers no candidates (offers_candidates is False)")

@@ -45,9 +45,7 @@ class Level:
             self.seconds += self.clock() - start
             self.calls += 1
         if len(result) > max_tokens:
-            raise RuntimeError(
-                f"level '{self.name}' drafted {len(result)} tokens; at most {max_tokens} were asked for"
-            )
+            raise RuntimeError(f"level '{self.name}' drafted {len(result)} tokens; at most {max_tokens} were asked for")
         self.proposed += len(result)
         return result
 
@@ -62,8 +60,7 @@ class Level:
             self.seconds += self.clock() - start
             self.calls += 1
 
-    def candidates(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int,
-                   count: int) -> list[Candidate]:
+    def candidates(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int, count: int) -> list[Candidate]:
         """The strategy's `candidates` (it must declare `offers_candidates`), timed and counted
         like a draft call; every token of every candidate counts as proposed."""
         start = self.clock()

@@ -52,8 +52,12 @@ class Plugins:
     broken: dict[str, str] = field(default_factory=dict)  # plugin name -> error
 
     def registry(self, kind: str) -> Registry:
-        return {"strategy": self.strategies, "scheduler": self.schedulers,
-                "verifier": self.verifiers, "adapter": self.adapters}[kind]
+        return {
+            "strategy": self.strategies,
+            "scheduler": self.schedulers,
+            "verifier": self.verifiers,
+            "adapter": self.adapters,
+        }[kind]
 
 
 def _registries() -> dict[str, Registry]:
@@ -79,8 +83,9 @@ def _entry_points_enabled() -> bool:
     return True
 
 
-def build_plugins(entry_points: Iterable[importlib.metadata.EntryPoint] | None = None,
-                  extra: Iterable[object] = ()) -> Plugins:
+def build_plugins(
+    entry_points: Iterable[importlib.metadata.EntryPoint] | None = None, extra: Iterable[object] = ()
+) -> Plugins:
     """Build a fresh plugin set: built-ins, then entry points (or the given ones), then `extra`."""
     pm = pluggy.PluginManager("cas_spec")
     pm.add_hookspecs(hookspecs)
@@ -88,8 +93,7 @@ def build_plugins(entry_points: Iterable[importlib.metadata.EntryPoint] | None =
     for module_name in BUILTIN_MODULES:
         pm.register(importlib.import_module(module_name), name=module_name)
     if entry_points is None:
-        entry_points = (importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-                        if _entry_points_enabled() else ())
+        entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if _entry_points_enabled() else ()
     for ep in entry_points:
         if not _allowed(ep.name) or pm.get_plugin(ep.name) is not None:
             continue
@@ -125,8 +129,14 @@ def build_plugins(entry_points: Iterable[importlib.metadata.EntryPoint] | None =
                     each.remove_owner(impl.plugin_name)
         registry.current_owner = "?"
     loaded = [name for name, _ in pm.list_name_plugin() if name not in broken]
-    return Plugins(registries["strategy"], registries["scheduler"], registries["verifier"],
-                   registries["adapter"], loaded=loaded, broken=broken)
+    return Plugins(
+        registries["strategy"],
+        registries["scheduler"],
+        registries["verifier"],
+        registries["adapter"],
+        loaded=loaded,
+        broken=broken,
+    )
 
 
 @cache

@@ -39,8 +39,9 @@ def encode_prompt(tokenizer: Any, prompt: Prompt, chat: bool | None) -> list[int
         if prompt.dim() == 2 and prompt.shape[0] != 1:
             raise InputError(f"input_ids hold a batch of {prompt.shape[0]}; cas-spec decodes one sequence")
         if prompt.dim() not in (1, 2) or prompt.is_floating_point():
-            raise InputError(f"input_ids must be a 1-D or [1, L] integer tensor, got {tuple(prompt.shape)} "
-                             f"{prompt.dtype}")
+            raise InputError(
+                f"input_ids must be a 1-D or [1, L] integer tensor, got {tuple(prompt.shape)} {prompt.dtype}"
+            )
         prompt = prompt.reshape(-1).tolist()
     if isinstance(prompt, list | tuple):
         if len(prompt) == 1 and isinstance(prompt[0], list | tuple):  # [[ids]]: a batch of one
@@ -51,8 +52,9 @@ def encode_prompt(tokenizer: Any, prompt: Prompt, chat: bool | None) -> list[int
     if not prompt.strip():
         raise InputError("the prompt is empty")
     if wants_chat(tokenizer, chat):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            tokenize=True)
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
         if isinstance(ids, Mapping) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
         return list(ids)
@@ -82,13 +84,13 @@ class TextStreamer:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
             return
-        self.sink(text[self.printed:])
+        self.sink(text[self.printed :])
         self.printed = len(text)
 
     def flush(self) -> None:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if len(text) > self.printed:
-            self.sink(text[self.printed:])
+            self.sink(text[self.printed :])
         self.printed = len(text)
 
 

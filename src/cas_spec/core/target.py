@@ -83,8 +83,9 @@ class Target:
         ids = tree.tokens.to(device)[None]
         positions = tree_position_ids(tree, self.length, device)
         mask = None if tree.is_chain else self.adapter.tree_attention_mask(tree, self.length, self.dtype, device)
-        out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask,
-                         past_key_values=self.cache, use_cache=True)
+        out = self.model(
+            input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=self.cache, use_cache=True
+        )
         return out.logits[0].float()
 
     def commit(self, tree: TokenTree, accepted_nodes: tuple[int, ...]) -> None:
@@ -105,8 +106,7 @@ class Target:
         Yields this target."""
         self.restore()
         try:
-            with self.adapter.swapped(variant.layers, variant.lm_head) if variant is not None \
-                    else contextlib.nullcontext():
+            with self._running(variant):
                 yield self
         finally:
             self.restore()
@@ -118,8 +118,13 @@ class Target:
         device = self.device
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)
         positions = torch.arange(position, position + len(tokens), device=device)[None]
-        out = self.model(input_ids=ids, position_ids=positions, past_key_values=self.cache, use_cache=True,
-                         logits_to_keep=logits_to_keep)
+        out = self.model(
+            input_ids=ids,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
         return out.logits[0].float()
 
     @torch.inference_mode()
@@ -132,8 +137,7 @@ class Target:
         device = self.device
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)
         positions = torch.arange(start, start + len(tokens), device=device)[None]
-        with self.adapter.swapped(variant.layers, variant.lm_head) if variant is not None \
-                else contextlib.nullcontext():
+        with self._running(variant):
             out = self.model(input_ids=ids, position_ids=positions, past_key_values=view, use_cache=True)
         return out.logits[0].float()
 
@@ -142,9 +146,14 @@ class Target:
         """[1, V] logits of `variant` (None: the target) after `tokens`, without any cache (to
         calibrate a draft mode on text)."""
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
-        with self.adapter.swapped(variant.layers, variant.lm_head) if variant is not None \
-                else contextlib.nullcontext():
+        with self._running(variant):
             return self.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0].float()
+
+    def _running(self, variant: Variant | None) -> contextlib.AbstractContextManager[None]:
+        """Within the block the model is `variant`, or the target itself when None."""
+        if variant is None:
+            return contextlib.nullcontext()
+        return self.adapter.swapped(variant.layers, variant.lm_head)
 
 
 __all__ = ["Target", "Variant"]

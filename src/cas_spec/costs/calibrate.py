@@ -27,8 +27,16 @@ def _sync(device) -> None:
 
 
 @torch.inference_mode()
-def measure(target, sizes=FULL_SIZES, context_lengths=(64, 300, 1000), repeats: int = 7, key: str = "",
-            quick: bool = False, progress: bool = True, seed: int = 0) -> CostTable:
+def measure(
+    target,
+    sizes=FULL_SIZES,
+    context_lengths=(64, 300, 1000),
+    repeats: int = 7,
+    key: str = "",
+    quick: bool = False,
+    progress: bool = True,
+    seed: int = 0,
+) -> CostTable:
     """Measure relative forward costs with the model as it is configured now (kernels included)."""
     from tqdm import tqdm
 
@@ -39,8 +47,14 @@ def measure(target, sizes=FULL_SIZES, context_lengths=(64, 300, 1000), repeats: 
     contexts = tuple(sorted({c for c in context_lengths if c + max(sizes) < limit})) or (max(1, limit // 4),)
     rng = random.Random(seed)
     relative, step_seconds = [], []
-    bar = tqdm(total=len(contexts) * repeats * len(sizes), desc="calibrating forward costs", unit="fwd",
-               disable=not progress, file=sys.stderr, leave=False)
+    bar = tqdm(
+        total=len(contexts) * repeats * len(sizes),
+        desc="calibrating forward costs",
+        unit="fwd",
+        disable=not progress,
+        file=sys.stderr,
+        leave=False,
+    )
     try:
         for context in contexts:
             cache = adapter.new_cache()
@@ -62,8 +76,14 @@ def measure(target, sizes=FULL_SIZES, context_lengths=(64, 300, 1000), repeats: 
             relative.append(tuple(m / medians[0] for m in medians))
     finally:
         bar.close()
-    return CostTable(sizes=tuple(sizes), context_lengths=contexts, relative=tuple(relative),
-                     step_seconds=tuple(step_seconds), key=key, quick=quick)
+    return CostTable(
+        sizes=tuple(sizes),
+        context_lengths=contexts,
+        relative=tuple(relative),
+        step_seconds=tuple(step_seconds),
+        key=key,
+        quick=quick,
+    )
 
 
 def _forward(model, adapter, cache, ids, context: int) -> float:

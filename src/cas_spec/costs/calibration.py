@@ -88,8 +88,16 @@ def running(model: nn.Module, plan: LinearPlan | None, attention: str | None) ->
         yield
 
 
-def measure_target(target: Target, threads: int | None, linear: str, attention: str, *, quick: bool,
-                   use_cache: bool, progress: bool = True) -> Calibration:
+def measure_target(
+    target: Target,
+    threads: int | None,
+    linear: str,
+    attention: str,
+    *,
+    quick: bool,
+    use_cache: bool,
+    progress: bool = True,
+) -> Calibration:
     """The kernels and forward-cost table of `target`'s model: cached, or measured (and cached)."""
     model = target.model
     fast = fast_kernels_apply(model)
@@ -104,26 +112,45 @@ def measure_target(target: Target, threads: int | None, linear: str, attention: 
     plan = None
     extra: dict = {}
     if use_linear:
-        selection = select_plan(model, QUICK_KERNEL_SIZES if quick else DEFAULT_NS, repeats=2 if quick else 7,
-                                threads=threads, attention=attention_name, progress=progress,
-                                new_cache=target.adapter.new_cache)
+        selection = select_plan(
+            model,
+            QUICK_KERNEL_SIZES if quick else DEFAULT_NS,
+            repeats=2 if quick else 7,
+            threads=threads,
+            attention=attention_name,
+            progress=progress,
+            new_cache=target.adapter.new_cache,
+        )
         plan = selection.plan
-        extra = {"linear_plan": _plan_to_json(plan),
-                 "kernel_timings": {str(n): row for n, row in selection.timings.items()}}
+        extra = {
+            "linear_plan": _plan_to_json(plan),
+            "kernel_timings": {str(n): row for n, row in selection.timings.items()},
+        }
     with running(model, plan, attention_name):
         if quick:
-            table = measure_table(target, sizes=QUICK_SIZES, context_lengths=(300,), repeats=3, key=key,
-                                  quick=True, progress=progress)
+            table = measure_table(
+                target, sizes=QUICK_SIZES, context_lengths=(300,), repeats=3, key=key, quick=True, progress=progress
+            )
         else:
             table = measure_table(target, key=key, progress=progress)
-    table = CostTable(table.sizes, table.context_lengths, table.relative, table.step_seconds, table.key,
-                      table.quick, extra)
+    table = CostTable(
+        table.sizes, table.context_lengths, table.relative, table.step_seconds, table.key, table.quick, extra
+    )
     save(table)
     return Calibration(table, plan, attention_name)
 
 
-def measure_levels(calibration: Calibration, target: Target, levels: Sequence[Level], kinds: Mapping[str, str],
-                   tokenizer, *, quick: bool, use_cache: bool, progress: bool = True) -> Calibration:
+def measure_levels(
+    calibration: Calibration,
+    target: Target,
+    levels: Sequence[Level],
+    kinds: Mapping[str, str],
+    tokenizer,
+    *,
+    quick: bool,
+    use_cache: bool,
+    progress: bool = True,
+) -> Calibration:
     """`calibration` with each level's draft cost (`costs/draft_costs.py`): cached, or measured
     and cached, under the calibrated kernels. Each level first does its one-time work
     (`DraftStrategy.prepare`, e.g. a skip-set search when none is cached) on real text, so that
@@ -135,8 +162,16 @@ def measure_levels(calibration: Calibration, target: Target, levels: Sequence[Le
         text = calibration_text_ids(tokenizer, PREPARE_TOKENS, model.config.vocab_size)
         for level in levels:
             level.strategy.prepare(target, text, progress=progress)
-        drafts = calibrated_draft_costs(target, levels, dict(kinds), tokenizer, key=calibration.costs.key,
-                                        quick=quick, use_cache=use_cache, progress=progress)
+        drafts = calibrated_draft_costs(
+            target,
+            levels,
+            dict(kinds),
+            tokenizer,
+            key=calibration.costs.key,
+            quick=quick,
+            use_cache=use_cache,
+            progress=progress,
+        )
     return Calibration(calibration.costs, calibration.linear_plan, calibration.attention, drafts)
 
 

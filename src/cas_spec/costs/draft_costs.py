@@ -60,8 +60,10 @@ class LevelDraftCost:
     agreement: float | None = None  # share of positions where its greedy token is the target's (model levels)
 
     def cost(self, calls: int, tokens: int, context: int) -> float:
-        return sum(w * (calls * self.per_call[i] + tokens * self.per_token[i])
-                   for i, w in context_weights(self.context_lengths, context))
+        return sum(
+            w * (calls * self.per_call[i] + tokens * self.per_token[i])
+            for i, w in context_weights(self.context_lengths, context)
+        )
 
 
 def level_signature(kind: str, options) -> str:
@@ -81,20 +83,35 @@ def load_draft_costs(key: str) -> dict[str, dict]:
         data = json.loads(_path(key).read_text())
         if data.get("format") != FORMAT_VERSION:
             return {}
-        return {sig: {"cost": LevelDraftCost(tuple(e["context_lengths"]), tuple(e["per_call"]),
-                                             tuple(e["per_token"]), tuple(e.get("residual", ())),
-                                             e.get("agreement")),
-                      "quick": bool(e.get("quick"))}
-                for sig, e in data["levels"].items()}
+        return {
+            sig: {
+                "cost": LevelDraftCost(
+                    tuple(e["context_lengths"]),
+                    tuple(e["per_call"]),
+                    tuple(e["per_token"]),
+                    tuple(e.get("residual", ())),
+                    e.get("agreement"),
+                ),
+                "quick": bool(e.get("quick")),
+            }
+            for sig, e in data["levels"].items()
+        }
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
 
 def save_draft_costs(key: str, entries: dict[str, dict]) -> None:
-    levels = {sig: {"context_lengths": list(e["cost"].context_lengths), "per_call": list(e["cost"].per_call),
-                    "per_token": list(e["cost"].per_token), "residual": list(e["cost"].residual),
-                    "agreement": e["cost"].agreement,
-                    "quick": e["quick"]} for sig, e in entries.items()}
+    levels = {
+        sig: {
+            "context_lengths": list(e["cost"].context_lengths),
+            "per_call": list(e["cost"].per_call),
+            "per_token": list(e["cost"].per_token),
+            "residual": list(e["cost"].residual),
+            "agreement": e["cost"].agreement,
+            "quick": e["quick"],
+        }
+        for sig, e in entries.items()
+    }
     write_text_atomically(_path(key), json.dumps({"format": FORMAT_VERSION, "levels": levels}, indent=1))
 
 
@@ -114,27 +131,45 @@ def fit_residual(points: Sequence[tuple[float, float]], per_call: float, per_tok
 
 
 @torch.inference_mode()
-def measure_draft_costs(target, levels, text_ids: Sequence[int], context_lengths=(64, 300, 1000),
-                        repeats: int = 5, progress: bool = True, seed: int = 0) -> dict[str, LevelDraftCost]:
+def measure_draft_costs(
+    target,
+    levels,
+    text_ids: Sequence[int],
+    context_lengths=(64, 300, 1000),
+    repeats: int = 5,
+    progress: bool = True,
+    seed: int = 0,
+) -> dict[str, LevelDraftCost]:
     """Level name -> its measured `LevelDraftCost` (see the module docstring)."""
     from tqdm import tqdm
-
 
     limit = min(target.adapter.context_length, len(text_ids)) - max(*DRAFT_LENGTHS, AGREEMENT_TOKENS) - 2
     contexts = tuple(sorted({c for c in context_lengths if c <= limit})) or (max(4, limit),)
     rng = random.Random(seed)
     points: dict[str, list[list[tuple[float, float]]]] = {lv.name: [] for lv in levels}
     agreements: dict[str, list[float]] = {lv.name: [] for lv in levels}
-    bar = tqdm(total=len(contexts) * len(levels) * (repeats * (len(DRAFT_LENGTHS) + 1) + 1),
-               desc="calibrating draft costs", unit="call", disable=not progress, file=sys.stderr, leave=False)
+    bar = tqdm(
+        total=len(contexts) * len(levels) * (repeats * (len(DRAFT_LENGTHS) + 1) + 1),
+        desc="calibrating draft costs",
+        unit="call",
+        disable=not progress,
+        file=sys.stderr,
+        leave=False,
+    )
     try:
         for context in contexts:
             target.prefill(list(text_ids[:context]))
-            state = DecodingState(tokens=list(text_ids[:context + 1]), prompt_length=context + 1,
-                                  sampling=SamplingParams(), generator=None, context_length=target.length,
-                                  max_depth=max(DRAFT_LENGTHS), force_length=True)
+            state = DecodingState(
+                tokens=list(text_ids[: context + 1]),
+                prompt_length=context + 1,
+                sampling=SamplingParams(),
+                generator=None,
+                context_length=target.length,
+                max_depth=max(DRAFT_LENGTHS),
+                force_length=True,
+            )
             root = TreeBuilder(state.root_token).build()
-            ahead = tuple(text_ids[context + 1:context + 1 + AGREEMENT_TOKENS])
+            ahead = tuple(text_ids[context + 1 : context + 1 + AGREEMENT_TOKENS])
             truth = target.forward_tree(chain_tree(state.root_token, DraftResult(tokens=ahead), None)).argmax(-1)
             target.restore()
             for level in levels:
@@ -165,9 +200,15 @@ def measure_draft_costs(target, levels, text_ids: Sequence[int], context_lengths
                     target.restore()
                     agreements[level.name].append(float((reviewed.argmax(-1) == truth).float().mean()))
                 unit = statistics.median(forwards)
-                points[level.name].append([
-                    (statistics.median(p for _, p in samples[k]), statistics.median(s for s, _ in samples[k]) / unit)
-                    for k in DRAFT_LENGTHS])
+                points[level.name].append(
+                    [
+                        (
+                            statistics.median(p for _, p in samples[k]),
+                            statistics.median(s for s, _ in samples[k]) / unit,
+                        )
+                        for k in DRAFT_LENGTHS
+                    ]
+                )
     finally:
         bar.close()
         target.restore()
@@ -176,8 +217,9 @@ def measure_draft_costs(target, levels, text_ids: Sequence[int], context_lengths
         fits = [fit_call_and_token(p) for p in per_context]
         residuals = tuple(fit_residual(p, c, t) for p, (c, t) in zip(per_context, fits, strict=True))
         agreement = statistics.mean(agreements[name]) if agreements[name] else None
-        result[name] = LevelDraftCost(contexts, tuple(c for c, _ in fits), tuple(t for _, t in fits), residuals,
-                                      agreement)
+        result[name] = LevelDraftCost(
+            contexts, tuple(c for c, _ in fits), tuple(t for _, t in fits), residuals, agreement
+        )
     return result
 
 
@@ -185,17 +227,21 @@ def format_draft_costs(costs: dict[str, LevelDraftCost], kinds: dict[str, str]) 
     """The table `cas-spec calibrate` shows: per level and context, per call and per token."""
     if not costs:
         return "draft costs: no levels"
-    lines = ["draft cost of a level, in one-token target forwards: per call + per drafted token "
-             f"(fitted over {', '.join(map(str, DRAFT_LENGTHS))} tokens; residual: RMS of the fit)",
-             f"{'level':<14}{'kind':<20}{'context':>8}{'per call':>10}{'per token':>11}{'1 token':>9}"
-             f"{'residual':>10}{'agreement':>11}"]
+    lines = [
+        "draft cost of a level, in one-token target forwards: per call + per drafted token "
+        f"(fitted over {', '.join(map(str, DRAFT_LENGTHS))} tokens; residual: RMS of the fit)",
+        f"{'level':<14}{'kind':<20}{'context':>8}{'per call':>10}{'per token':>11}{'1 token':>9}"
+        f"{'residual':>10}{'agreement':>11}",
+    ]
     for name, cost in costs.items():
         for i, context in enumerate(cost.context_lengths):
             residual = f"{cost.residual[i]:>10.3f}" if i < len(cost.residual) else f"{'–':>10}"
             agreement = f"{cost.agreement:>11.3f}" if i == 0 and cost.agreement is not None else f"{'':>11}"
-            lines.append(f"{name if i == 0 else '':<14}{kinds.get(name, '') if i == 0 else '':<20}"
-                         f"{context:>8}{cost.per_call[i]:>10.3f}{cost.per_token[i]:>11.3f}"
-                         f"{cost.per_call[i] + cost.per_token[i]:>9.3f}{residual}{agreement}")
+            lines.append(
+                f"{name if i == 0 else '':<14}{kinds.get(name, '') if i == 0 else '':<20}"
+                f"{context:>8}{cost.per_call[i]:>10.3f}{cost.per_token[i]:>11.3f}"
+                f"{cost.per_call[i] + cost.per_token[i]:>9.3f}{residual}{agreement}"
+            )
     return "\n".join(lines)
 
 
@@ -218,8 +264,9 @@ def calibration_text_ids(tokenizer, tokens: int, vocab_size: int) -> list[int]:
     return [rng.randrange(vocab_size) for _ in range(tokens)]
 
 
-def calibrated_draft_costs(target, levels, kinds: dict[str, str], tokenizer, *, key: str, quick: bool,
-                           use_cache: bool, progress: bool = True) -> dict[str, LevelDraftCost]:
+def calibrated_draft_costs(
+    target, levels, kinds: dict[str, str], tokenizer, *, key: str, quick: bool, use_cache: bool, progress: bool = True
+) -> dict[str, LevelDraftCost]:
     """Each level's draft cost: from the cache for calibration `key`, else measured and cached.
 
     A quick entry (first use: one context, 3 repeats) serves until a full one (`cas-spec
@@ -235,10 +282,10 @@ def calibrated_draft_costs(target, levels, kinds: dict[str, str], tokenizer, *, 
             missing.append(level)
     if missing:
         contexts = (300,) if quick else (64, 300, 1000)
-        text = calibration_text_ids(tokenizer, max(contexts) + max(*DRAFT_LENGTHS, AGREEMENT_TOKENS) + 4,
-                                    target.model.config.vocab_size)
-        measured = measure_draft_costs(target, missing, text, contexts, repeats=3 if quick else 5,
-                                       progress=progress)
+        text = calibration_text_ids(
+            tokenizer, max(contexts) + max(*DRAFT_LENGTHS, AGREEMENT_TOKENS) + 4, target.model.config.vocab_size
+        )
+        measured = measure_draft_costs(target, missing, text, contexts, repeats=3 if quick else 5, progress=progress)
         for name, cost in measured.items():
             cached[signatures[name]] = {"cost": cost, "quick": quick}
             result[name] = cost

@@ -66,9 +66,13 @@ class CostTable:
         if data.pop("format", None) != FORMAT_VERSION:
             raise ValueError("cost table of another format version")
         return cls(
-            sizes=tuple(data["sizes"]), context_lengths=tuple(data["context_lengths"]),
-            relative=tuple(tuple(r) for r in data["relative"]), step_seconds=tuple(data["step_seconds"]),
-            key=data.get("key", ""), quick=data.get("quick", False), extra=data.get("extra", {}),
+            sizes=tuple(data["sizes"]),
+            context_lengths=tuple(data["context_lengths"]),
+            relative=tuple(tuple(r) for r in data["relative"]),
+            step_seconds=tuple(data["step_seconds"]),
+            key=data.get("key", ""),
+            quick=data.get("quick", False),
+            extra=data.get("extra", {}),
         )
 
     def format(self) -> str:
@@ -119,15 +123,36 @@ def calibration_key(model, threads: int | None, kernels: str = "stock") -> str:
 
     param = next(model.parameters())
     config = model.config.to_dict()
-    shape = {k: config.get(k) for k in sorted(config) if k in (
-        "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-        "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings", "sliding_window", "layer_types")}
-    description = json.dumps({
-        "shape": shape, "dtype": str(param.dtype), "machine": machine_description(param.device),
-        "threads": threads if threads is not None else torch.get_num_threads(),
-        "torch": torch.__version__.split("+")[0], "kernels": kernels,
-        "attn": getattr(model.config, "_attn_implementation", None),
-    }, sort_keys=True)
+    shape = {
+        k: config.get(k)
+        for k in sorted(config)
+        if k
+        in (
+            "model_type",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "vocab_size",
+            "tie_word_embeddings",
+            "sliding_window",
+            "layer_types",
+        )
+    }
+    description = json.dumps(
+        {
+            "shape": shape,
+            "dtype": str(param.dtype),
+            "machine": machine_description(param.device),
+            "threads": threads if threads is not None else torch.get_num_threads(),
+            "torch": torch.__version__.split("+")[0],
+            "kernels": kernels,
+            "attn": getattr(model.config, "_attn_implementation", None),
+        },
+        sort_keys=True,
+    )
     digest = hashlib.sha256(description.encode()).hexdigest()[:16]
     return f"{config.get('model_type', 'model')}-{digest}"
 

@@ -27,7 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     for path in write_pages(args.docs):
         print(f"wrote {path}")
     if args.diagram:
-
         print(f"wrote {draw(args.docs / DIAGRAM)}")
     return 0
 

@@ -13,10 +13,13 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null",
-          Any: "any"}
-_BOUNDS = ((annotated_types.Ge, "ge", "≥"), (annotated_types.Gt, "gt", ">"),
-           (annotated_types.Le, "le", "≤"), (annotated_types.Lt, "lt", "<"))
+_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null", Any: "any"}
+_BOUNDS = (
+    (annotated_types.Ge, "ge", "≥"),
+    (annotated_types.Gt, "gt", ">"),
+    (annotated_types.Le, "le", "≤"),
+    (annotated_types.Lt, "lt", "<"),
+)
 
 
 def models_in(annotation) -> list[type[BaseModel]]:
@@ -101,8 +104,18 @@ def field_table(model: type[BaseModel], link=None) -> str:
     rows = ["| field | type | default | constraints | description |", "| --- | --- | --- | --- | --- |"]
     for name, field in model.model_fields.items():
         value = default(field)
-        rows.append("| " + " | ".join(_cell(cell) for cell in (
-            f"`{name}`", type_name(field.annotation, link),
-            "required" if value is None else f"`{value}`",
-            constraints(field), field.description or "")) + " |")
+        rows.append(
+            "| "
+            + " | ".join(
+                _cell(cell)
+                for cell in (
+                    f"`{name}`",
+                    type_name(field.annotation, link),
+                    "required" if value is None else f"`{value}`",
+                    constraints(field),
+                    field.description or "",
+                )
+            )
+            + " |"
+        )
     return "\n".join(rows)

@@ -41,8 +41,11 @@ def class_attributes(cls: type) -> list[tuple[str, str, str]]:
     body = ast.parse(source).body[0].body
     out, previous = [], (None, "")  # a `#:` comment also covers the assignments right below it
     for node in body:
-        target = node.target if isinstance(node, ast.AnnAssign) else (
-            node.targets[0] if isinstance(node, ast.Assign) else None)
+        target = (
+            node.target
+            if isinstance(node, ast.AnnAssign)
+            else (node.targets[0] if isinstance(node, ast.Assign) else None)
+        )
         if not isinstance(target, ast.Name) or target.id.startswith("_"):
             continue
         comment, row = [], node.lineno - 2
@@ -53,8 +56,11 @@ def class_attributes(cls: type) -> list[tuple[str, str, str]]:
             comment = [previous[1]]
         previous = (node.end_lineno, " ".join(comment))
         value = getattr(cls, target.id, None)
-        shown = "required in subclasses" if target.id not in vars(cls) else (
-            f"`{value.__name__}`" if isinstance(value, type) else f"`{value!r}`")
+        shown = (
+            "required in subclasses"
+            if target.id not in vars(cls)
+            else (f"`{value.__name__}`" if isinstance(value, type) else f"`{value!r}`")
+        )
         out.append((target.id, shown, " ".join(comment)))
     return out
 
@@ -63,7 +69,7 @@ def _signature(function, name: str, bound: bool = False) -> str:
     """`name(a: int, b: str = 'x') -> T`, annotations as written in the source; `bound` drops
     the first parameter (self or cls)."""
     signature = inspect.signature(function)
-    params = list(signature.parameters.values())[1 if bound else 0:]
+    params = list(signature.parameters.values())[1 if bound else 0 :]
 
     def annotation(value) -> str:
         return value if isinstance(value, str) else inspect.formatannotation(value)
@@ -101,10 +107,14 @@ def _member(cls: type, name: str) -> list[str]:
         kind, doc = "property", _doc(value.fget)
     else:
         function = value.__func__ if isinstance(value, classmethod | staticmethod) else value
-        head = _signature(function, cls.__name__ if name == "__init__" else name,
-                          bound=not isinstance(value, staticmethod))
-        kind = "classmethod" if isinstance(value, classmethod) else (
-            "abstract method" if getattr(function, "__isabstractmethod__", False) else "method")
+        head = _signature(
+            function, cls.__name__ if name == "__init__" else name, bound=not isinstance(value, staticmethod)
+        )
+        kind = (
+            "classmethod"
+            if isinstance(value, classmethod)
+            else ("abstract method" if getattr(function, "__isabstractmethod__", False) else "method")
+        )
         doc = _doc(function)
     if name == "__init__":
         kind = "constructor"
@@ -146,8 +156,14 @@ def render() -> str:
     out += ["", "## Base classes", "", inspect.getdoc(cas_spec.core.interfaces) or ""]
     for cls in BASE_CLASSES:
         bases = ", ".join(f"`{b.__name__}`" for b in cls.__bases__ if b is not object)
-        out += ["", f"### `{cls.__name__}`", "", f"`{_qualified(cls)}`, a subclass of {bases}.", "",
-                inspect.getdoc(cls) or ""]
+        out += [
+            "",
+            f"### `{cls.__name__}`",
+            "",
+            f"`{_qualified(cls)}`, a subclass of {bases}.",
+            "",
+            inspect.getdoc(cls) or "",
+        ]
         attributes = class_attributes(cls)
         if attributes:
             out += ["", "| class attribute | value | meaning |", "| --- | --- | --- |"]

@@ -10,8 +10,11 @@ from cas_spec.docsgen import hooks_page, plugin_api_page, yaml_page
 
 def pages() -> dict[str, Callable[[], str]]:
     """Page path relative to docs/ → function rendering its Markdown."""
-    return {"reference/yaml.md": yaml_page.render, "reference/hooks.md": hooks_page.render,
-            "reference/plugin-api.md": plugin_api_page.render}
+    return {
+        "reference/yaml.md": yaml_page.render,
+        "reference/hooks.md": hooks_page.render,
+        "reference/plugin-api.md": plugin_api_page.render,
+    }
 
 
 def stale_pages(docs: Path) -> list[str]:

@@ -15,7 +15,9 @@ from cas_spec.docsgen.hooks_page import BASE_CLASSES, _member, public_members
 
 #: Names documented in the hook reference (their methods are there, not repeated here): anchor there.
 IN_HOOK_REFERENCE = {cls.__name__: cls.__name__.lower() for cls in BASE_CLASSES} | {
-    "hookimpl": "hooks", "Registry": "the-registry"}
+    "hookimpl": "hooks",
+    "Registry": "the-registry",
+}
 
 #: Methods of `Target` that are the engine's, not a plugin's (see its docstring).
 ENGINE_ONLY = {"Target": {"prefill", "restore", "forward_tree", "commit"}}

@@ -58,23 +58,34 @@ def sdpa_gqa_attention(
         if q_len != kv_len:
             raise MissingMaskError(
                 f"{NAME}: {q_len} queries over {kv_len} keys without a mask; register the mask "
-                f"function too (AttentionMaskInterface.register({NAME!r}, sdpa_mask))")
+                f"function too (AttentionMaskInterface.register({NAME!r}, sdpa_mask))"
+            )
         use_is_causal = True  # upper-left aligned: right only when q_len == kv_len
     batch, heads = query.shape[:2]
     kv_heads = key.shape[1]
     dropout_p = dropout if module.training else 0.0
     groups = heads // kv_heads
-    if (groups > 1 and q_len <= FOLD_MAX_QUERIES and not use_is_causal
-            and (attention_mask is None or attention_mask.shape[1] == 1)):
+    if (
+        groups > 1
+        and q_len <= FOLD_MAX_QUERIES
+        and not use_is_causal
+        and (attention_mask is None or attention_mask.shape[1] == 1)
+    ):
         # the query heads sharing a K/V head become one head over groups × q_len query rows
         folded = query.reshape(batch, kv_heads, groups * q_len, query.shape[-1])
         mask = None if attention_mask is None else _folded_mask(module, attention_mask, groups)
-        out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, dropout_p=dropout_p,
-                                             scale=scaling)
+        out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, dropout_p=dropout_p, scale=scaling)
         return out.reshape(batch, heads, q_len, value.shape[-1]).transpose(1, 2), None
     out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=attention_mask, dropout_p=dropout_p,
-        scale=scaling, is_causal=use_is_causal, enable_gqa=groups > 1)
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        dropout_p=dropout_p,
+        scale=scaling,
+        is_causal=use_is_causal,
+        enable_gqa=groups > 1,
+    )
     return out.transpose(1, 2), None
 
 

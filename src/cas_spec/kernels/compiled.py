@@ -82,8 +82,9 @@ def build(source: str, compiler: str, flags: Sequence[str], target: Path) -> Non
         src = Path(tmp) / (target.stem.split("-")[0] + ".cpp")
         src.write_text(source)
         out = Path(tmp) / target.name
-        result = subprocess.run([compiler, *flags, "-o", str(out), str(src)], capture_output=True, text=True,
-                                timeout=300)
+        result = subprocess.run(
+            [compiler, *flags, "-o", str(out), str(src)], capture_output=True, text=True, timeout=300
+        )
         if result.returncode != 0:
             raise RuntimeError(f"compiling failed: {(result.stderr or result.stdout).strip()[-500:]}")
         os.replace(out, target)

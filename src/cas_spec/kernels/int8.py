@@ -96,7 +96,7 @@ def quantize_weight(weight: torch.Tensor, per_channel: bool = True) -> tuple[tor
             amax = amax.amax().expand_as(amax)
         inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
         q = torch.zeros(w.shape[0], padded(w.shape[1]), dtype=torch.int8)
-        q[:, :w.shape[1]] = torch.round(w * inv[:, None]).clamp_(-127, 127).to(torch.int8)
+        q[:, : w.shape[1]] = torch.round(w * inv[:, None]).clamp_(-127, 127).to(torch.int8)
         return pack(q), (amax / 127.0).contiguous()
 
 
@@ -113,8 +113,9 @@ def quantize_rows_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 CHUNK = 4096  # output channels per float matmul in the reference (bounds its temporary to CHUNK·K floats)
 
 
-def linear_reference(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                     in_features: int) -> torch.Tensor:
+def linear_reference(
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, in_features: int
+) -> torch.Tensor:
     """The W8A8 product in torch float32 for any number of rows (the fallback of `Int8Linear`):
     `qweight` packed (`pack`). Equal to the kernel up to the float32 summation order of the integer
     products (exact while partial sums stay below 2^24)."""
@@ -126,7 +127,7 @@ def linear_reference(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor
     out = torch.empty(x2.shape[0], n_out, dtype=torch.float32)
     for j in range(0, n_out, CHUNK):
         stop = min(j + CHUNK, n_out)
-        w = unpack(qweight[j:-(-stop // GROUP) * GROUP])[:stop - j, :in_features].to(torch.float32)
+        w = unpack(qweight[j : -(-stop // GROUP) * GROUP])[: stop - j, :in_features].to(torch.float32)
         torch.mm(xf, w.t(), out=out[:, j:stop])
     out.mul_(sx[:, None] * scale[None, :])
     if bias is not None:
@@ -216,8 +217,9 @@ def _rows(x: torch.Tensor, in_features: int) -> torch.Tensor:
     return x2
 
 
-def linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-           in_features: int) -> torch.Tensor:
+def linear(
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, in_features: int
+) -> torch.Tensor:
     """The W8A8 product with the compiled kernel (call `status()` first): `x [..., in_features]` CPU
     float32 (any strides), `qweight` packed (`quantize_weight`) and contiguous, `scale [N]` and
     `bias [N]` float32 contiguous. Returns float32 `[..., N]`."""
@@ -227,8 +229,18 @@ def linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: to
         raise ValueError(f"qweight {tuple(qweight.shape)} is not a packed int8 weight for {n_out} x {in_features}")
     out = torch.empty(rows, n_out, dtype=torch.float32)
     if rows:
-        _fn(x2.data_ptr(), rows, in_features, x2.stride(0), qweight.data_ptr(), n_out, qweight.shape[1],
-            scale.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr())
+        _fn(
+            x2.data_ptr(),
+            rows,
+            in_features,
+            x2.stride(0),
+            qweight.data_ptr(),
+            n_out,
+            qweight.shape[1],
+            scale.data_ptr(),
+            None if bias is None else bias.data_ptr(),
+            out.data_ptr(),
+        )
     return out.view(*x.shape[:-1], n_out)
 
 
@@ -305,9 +317,14 @@ class Int8Linear(nn.Module):
     def _forward_slow(self, x: torch.Tensor) -> torch.Tensor:
         last = x.shape[-1]
         rows = x.numel() // last if last else 0
-        if (0 < rows <= self.max_kernel_rows and last == self.in_features and x.device.type == "cpu"
-                and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
-                and self._kernel_args is not None and ready()):
+        if (
+            0 < rows <= self.max_kernel_rows
+            and last == self.in_features
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            and self._kernel_args is not None
+            and ready()
+        ):
             try:
                 return linear(x, self.qweight, self.scale, self.bias, self.in_features).to(x.dtype)
             except Exception as exc:
@@ -320,14 +337,26 @@ class Int8Linear(nn.Module):
         buffers are not what the kernel reads (moved off the CPU, converted to another dtype)."""
         q, s, b = self._buffers.get("qweight"), self._buffers.get("scale"), self._buffers.get("bias")
         n = self.out_features
-        ok = (q is not None and s is not None and q.dtype is torch.int8 and q.device.type == "cpu"
-              and q.is_contiguous() and q.shape == (-(-n // GROUP) * GROUP, padded(self.in_features))
-              and s.dtype is torch.float32 and s.device.type == "cpu" and s.is_contiguous() and s.shape == (n,)
-              and (b is None or (b.dtype is torch.float32 and b.device.type == "cpu" and b.is_contiguous()
-                                 and b.shape == (n,))))
+        ok = (
+            q is not None
+            and s is not None
+            and q.dtype is torch.int8
+            and q.device.type == "cpu"
+            and q.is_contiguous()
+            and q.shape == (-(-n // GROUP) * GROUP, padded(self.in_features))
+            and s.dtype is torch.float32
+            and s.device.type == "cpu"
+            and s.is_contiguous()
+            and s.shape == (n,)
+            and (
+                b is None
+                or (b.dtype is torch.float32 and b.device.type == "cpu" and b.is_contiguous() and b.shape == (n,))
+            )
+        )
         if ok:
-            packed = (ctypes.c_int64 * 6)(q.data_ptr(), n, q.shape[1], s.data_ptr(),
-                                          0 if b is None else b.data_ptr(), self.in_features)
+            packed = (ctypes.c_int64 * 6)(
+                q.data_ptr(), n, q.shape[1], s.data_ptr(), 0 if b is None else b.data_ptr(), self.in_features
+            )
             # (address of the packed arguments, out_features, the array that keeps them alive)
             self.__dict__["_kernel_args"] = (ctypes.addressof(packed), n, packed)
         else:
@@ -358,7 +387,7 @@ class Int8Linear(nn.Module):
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float32 weight this twin stands for, `[out, in]` (a new tensor)."""
-        q = unpack(self.qweight)[:self.out_features, :self.in_features]
+        q = unpack(self.qweight)[: self.out_features, : self.in_features]
         return q.to(torch.float32) * self.scale[:, None]
 
     @property

@@ -259,9 +259,13 @@ class _DispatchMixin:
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight = self.weight
-        if (input.dtype is torch.float32 and input.device.type == "cpu" and weight.dtype is torch.float32
-                and weight.device.type == "cpu"
-                and not (torch.is_grad_enabled() and (weight.requires_grad or input.requires_grad))):
+        if (
+            input.dtype is torch.float32
+            and input.device.type == "cpu"
+            and weight.dtype is torch.float32
+            and weight.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (weight.requires_grad or input.requires_grad))
+        ):
             last = input.shape[-1]
             rows = input.numel() // last if last else 0
             kernel = self._cas_plan.kernel_for(rows)

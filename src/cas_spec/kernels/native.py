@@ -160,8 +160,15 @@ def _load() -> str | None:
         fn = ctypes.CDLL(str(target)).cas_linear_rows
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                   ctypes.c_void_p, ctypes.c_void_p]
+    fn.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
     fn.restype = None
     _fn = fn
     gen = torch.Generator().manual_seed(0)
@@ -201,6 +208,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if bias is not None and not bias.is_contiguous():
         bias = bias.contiguous()
     out = torch.empty(x2.shape[0], n_out, dtype=x.dtype, device=x.device)
-    _fn(x2.data_ptr(), x2.shape[0], n_in, weight.data_ptr(), n_out,
-        None if bias is None else bias.data_ptr(), out.data_ptr())
+    _fn(
+        x2.data_ptr(),
+        x2.shape[0],
+        n_in,
+        weight.data_ptr(),
+        n_out,
+        None if bias is None else bias.data_ptr(),
+        out.data_ptr(),
+    )
     return out.view(*x.shape[:-1], n_out)

@@ -87,8 +87,9 @@ def time_forwards(
             cache.crop(-n)
             return elapsed
 
-        with tqdm(total=(repeats + 1) * len(ns) * len(names), desc=desc, file=sys.stderr,
-                  disable=not progress, leave=False) as bar:
+        with tqdm(
+            total=(repeats + 1) * len(ns) * len(names), desc=desc, file=sys.stderr, disable=not progress, leave=False
+        ) as bar:
             for r in range(repeats + 1):
                 for i, n in enumerate(ns):
                     shift = (r + i) % len(names)
@@ -123,9 +124,11 @@ class Selection:
         kernels = list(next(iter(self.timings.values())))
         base = (min(self.timings), "stock") if "stock" in kernels else (min(self.timings), kernels[0])
         rel = self.relative(base)
-        lines = [f"forward over n new tokens on a {self.cache_tokens}-token cache, {self.threads} thread(s), "
-                 f"median of {self.repeats}; ms (relative to a {base[1]} {base[0]}-token forward)",
-                 "  n  " + "".join(f"{k:>17}" for k in kernels) + "   chosen"]
+        lines = [
+            f"forward over n new tokens on a {self.cache_tokens}-token cache, {self.threads} thread(s), "
+            f"median of {self.repeats}; ms (relative to a {base[1]} {base[0]}-token forward)",
+            "  n  " + "".join(f"{k:>17}" for k in kernels) + "   chosen",
+        ]
         for n, row in self.timings.items():
             cells = "".join(f"{row[k] * 1e3:>9.2f} ({rel[n][k]:.2f})" for k in kernels)
             lines.append(f"{n:>3}  {cells}   {self.plan.kernel_for(n)}")
@@ -200,9 +203,18 @@ def select_plan(
     plans = {k: LinearPlan.uniform(k) for k in candidates}
     configs = {k: (lambda plan=plan: linear_kernels(model, plan)) for k, plan in plans.items()}
     with attention_kernel(model, attention):
-        times = time_forwards(model, configs, ns, cache_tokens=cache_tokens, repeats=repeats,
-                              threads=threads, seed=seed, progress=progress, desc="selecting linear kernels",
-                              new_cache=new_cache)
+        times = time_forwards(
+            model,
+            configs,
+            ns,
+            cache_tokens=cache_tokens,
+            repeats=repeats,
+            threads=threads,
+            seed=seed,
+            progress=progress,
+            desc="selecting linear kernels",
+            new_cache=new_cache,
+        )
     timings = medians(times)
     plan = plan_from_timings(timings, candidates, tolerance=tolerance, above=above)
     if release:

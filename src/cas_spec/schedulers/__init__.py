@@ -8,7 +8,14 @@ from cas_spec.schedulers.dytc import DytcScheduler
 from cas_spec.schedulers.lookup_tree import LookupTreeScheduler
 from cas_spec.schedulers.static_tree import StaticTreeScheduler
 
-__all__ = ["AutoregressiveScheduler", "CSDraftingScheduler", "ChainScheduler", "DytcScheduler", "LookupTreeScheduler", "StaticTreeScheduler"]
+__all__ = [
+    "AutoregressiveScheduler",
+    "CSDraftingScheduler",
+    "ChainScheduler",
+    "DytcScheduler",
+    "LookupTreeScheduler",
+    "StaticTreeScheduler",
+]
 
 
 @hookimpl

@@ -59,8 +59,14 @@ class ChainScheduler(SingleLevelScheduler):
         probing = self.skipped + 1 >= self.options.probe_interval or not self.latency.known(self.level.name)
         if not probing:  # a level whose drafting costs: decide how much to draft before paying for it
             name = self.level.name
-            limit = best_draft_length(alpha, limit, costs.verify, context, self.latency.draft(name, 0, 1, context),
-                                      self.latency.draft(name, 1, 0, context))
+            limit = best_draft_length(
+                alpha,
+                limit,
+                costs.verify,
+                context,
+                self.latency.draft(name, 0, 1, context),
+                self.latency.draft(name, 1, 0, context),
+            )
         draft = self.level.draft(state, (), limit) if limit else EMPTY_DRAFT
         keep = len(draft) if probing else best_draft_length(alpha, len(draft), costs.verify, context)
         self.skipped = 0 if keep else self.skipped + 1
@@ -74,5 +80,8 @@ class ChainScheduler(SingleLevelScheduler):
 def _trim(draft: DraftResult, keep: int) -> DraftResult:
     if keep >= len(draft):
         return draft
-    return DraftResult(tokens=draft.tokens[:keep], confidence=draft.confidence[:keep],
-                       draft_probs=None if draft.draft_probs is None else draft.draft_probs[:keep])
+    return DraftResult(
+        tokens=draft.tokens[:keep],
+        confidence=draft.confidence[:keep],
+        draft_probs=None if draft.draft_probs is None else draft.draft_probs[:keep],
+    )

@@ -31,8 +31,16 @@ from cas_spec.core.types import StepTimings, TokenTree, Verdict
 class NeverSlowerGate(Scheduler):
     name = "gate"
 
-    def __init__(self, inner: Scheduler, margin: float = 0.03, patience: float = 3.0, min_steps: int = 8,
-                 hold: int = 16, max_hold: int = 512, decay: float = 0.8):
+    def __init__(
+        self,
+        inner: Scheduler,
+        margin: float = 0.03,
+        patience: float = 3.0,
+        min_steps: int = 8,
+        hold: int = 16,
+        max_hold: int = 512,
+        decay: float = 0.8,
+    ):
         super().__init__(inner.options, inner.levels)
         self.inner = inner
         self.margin, self.patience, self.min_steps, self.decay = margin, patience, min_steps, decay
@@ -80,12 +88,16 @@ class NeverSlowerGate(Scheduler):
         if timings.verify <= 0:
             return
         forward = timings.verify / self._state.costs.verify(tree.size, self._context)
-        self.forward_seconds = forward if self.forward_seconds is None else \
-            self.decay * self.forward_seconds + (1 - self.decay) * forward
+        self.forward_seconds = (
+            forward if self.forward_seconds is None else self.decay * self.forward_seconds + (1 - self.decay) * forward
+        )
         if self._plain:
             overhead = max(timings.total - timings.verify, 0.0)
-            self.overhead_seconds = overhead if self.overhead_seconds is None else \
-                self.decay * self.overhead_seconds + (1 - self.decay) * overhead
+            self.overhead_seconds = (
+                overhead
+                if self.overhead_seconds is None
+                else self.decay * self.overhead_seconds + (1 - self.decay) * overhead
+            )
 
     def observe(self, tree: TokenTree, verdict: Verdict, timings: StepTimings) -> None:
         if timings.total <= 0:

@@ -114,19 +114,30 @@ class LookupTreeScheduler(SingleLevelScheduler):
         level = self.level
         if not level.strategy.offers_candidates:
             draft = level.draft(state, (), limit)
-            return [Proposal((0, 0), draft.tokens, draft.confidence[0] if draft.confidence else 1.0)] if len(draft) else []
+            return (
+                [Proposal((0, 0), draft.tokens, draft.confidence[0] if draft.confidence else 1.0)] if len(draft) else []
+            )
         found = level.candidates(state, (), limit, self.options.candidates)
-        return [Proposal(c.key, c.draft.tokens[:limit], c.draft.confidence[0] if c.draft.confidence else 1.0)
-                for c in found if len(c.draft)]
+        return [
+            Proposal(c.key, c.draft.tokens[:limit], c.draft.confidence[0] if c.draft.confidence else 1.0)
+            for c in found
+            if len(c.draft)
+        ]
 
     def build_tree(self, state: DecodingState) -> TokenTree:
         options = self.options
         limit = min(options.k, state.max_depth)
         self.pending = self.propose(state, limit) if limit > 0 and options.max_nodes > 1 else []
         costs = state.costs if options.adaptive and state.costs.measured else None
-        return merged_tree(state.root_token, self.pending, [self.alpha(p.key) for p in self.pending],
-                           self.level.name, options.max_nodes,
-                           None if costs is None else costs.verify, state.context_length)
+        return merged_tree(
+            state.root_token,
+            self.pending,
+            [self.alpha(p.key) for p in self.pending],
+            self.level.name,
+            options.max_nodes,
+            None if costs is None else costs.verify,
+            state.context_length,
+        )
 
     def observe(self, tree: TokenTree, verdict: Verdict, timings: StepTimings) -> None:
         known = verdict.new_tokens
@@ -136,12 +147,20 @@ class LookupTreeScheduler(SingleLevelScheduler):
             while matched < horizon and proposal.tokens[matched] == known[matched]:
                 matched += 1
             self.estimates.setdefault(proposal.key, MatchEstimate()).update(
-                matched, matched < horizon, self.options.ema_decay)
+                matched, matched < horizon, self.options.ema_decay
+            )
         self.pending = []
 
 
-def merged_tree(root: int, proposals: list[Proposal], alphas: list[float], level: str | None,
-                max_nodes: int, cost=None, context: int = 0) -> TokenTree:
+def merged_tree(
+    root: int,
+    proposals: list[Proposal],
+    alphas: list[float],
+    level: str | None,
+    max_nodes: int,
+    cost=None,
+    context: int = 0,
+) -> TokenTree:
     """The trie of `proposals` (in order), valued and trimmed as the module docstring states."""
     tokens, parents, raw, confidence = [root], [-1], [1.0], [1.0]
     children: list[dict[int, int]] = [{}]
@@ -173,7 +192,7 @@ def merged_tree(root: int, proposals: list[Proposal], alphas: list[float], level
         for child in sorted(kids.values(), key=lambda c: (-raw[c], c)):
             value[child] = min(raw[child], max(left, 0.0))
             left -= value[child]
-    order = sorted(range(1, len(tokens)), key=lambda v: (-value[v], v))[:max(max_nodes - 1, 0)]
+    order = sorted(range(1, len(tokens)), key=lambda v: (-value[v], v))[: max(max_nodes - 1, 0)]
     keep = len(order) if cost is None else best_tree_size([value[v] for v in order], cost, context)
     builder = TreeBuilder(root)
     index = {0: 0}

@@ -13,8 +13,7 @@ class SingleLevelScheduler(Scheduler):
         if not level_names:
             return [f"levels: the {cls.name} scheduler needs one level to draft with"]
         if options.level is not None and options.level not in level_names:
-            return [f"scheduler.options.level: no level named '{options.level}'; "
-                    f"levels: {', '.join(level_names)}"]
+            return [f"scheduler.options.level: no level named '{options.level}'; levels: {', '.join(level_names)}"]
         return []
 
     def __init__(self, options, levels):

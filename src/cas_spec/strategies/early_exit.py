@@ -33,8 +33,11 @@ from cas_spec.strategies.dsia.variants import ModelVariant, build_variant
 class EarlyExitOptions(SelfDraftOptions):
     exit_layer: int = Field(8, ge=1, description="Number of decoder layers the draft runs before the LM head.")
     reuse_kv: bool = Field(True, description="Draft tokens read the early layers' KV from the shared cache.")
-    quantize: QuantizeChoice = Field("none", description="Also run the kept layers' Linear modules in int8: "
-                                     "none, auto, native_int8, dynamic_int8 or quanto (a mixing-DSIA level).")
+    quantize: QuantizeChoice = Field(
+        "none",
+        description="Also run the kept layers' Linear modules in int8: "
+        "none, auto, native_int8, dynamic_int8 or quanto (a mixing-DSIA level).",
+    )
 
 
 class EarlyExit(SelfDraftStrategy):
@@ -45,8 +48,9 @@ class EarlyExit(SelfDraftStrategy):
         super().setup(context)
         layers = self.target.adapter.num_layers
         if self.options.exit_layer >= layers:
-            raise ConfigError([f"early_exit.exit_layer: {self.options.exit_layer} is not below the "
-                               f"model's {layers} layers"])
+            raise ConfigError(
+                [f"early_exit.exit_layer: {self.options.exit_layer} is not below the model's {layers} layers"]
+            )
 
     def head_backend(self) -> str | None:
         return quantize_backend(self.options.quantize)
@@ -55,8 +59,12 @@ class EarlyExit(SelfDraftStrategy):
         target = self.target
         layers = target.adapter.num_layers
         twins = shared_twins(target, self.options.quantize, state.tokens)
-        return build_variant(target.adapter, exit_layer=self.options.exit_layer, linear_twins=twins,
-                             description=f"first {self.options.exit_layer} of {layers} layers")
+        return build_variant(
+            target.adapter,
+            exit_layer=self.options.exit_layer,
+            linear_twins=twins,
+            description=f"first {self.options.exit_layer} of {layers} layers",
+        )
 
     def draft(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int) -> DraftResult:
         if self.options.reuse_kv:
@@ -73,5 +81,8 @@ class EarlyExit(SelfDraftStrategy):
 
 def _concat(a: DraftResult, b: DraftResult) -> DraftResult:
     probs = [p for p in (a.draft_probs, b.draft_probs) if p is not None]
-    return DraftResult(tokens=a.tokens + b.tokens, confidence=a.confidence + b.confidence,
-                       draft_probs=torch.cat(probs) if probs else None)
+    return DraftResult(
+        tokens=a.tokens + b.tokens,
+        confidence=a.confidence + b.confidence,
+        draft_probs=torch.cat(probs) if probs else None,
+    )

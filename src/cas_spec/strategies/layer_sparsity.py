@@ -40,22 +40,38 @@ PREPARE_WINDOW = 96  # tokens every candidate is scored on when the search runs 
 class LayerSparsityOptions(SelfDraftOptions):
     sparsity: float = Field(0.4, gt=0.0, lt=1.0, description="Fraction of the 2·(L−2) sublayers to skip.")
     skip: list[str] | None = Field(
-        None, description="An explicit skip set, e.g. [3.attention, 7.mlp]; no search when given.")
+        None, description="An explicit skip set, e.g. [3.attention, 7.mlp]; no search when given."
+    )
     search: Literal["auto", "fresh", "off"] = Field(
-        "auto", description="auto: start from the cached set and search on until done; fresh: ignore the "
-        "cache; off: only the given or cached set.")
+        "auto",
+        description="auto: start from the cached set and search on until done; fresh: ignore the "
+        "cache; off: only the given or cached set.",
+    )
     search_budget: int = Field(1000, ge=1, description="Most candidate sets scored (SWIFT's max_opt_iter).")
-    target_score: float = Field(0.93, gt=0.0, le=1.0, description="Stop searching at this matchness "
-                                "(SWIFT's max_score).")
-    patience: int = Field(300, ge=1, description="Stop after this many candidates without improvement "
-                          "(SWIFT's max_tolerance_iter).")
-    window: int = Field(50, ge=4, le=512, description="Committed tokens a candidate is scored on while "
-                        "generating (SWIFT's context_window).")
-    stop_below: float = Field(0.8, ge=0.0, le=1.0, description="Stop drafting when the draft's top token "
-                              "probability falls below this (SWIFT's 0.8; 0 = never).")
+    target_score: float = Field(
+        0.93, gt=0.0, le=1.0, description="Stop searching at this matchness (SWIFT's max_score)."
+    )
+    patience: int = Field(
+        300, ge=1, description="Stop after this many candidates without improvement (SWIFT's max_tolerance_iter)."
+    )
+    window: int = Field(
+        50,
+        ge=4,
+        le=512,
+        description="Committed tokens a candidate is scored on while generating (SWIFT's context_window).",
+    )
+    stop_below: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="Stop drafting when the draft's top token probability falls below this (SWIFT's 0.8; 0 = never).",
+    )
     seed: int = Field(0, description="Seed of the search's random choices.")
-    quantize: QuantizeChoice = Field("none", description="Also run kept Linear modules in int8 "
-                                     "(none, auto, native_int8, dynamic_int8, quanto): a mixing-DSIA level.")
+    quantize: QuantizeChoice = Field(
+        "none",
+        description="Also run kept Linear modules in int8 "
+        "(none, auto, native_int8, dynamic_int8, quanto): a mixing-DSIA level.",
+    )
 
     @field_validator("skip")
     @classmethod
@@ -82,23 +98,37 @@ class LayerSparsity(SelfDraftStrategy):
         if options.skip is not None:
             self.skip = frozenset(Sublayer.parse(s) for s in options.skip)
             if bad := sorted(s for s in self.skip if s not in self.candidates):
-                raise ConfigError([f"layer_sparsity.skip: cannot skip {', '.join(map(str, bad))}; skippable "
-                                   f"are layers 1..{adapter.num_layers - 2} (attention of layers "
-                                   f"{list(adapter.mask_reference_layers)} always runs)"])
+                raise ConfigError(
+                    [
+                        f"layer_sparsity.skip: cannot skip {', '.join(map(str, bad))}; skippable "
+                        f"are layers 1..{adapter.num_layers - 2} (attention of layers "
+                        f"{list(adapter.mask_reference_layers)} always runs)"
+                    ]
+                )
             return
         cached = None if options.search == "fresh" else load_cached(self.fingerprint, options.sparsity)
         start = frozenset(Sublayer.parse(s) for s in cached["skip"]) if cached else frozenset()
         if options.search == "off" or (cached and cached.get("done")):
             if not cached:
-                raise ConfigError(["layer_sparsity: no skip set for this model; give `skip`, or set "
-                                   "`search: auto` to search for one while generating"])
+                raise ConfigError(
+                    [
+                        "layer_sparsity: no skip set for this model; give `skip`, or set "
+                        "`search: auto` to search for one while generating"
+                    ]
+                )
             self.skip = start
             return
-        self.search = SkipSearch(self.candidates, self.count, budget=options.search_budget,
-                                 target_score=options.target_score, patience=options.patience,
-                                 seed=options.seed, best=start,
-                                 best_score=float(cached["score"]) if cached else -1.0,
-                                 evaluations=int(cached["evaluations"]) if cached else 0)
+        self.search = SkipSearch(
+            self.candidates,
+            self.count,
+            budget=options.search_budget,
+            target_score=options.target_score,
+            patience=options.patience,
+            seed=options.seed,
+            best=start,
+            best_score=float(cached["score"]) if cached else -1.0,
+            evaluations=int(cached["evaluations"]) if cached else 0,
+        )
         self.skip = self.search.best
 
     def start(self, state: DecodingState) -> None:
@@ -113,8 +143,9 @@ class LayerSparsity(SelfDraftStrategy):
 
     def _variant_for(self, state: DecodingState, skip: frozenset[Sublayer]) -> ModelVariant:
         twins = shared_twins(self.target, self.options.quantize, state.tokens)
-        return build_variant(self.target.adapter, skip=skip, linear_twins=twins,
-                             description=f"{len(skip)} sublayers skipped")
+        return build_variant(
+            self.target.adapter, skip=skip, linear_twins=twins, description=f"{len(skip)} sublayers skipped"
+        )
 
     def observe(self, state: DecodingState) -> None:
         """While the search is not done, score one candidate on the text just committed (timed
@@ -135,11 +166,22 @@ class LayerSparsity(SelfDraftStrategy):
         from tqdm import tqdm
 
         target.prefill(text[:-1])
-        state = DecodingState(tokens=text, prompt_length=len(text), sampling=SamplingParams(), generator=None,
-                              context_length=target.length)
+        state = DecodingState(
+            tokens=text,
+            prompt_length=len(text),
+            sampling=SamplingParams(),
+            generator=None,
+            context_length=target.length,
+        )
         self.truth = {}
-        bar = tqdm(total=search.budget, initial=search.evaluations, unit="set", disable=not progress,
-                   leave=False, desc=f"searching a skip set (sparsity {self.options.sparsity})")
+        bar = tqdm(
+            total=search.budget,
+            initial=search.evaluations,
+            unit="set",
+            disable=not progress,
+            leave=False,
+            desc=f"searching a skip set (sparsity {self.options.sparsity})",
+        )
         try:
             while not search.done:
                 before = search.evaluations
@@ -155,8 +197,9 @@ class LayerSparsity(SelfDraftStrategy):
         adopt it if it beats the best so far."""
         search = self.search
         candidate = search.propose()
-        score = matchness(self.target, state, self._variant_for(state, candidate), window or self.options.window,
-                          self.truth)
+        score = matchness(
+            self.target, state, self._variant_for(state, candidate), window or self.options.window, self.truth
+        )
         if score is None:
             return
         if search.report(candidate, score):
@@ -166,8 +209,9 @@ class LayerSparsity(SelfDraftStrategy):
             save_cached(self.fingerprint, self.options.sparsity, search.to_entry())
 
 
-def matchness(target: Target, state: DecodingState, variant: ModelVariant, window: int,
-              truth: dict[int, int]) -> float | None:
+def matchness(
+    target: Target, state: DecodingState, variant: ModelVariant, window: int, truth: dict[int, int]
+) -> float | None:
     """Fraction of the last `window` committed positions where `variant`'s argmax equals the
     target's, or None when fewer than 4 committed tokens are cached.
 

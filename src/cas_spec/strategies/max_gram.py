@@ -61,10 +61,12 @@ class MaxGramOptions(BaseModel):
     max_ngram: int = Field(16, ge=1, le=64, description="Longest suffix looked up (any match of 1 or more counts).")
     num_tokens: int = Field(10, ge=1, le=256, description="Most tokens proposed per call (CS-Drafting: 10).")
     occurrence: Literal["earliest", "latest"] = Field(
-        "latest", description="Which occurrence of the longest match is copied (paper: earliest).")
+        "latest", description="Which occurrence of the longest match is copied (paper: earliest)."
+    )
     bigram: bool = Field(True, description="Fill what the lookup cannot with a greedy bigram chain.")
     corpus_ids: str | None = Field(
-        None, description="JSON bigram table (list by token id) or {\"token_ids\": [...]} backing the chain.")
+        None, description='JSON bigram table (list by token id) or {"token_ids": [...]} backing the chain.'
+    )
 
     @field_validator("corpus_ids")
     @classmethod
@@ -121,8 +123,10 @@ def _table_from_texts(texts: object, path: str) -> dict[int, int]:
             raise ValueError(f"corpus_ids {path}: token_ids must be a list of token ids or a list of such lists")
         bad = next((i for i, t in enumerate(ids) if not _is_id(t, 0)), None)
         if bad is not None:
-            raise ValueError(f"corpus_ids {path}: token_ids{f'[{d}]' if ids is not texts else ''}[{bad}] is "
-                             f"{ids[bad]!r}; expected a token id (an integer ≥ 0)")
+            raise ValueError(
+                f"corpus_ids {path}: token_ids{f'[{d}]' if ids is not texts else ''}[{bad}] is "
+                f"{ids[bad]!r}; expected a token id (an integer ≥ 0)"
+            )
         table.add_text(ids)
     return table.best
 
@@ -140,9 +144,11 @@ def _load(path: str, mtime_ns: int, size: int) -> dict[int, int]:
     elif isinstance(data, dict) and set(data) == {"token_ids"}:
         table = _table_from_texts(data["token_ids"], path)
     else:
-        raise ValueError(f"corpus_ids {path}: expected a JSON list (a bigram table indexed by token id) or an "
-                         f"object {{\"token_ids\": [...]}}, got {type(data).__name__}"
-                         + (f" with keys {sorted(data)}" if isinstance(data, dict) else ""))
+        raise ValueError(
+            f"corpus_ids {path}: expected a JSON list (a bigram table indexed by token id) or an "
+            f'object {{"token_ids": [...]}}, got {type(data).__name__}'
+            + (f" with keys {sorted(data)}" if isinstance(data, dict) else "")
+        )
     if not table:
         raise ValueError(f"corpus_ids {path}: holds no bigram")
     return table
@@ -208,7 +214,7 @@ class MaxGram(DraftStrategy):
         committed, total = len(tokens), len(tokens) + len(prefix)
         # Never build `tokens + prefix` (O(context)): the lookups read only the last max_ngram
         # tokens of S + the draft, the copies only what follows a match.
-        tail = tokens[-self.options.max_ngram:] + list(prefix)
+        tail = tokens[-self.options.max_ngram :] + list(prefix)
         out: list[int] = []
         confidence: list[float] = []
         while len(out) < count:
@@ -217,7 +223,7 @@ class MaxGram(DraftStrategy):
                 break
             end, n = match  # end < committed: at least one committed token follows the match
             stop = min(end + count - len(out), total)
-            copied = tokens[end:min(stop, committed)] + list(prefix[:max(stop - committed, 0)])
+            copied = tokens[end : min(stop, committed)] + list(prefix[: max(stop - committed, 0)])
             out += copied
             tail += copied
             confidence += [float(n)] * len(copied)

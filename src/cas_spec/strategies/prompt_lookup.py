@@ -77,7 +77,7 @@ class NgramIndex:
         for end in range(self.next_end, len(tokens)):
             for n in self.sizes:
                 if end >= n:
-                    key = tuple(tokens[end - n:end])
+                    key = tuple(tokens[end - n : end])
                     table = self.tables[n]
                     if keep:
                         previous = table.get(key)
@@ -145,8 +145,7 @@ class PromptLookup(DraftStrategy):
         end, n = match
         return self._proposal(tokens, prefix, end, n, min(self.options.num_tokens, max_tokens))
 
-    def candidates(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int,
-                   count: int) -> list[Candidate]:
+    def candidates(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int, count: int) -> list[Candidate]:
         """Up to `count` proposals from distinct matches (`NgramIndex.candidates` order), each as
         `draft` would make it from that match, keyed (n-gram length, occurrence); the first is
         exactly `draft`'s proposal."""
@@ -155,16 +154,17 @@ class PromptLookup(DraftStrategy):
         size = min(self.options.num_tokens, max_tokens)
         if size <= 0:
             return []
-        return [Candidate((match.n, match.occurrence), self._proposal(tokens, prefix, match.end, match.n, size))
-                for match in self.index.candidates(self._tail(tokens, prefix), count)]
+        return [
+            Candidate((match.n, match.occurrence), self._proposal(tokens, prefix, match.end, match.n, size))
+            for match in self.index.candidates(self._tail(tokens, prefix), count)
+        ]
 
     def _tail(self, tokens: list[int], prefix: tuple[int, ...]) -> list[int]:
         # Never build `tokens + prefix`: copying the context would make every call O(context). The
         # lookup reads only the last max_ngram tokens, the proposal only what follows the match.
-        return tokens[-self.options.max_ngram:] + list(prefix) if prefix else tokens
+        return tokens[-self.options.max_ngram :] + list(prefix) if prefix else tokens
 
     @staticmethod
     def _proposal(tokens: list[int], prefix: tuple[int, ...], end: int, n: int, count: int) -> DraftResult:
-        following = tokens[end:end + count] + list(prefix[:max(end + count - len(tokens), 0)])
-        return DraftResult(tokens=tuple(continue_match(following, 0, count)),
-                           confidence=(float(n),) * count)
+        following = tokens[end : end + count] + list(prefix[: max(end + count - len(tokens), 0)])
+        return DraftResult(tokens=tuple(continue_match(following, 0, count)), confidence=(float(n),) * count)

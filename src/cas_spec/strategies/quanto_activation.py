@@ -38,8 +38,10 @@ from cas_spec.strategies.dsia.variants import ModelVariant, build_variant
 class QuantoActivationOptions(SelfDraftOptions):
     int8_head = True
     backend: Literal["auto", "native_int8", "dynamic_int8", "quanto"] = Field(
-        "auto", description="int8 backend: auto (the first usable of native_int8, dynamic_int8, quanto), "
-                            "native_int8, dynamic_int8 or quanto.")
+        "auto",
+        description="int8 backend: auto (the first usable of native_int8, dynamic_int8, quanto), "
+        "native_int8, dynamic_int8 or quanto.",
+    )
 
 
 class QuantoActivation(SelfDraftStrategy):
@@ -61,5 +63,6 @@ class QuantoActivation(SelfDraftStrategy):
 
     def build_variant(self, state: DecodingState) -> ModelVariant:
         twins = shared_twins(self.target, self.backend, state.tokens)
-        return build_variant(self.target.adapter, linear_twins=twins,
-                             description=f"int8 weights and activations ({self.backend})")
+        return build_variant(
+            self.target.adapter, linear_twins=twins, description=f"int8 weights and activations ({self.backend})"
+        )

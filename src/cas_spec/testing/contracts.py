@@ -119,8 +119,10 @@ class PluginContract:
             metafunc.parametrize("architecture", list(self.architectures))
         if "fault" in metafunc.fixturenames:
             archs = list(self.architectures)
-            cases = [(archs[min(i * (len(archs) - 1), len(archs) - 1)], step, forward)
-                     for i, (step, forward) in enumerate(self.faults)]
+            cases = [
+                (archs[min(i * (len(archs) - 1), len(archs) - 1)], step, forward)
+                for i, (step, forward) in enumerate(self.faults)
+            ]
             metafunc.parametrize("fault", cases, ids=[f"{a}-step{s}-forward{f}" for a, s, f in cases])
 
     def _config_problems(self, options: dict[str, Any]) -> list[str]:
@@ -141,13 +143,15 @@ class PluginContract:
         registry = plugins.registry(self.kind)
         assert self.plugin_name in registry, (
             f"{registry.unknown_message(self.plugin_name)}; broken plugins: {plugins.broken or 'none'}. Install "
-            f"your package (entry point group 'cas_spec') or set `plugin = <your plugin object>`")
+            f"your package (entry point group 'cas_spec') or set `plugin = <your plugin object>`"
+        )
         cls = registry.get(self.plugin_name)
         base = DraftStrategy if self.kind == "strategy" else Scheduler
         assert issubclass(cls, base), f"{cls.__name__} is not a {base.__name__}"
         assert cls.name == self.plugin_name, f"{cls.__name__}.name is {cls.name!r}, not {self.plugin_name!r}"
         assert cls.Options.model_config.get("extra") == "forbid", (
-            f"{cls.__name__}.Options must set model_config = ConfigDict(extra='forbid')")
+            f"{cls.__name__}.Options must set model_config = ConfigDict(extra='forbid')"
+        )
 
     # -- (b) options -----------------------------------------------------------------------------------
     def test_options_validate(self):
@@ -172,7 +176,8 @@ class PluginContract:
         """A misspelt option is an error naming it, not silently ignored."""
         problems = self._config_problems({**self.options, "no_such_option": 1})
         assert any(p.startswith(f"{self.option_location}.no_such_option") for p in problems), (
-            f"an unknown option was not reported: {problems or 'accepted'}")
+            f"an unknown option was not reported: {problems or 'accepted'}"
+        )
 
     # -- (c) greedy identity -------------------------------------------------------------------------
     def test_greedy_output_equals_autoregressive(self, architecture):
@@ -185,11 +190,13 @@ class PluginContract:
         for prompt in self.prompts():
             want = plain.generate(list(prompt), max_new_tokens=self.max_new_tokens).token_ids
             got = pipe.generate(list(prompt), max_new_tokens=self.max_new_tokens)
-            first = next((i for i, (a, b) in enumerate(zip(got.token_ids, want)) if a != b),
-                         min(len(got.token_ids), len(want)))
+            first = next(
+                (i for i, (a, b) in enumerate(zip(got.token_ids, want)) if a != b), min(len(got.token_ids), len(want))
+            )
             assert got.token_ids == want, (
                 f"{architecture}: output differs from plain greedy decoding from token {first} on: "
-                f"got {got.token_ids[first:first + 5]}, want {want[first:first + 5]}")
+                f"got {got.token_ids[first : first + 5]}, want {want[first : first + 5]}"
+            )
             drafted += self.drafted(got.stats)
             window = getattr(model.config, "sliding_window", None) or 0
             if pipe.adapter.sliding_window_layers and window < pipe.adapter.context_length:
@@ -200,8 +207,9 @@ class PluginContract:
     def _sampling_setup(self):
         model = self.sampling_model()
         pipe = self.pipeline(model, "llama", sampling=True)
-        law = exact.target_law(model, self.sampling_prompt, self.sampling_length, pipe.adapter.eos_token_ids,
-                               pipe.sampling(seed=None))
+        law = exact.target_law(
+            model, self.sampling_prompt, self.sampling_length, pipe.adapter.eos_token_ids, pipe.sampling(seed=None)
+        )
         return pipe, law, harness.Recorder(pipe)
 
     def test_sampled_law_equals_target(self):
@@ -215,8 +223,9 @@ class PluginContract:
         laws, drafted = [], 0
         for seed in range(self.sampling_runs):
             first = recorder.first_step(pipe, self.sampling_prompt, self.sampling_length, seed)
-            wrong = [(path, err) for path, err in exact.row_errors(first.tree, first.target_logits, law)
-                     if err > ROW_ATOL]
+            wrong = [
+                (path, err) for path, err in exact.row_errors(first.tree, first.target_logits, law) if err > ROW_ATOL
+            ]
             assert not wrong, f"run {seed}: target probabilities verified with differ from a plain forward: {wrong}"
             step = exact.first_step_law(first.tree, first.target_logits, law)
             if all(q is None for q in first.tree.draft_probs):
@@ -226,13 +235,19 @@ class PluginContract:
             laws.append(step)
         self._check_drafted(drafted, "the first steps")
         cells = {"whole output": None}  # and the token at each position, whose cells hold more mass
-        cells.update({f"token {i + 1}": (lambda seq, i=i: seq[i] if len(seq) > i else "end")
-                      for i in range(self.sampling_length)})
+        cells.update(
+            {
+                f"token {i + 1}": (lambda seq, i=i: seq[i] if len(seq) > i else "end")
+                for i in range(self.sampling_length)
+            }
+        )
         for name, cell in cells.items():
             stat, df = stats.chi2_mean_law(laws, law.law, cell)
             critical = stats.chi2_critical(df, self.alpha / len(cells))
-            assert stat < critical, (f"the sampled law differs from the target's ({name}): χ² = {stat:.1f} on "
-                                     f"{df} df over {self.sampling_runs} runs (critical {critical:.1f})")
+            assert stat < critical, (
+                f"the sampled law differs from the target's ({name}): χ² = {stat:.1f} on "
+                f"{df} df over {self.sampling_runs} runs (critical {critical:.1f})"
+            )
 
     def test_drafts_follow_their_draft_probs(self):
         """Every drafted token that carries a q (`draft_probs`) was drawn from that q: each q is a
@@ -253,16 +268,20 @@ class PluginContract:
                 if q is None:
                     continue
                 assert step.tree.levels[node] not in point_mass_levels, (
-                    f"level '{step.tree.levels[node]}' declares deterministic = True but drafted a token with a q")
+                    f"level '{step.tree.levels[node]}' declares deterministic = True but drafted a token with a q"
+                )
                 assert tuple(q.shape) == (vocab,), f"a node's draft_probs has shape {tuple(q.shape)}, not ({vocab},)"
                 assert float(q.min()) >= 0 and abs(float(q.sum()) - 1.0) < 1e-4, "a node's q is not a distribution"
                 draws.append((int(step.tree.tokens[node]), q.double(), int(step.tree.depths[node])))
-        for name, (stat, df) in (("token counts", stats.chi2_draft_tokens(draws)),
-                                 ("calibration", stats.chi2_calibration(draws))):
+        for name, (stat, df) in (
+            ("token counts", stats.chi2_draft_tokens(draws)),
+            ("calibration", stats.chi2_calibration(draws)),
+        ):
             if df > 0:
                 assert stat < stats.chi2_critical(df, self.alpha / 2), (
                     f"drafted tokens are not distributed as their draft_probs ({name}: χ² = {stat:.1f} on {df} df, "
-                    f"{len(draws)} tokens)")
+                    f"{len(draws)} tokens)"
+                )
 
     @pytest.mark.slow
     def test_sampled_outputs_match_target(self):
@@ -271,8 +290,9 @@ class PluginContract:
         pipe, law, _ = self._sampling_setup()
         counts: dict = {}
         for seed in range(self.slow_sampling_runs):
-            out = tuple(pipe.generate(list(self.sampling_prompt), max_new_tokens=self.sampling_length,
-                                      seed=seed).token_ids)
+            out = tuple(
+                pipe.generate(list(self.sampling_prompt), max_new_tokens=self.sampling_length, seed=seed).token_ids
+            )
             counts[out] = counts.get(out, 0) + 1
         stat, df = stats.chi2_goodness(counts, law.law, self.slow_sampling_runs)
         assert stat < stats.chi2_critical(df, self.alpha), f"sampled outputs: χ² = {stat:.1f} on {df} df"
@@ -286,8 +306,11 @@ class PluginContract:
         model = self.model(architecture)
         before = harness.ModelSnapshot.take(model)
         prompt = list(self.prompts()[0])
-        want = harness.build_pipeline(AUTOREGRESSIVE, model, self.plugins()).generate(
-            prompt, max_new_tokens=self.max_new_tokens).token_ids
+        want = (
+            harness.build_pipeline(AUTOREGRESSIVE, model, self.plugins())
+            .generate(prompt, max_new_tokens=self.max_new_tokens)
+            .token_ids
+        )
         pipe = self.pipeline(model, architecture)
         recorder = harness.Recorder(pipe)
         with harness.Tripwire(pipe, step=step, forward=forward) as wire:
@@ -323,8 +346,11 @@ class StrategyContract(PluginContract):
 
     def pipeline_config(self, architecture: str) -> dict[str, Any]:
         level = {"name": self.plugin_name, "kind": self.plugin_name, "options": self.options_for(architecture)}
-        return {"scheduler": {**self.scheduler, "options": dict(self.scheduler.get("options", {}))},
-                "levels": [level], "calibration": "off"}
+        return {
+            "scheduler": {**self.scheduler, "options": dict(self.scheduler.get("options", {}))},
+            "levels": [level],
+            "calibration": "off",
+        }
 
     def drafted(self, stats) -> int:
         return stats.levels[self.plugin_name].drafted
@@ -369,8 +395,11 @@ class SchedulerContract(PluginContract):
         return [dict(level) for level in self.levels]
 
     def pipeline_config(self, architecture: str) -> dict[str, Any]:
-        return {"scheduler": {"kind": self.plugin_name, "options": self.options_for(architecture)},
-                "levels": self.levels_for(architecture), "calibration": "off"}
+        return {
+            "scheduler": {"kind": self.plugin_name, "options": self.options_for(architecture)},
+            "levels": self.levels_for(architecture),
+            "calibration": "off",
+        }
 
     def test_sampled_law_equals_target_under_steep_costs_after_warming(self):
         """The sampled-law check again, where a scheduler that prunes or trims by what it drew
@@ -380,9 +409,10 @@ class SchedulerContract(PluginContract):
         calibration of confidences) is in play when the law is checked. The clock is frozen
         (`clocks.frozen_clock`), so the given costs decide, whatever this machine's speed."""
         pipe, law, recorder = self._sampling_setup()
-        pipe.costs = CostView(harness.SlopedCosts(self.steep_slope),
-                              {level.name: harness.PriorCost(0.0, 0.0 if level.strategy.deterministic else 0.1)
-                               for level in pipe.levels})
+        pipe.costs = CostView(
+            harness.SlopedCosts(self.steep_slope),
+            {level.name: harness.PriorCost(0.0, 0.0 if level.strategy.deterministic else 0.1) for level in pipe.levels},
+        )
         with frozen_clock(pipe):  # the costs above, not this machine's timings, drive the decisions
             for seed in range(self.warm_runs):
                 pipe.generate(list(self.sampling_prompt), max_new_tokens=self.honesty_tokens, seed=10_000 + seed)

@@ -52,8 +52,9 @@ def plugin_set(plugin_name: str, kind: str, extra: Iterable[object] = ()) -> Plu
 
 def build_pipeline(config: Mapping[str, Any], model, plugins: Plugins, tokenizer=None) -> _pipeline.Pipeline:
     """A `Pipeline` of `config` (a dict as in YAML) on `model`, with `plugins`."""
-    return _pipeline.build_pipeline(load_config(dict(config), plugins=plugins), model, tokenizer or IdTokenizer(),
-                                    plugins=plugins)
+    return _pipeline.build_pipeline(
+        load_config(dict(config), plugins=plugins), model, tokenizer or IdTokenizer(), plugins=plugins
+    )
 
 
 # -- cost models -----------------------------------------------------------------------------
@@ -138,15 +139,21 @@ class Recorder:
         return [t for step in self.steps for t in step.verdict.new_tokens]
 
 
-def prepared_state(pipe: Pipeline, prompt: Sequence[int], sampling: SamplingParams,
-                   max_depth: int = 8) -> DecodingState:
+def prepared_state(
+    pipe: Pipeline, prompt: Sequence[int], sampling: SamplingParams, max_depth: int = 8
+) -> DecodingState:
     """The state a scheduler sees at the first step after `prompt`: the target prefilled, every
     level's `start` called. Draft with `pipe.levels[i].strategy.draft(state, prefix, k)`."""
     pipe.target.prefill(list(prompt[:-1]))
-    state = DecodingState(tokens=list(prompt), prompt_length=len(prompt), sampling=sampling,
-                          generator=make_generator(sampling, pipe.target.device), costs=pipe.costs,
-                          context_length=pipe.target.length,
-                          max_depth=max_depth)
+    state = DecodingState(
+        tokens=list(prompt),
+        prompt_length=len(prompt),
+        sampling=sampling,
+        generator=make_generator(sampling, pipe.target.device),
+        costs=pipe.costs,
+        context_length=pipe.target.length,
+        max_depth=max_depth,
+    )
     for level in pipe.levels:
         level.strategy.start(state)
     return state
@@ -197,6 +204,7 @@ class Tripwire:
                 if live and self.fired is None:
                     self._fire("when build_tree returned (no level was called)")
                 return tree
+
             return wrapper
 
         def level_call(original, name):
@@ -217,9 +225,11 @@ class Tripwire:
                 finally:
                     handle.remove()
                 if self.fired is not None:
-                    raise AssertionError(f"the plugin swallowed the exception raised in its model forward "
-                                         f"({self.fired}) and went on")
+                    raise AssertionError(
+                        f"the plugin swallowed the exception raised in its model forward ({self.fired}) and went on"
+                    )
                 self._fire(f"after {name} returned ({count} model forwards)")
+
             return wrapper
 
         self._patch(self.pipe.scheduler, "build_tree", build_tree)
@@ -239,8 +249,12 @@ class Tripwire:
 
 # -- the model and its cache -------------------------------------------------------------------------
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                 "_global_backward_pre_hooks")
+_GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
 
 
 @dataclass(frozen=True)
@@ -262,10 +276,15 @@ class ModelSnapshot:
 
         return cls(
             modules=tuple((n, type(m).__qualname__, id(m)) for n, m in named),
-            hooks=tuple((n, counts) for n, m in named
-                        if any(counts := tuple(len(getattr(m, h, {})) for h in _HOOK_DICTS))),
-            patched=tuple((n, a, id(v)) for n, m in named for a, v in sorted(vars(m).items())
-                          if callable(v) and not isinstance(v, torch.nn.Module) and hasattr(type(m), a)),
+            hooks=tuple(
+                (n, counts) for n, m in named if any(counts := tuple(len(getattr(m, h, {})) for h in _HOOK_DICTS))
+            ),
+            patched=tuple(
+                (n, a, id(v))
+                for n, m in named
+                for a, v in sorted(vars(m).items())
+                if callable(v) and not isinstance(v, torch.nn.Module) and hasattr(type(m), a)
+            ),
             training=tuple(n for n, m in named if m.training),
             config=model.config.to_json_string() if hasattr(model, "config") else "",
             global_state=(*(len(getattr(module_mod, h, {})) for h in _GLOBAL_HOOKS), torch.is_grad_enabled()),
@@ -317,20 +336,40 @@ def cache_problems(pipe: Pipeline, committed: Sequence[int], atol: float = 1e-5)
         for what in ("keys", "values"):
             a, b = getattr(got, what)[..., -n:, :], getattr(want, what)[..., -n:, :]
             if not torch.allclose(a, b, atol=atol, rtol=atol):
-                problems.append(f"layer {i} {what} differ from a plain forward over the committed tokens "
-                                f"(max {float((a - b).abs().max()):.2e})")
+                problems.append(
+                    f"layer {i} {what} differ from a plain forward over the committed tokens "
+                    f"(max {float((a - b).abs().max()):.2e})"
+                )
     if problems:
         return problems
     full = model(input_ids=ids).logits[0, -1].float()
     view = adapter.prefix_view(target.cache, target.length)
-    nxt = model(input_ids=ids[:, -1:], past_key_values=view, use_cache=True,
-                position_ids=torch.tensor([[target.length]], device=device)).logits[0, -1].float()
+    nxt = (
+        model(
+            input_ids=ids[:, -1:],
+            past_key_values=view,
+            use_cache=True,
+            position_ids=torch.tensor([[target.length]], device=device),
+        )
+        .logits[0, -1]
+        .float()
+    )
     if not torch.allclose(nxt, full, atol=10 * atol, rtol=10 * atol):
-        problems.append(f"the next logits from the cache differ from a plain forward "
-                        f"(max {float((nxt - full).abs().max()):.2e})")
+        problems.append(
+            f"the next logits from the cache differ from a plain forward (max {float((nxt - full).abs().max()):.2e})"
+        )
     return problems
 
 
-__all__ = ["InjectedFault", "ModelSnapshot", "Recorder", "Step", "StopGeneration", "Tripwire", "build_pipeline",
-           "cache_problems",
-           "plugin_set", "prepared_state"]
+__all__ = [
+    "InjectedFault",
+    "ModelSnapshot",
+    "Recorder",
+    "Step",
+    "StopGeneration",
+    "Tripwire",
+    "build_pipeline",
+    "cache_problems",
+    "plugin_set",
+    "prepared_state",
+]

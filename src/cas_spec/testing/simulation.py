@@ -165,9 +165,16 @@ def greedy_verdict(tree: TokenTree, truth: tuple[int, ...]) -> Verdict:
         node = nxt
 
 
-def simulate(scheduler_cls: type[Scheduler], options: Mapping[str, Any], specs: list[Scripted], steps: int,
-             costs: Any = None, seed: int = 0, max_depth: int = 32, result: SimulationResult | None = None
-             ) -> SimulationResult:
+def simulate(
+    scheduler_cls: type[Scheduler],
+    options: Mapping[str, Any],
+    specs: list[Scripted],
+    steps: int,
+    costs: Any = None,
+    seed: int = 0,
+    max_depth: int = 32,
+    result: SimulationResult | None = None,
+) -> SimulationResult:
     """Run `scheduler_cls(options)` over scripted levels for `steps` steps (see the module
     docstring). Pass a previous `result` to continue its scheduler (a next generation)."""
     clock, world = Clock(), World(seed)
@@ -183,8 +190,15 @@ def simulate(scheduler_cls: type[Scheduler], options: Mapping[str, Any], specs: 
     costs = result.costs
     if result.view is None:  # one view per simulated pipeline: schedulers carry learning over on it
         result.view = CostView(costs, {s.name: PriorCost(s.per_call, s.per_token) for s in specs if s.calibrated})
-    state = DecodingState(tokens=[1] * 101, prompt_length=101, sampling=SamplingParams(), generator=None,
-                          costs=result.view, context_length=100, max_depth=max_depth)
+    state = DecodingState(
+        tokens=[1] * 101,
+        prompt_length=101,
+        sampling=SamplingParams(),
+        generator=None,
+        costs=result.view,
+        context_length=100,
+        max_depth=max_depth,
+    )
     scheduler.start(state)
     for step in range(steps):
         state.step = step
@@ -201,5 +215,14 @@ def simulate(scheduler_cls: type[Scheduler], options: Mapping[str, Any], specs: 
     return result
 
 
-__all__ = ["FORWARD", "Clock", "FlatCosts", "Scripted", "ScriptedStrategy", "SimulationResult",
-           "World", "greedy_verdict", "simulate"]
+__all__ = [
+    "FORWARD",
+    "Clock",
+    "FlatCosts",
+    "Scripted",
+    "ScriptedStrategy",
+    "SimulationResult",
+    "World",
+    "greedy_verdict",
+    "simulate",
+]

@@ -67,8 +67,9 @@ def chi2_goodness(counts: Mapping, probs: Mapping, trials: int) -> tuple[float, 
     return _pearson(counts, expected, cells), len(cells) - 1
 
 
-def chi2_mean_law(laws: Sequence[Mapping], exact: Mapping, cell: Callable[[Any], Hashable] | None = None,
-                  atol: float = 1e-6) -> tuple[float, int]:
+def chi2_mean_law(
+    laws: Sequence[Mapping], exact: Mapping, cell: Callable[[Any], Hashable] | None = None, atol: float = 1e-6
+) -> tuple[float, int]:
     """(statistic, df) of the mean of `laws` (one exact conditional law per run) against `exact`,
     scaled as counts of len(laws) trials, on the cells `cell(outcome)` (default: the outcomes;
     a coarser partition, such as the token at one position, concentrates the counts). Mass above

@@ -30,8 +30,11 @@ def distributions(draw, vocab: int) -> torch.Tensor:
     if kind == "int":
         weights = draw(st.lists(st.integers(0, 3), min_size=vocab, max_size=vocab).filter(lambda w: sum(w) > 0))
     else:
-        weights = draw(st.lists(st.one_of(st.just(0.0), st.floats(0.01, 1.0)), min_size=vocab,
-                                max_size=vocab).filter(lambda w: sum(w) > 0))
+        weights = draw(
+            st.lists(st.one_of(st.just(0.0), st.floats(0.01, 1.0)), min_size=vocab, max_size=vocab).filter(
+                lambda w: sum(w) > 0
+            )
+        )
     return as_distribution(weights)
 
 
@@ -93,12 +96,16 @@ def draft_results(draw, vocab: int, max_tokens: int = 8, sampled: bool | None = 
             token = draw(st.integers(0, vocab - 1))
             confidence.append(draw(st.floats(0.0, 1.0)))
         tokens.append(token)
-        others = draw(st.lists(st.integers(0, vocab - 1).filter(lambda t, tok=token: t != tok), unique=True,
-                               max_size=3))
+        others = draw(
+            st.lists(st.integers(0, vocab - 1).filter(lambda t, tok=token: t != tok), unique=True, max_size=3)
+        )
         alternatives.append(tuple((t, draw(st.floats(0.0, 1.0))) for t in others))
-    return DraftResult(tokens=tuple(tokens), confidence=tuple(confidence),
-                       draft_probs=torch.stack(rows) if rows and with_q else None,
-                       alternatives=tuple(alternatives))
+    return DraftResult(
+        tokens=tuple(tokens),
+        confidence=tuple(confidence),
+        draft_probs=torch.stack(rows) if rows and with_q else None,
+        alternatives=tuple(alternatives),
+    )
 
 
 __all__ = ["distributions", "draft_results", "sampling_params", "token_sequences", "token_trees"]

@@ -52,16 +52,21 @@ def resolve_tokenizer(option: str | None, pipeline_tokenizer):
     """The tokenizer to index the corpus with (see the module's docstring); ConfigError if none loads."""
     if option is None:
         if pipeline_tokenizer is None:
-            raise ConfigError(["retrieval.tokenizer: the pipeline has no tokenizer; set the `tokenizer` "
-                               "option to the tokenizer's folder"])
+            raise ConfigError(
+                [
+                    "retrieval.tokenizer: the pipeline has no tokenizer; set the `tokenizer` "
+                    "option to the tokenizer's folder"
+                ]
+            )
         return pipeline_tokenizer
     from transformers import AutoTokenizer  # only when the option names one: transformers loads slowly
 
     try:
         return AutoTokenizer.from_pretrained(option)
     except Exception as exc:  # transformers raises OSError, ValueError, ... depending on the cause
-        raise ConfigError([f"retrieval.tokenizer: cannot load a tokenizer from '{option}' "
-                           f"({type(exc).__name__}: {exc})"]) from None
+        raise ConfigError(
+            [f"retrieval.tokenizer: cannot load a tokenizer from '{option}' ({type(exc).__name__}: {exc})"]
+        ) from None
 
 
 class Retrieval(DraftStrategy):
@@ -78,10 +83,10 @@ class Retrieval(DraftStrategy):
         if self.index is None:
             raise RuntimeError("retrieval: draft() before setup(); build it through a pipeline")
         opts = self.options
-        context = (state.tokens[-opts.max_ngram:] + list(prefix))[-opts.max_ngram:]
+        context = (state.tokens[-opts.max_ngram :] + list(prefix))[-opts.max_ngram :]
         match = self.index.longest_match(context, opts.min_ngram, opts.max_ngram)
         if match is None:
             return EMPTY_DRAFT
         tokens = self.index.continuation(match, min(opts.num_tokens, max_tokens), opts.max_candidates)
-        tokens = tokens[:next((i for i, t in enumerate(tokens) if t >= self.vocab_size), len(tokens))]
+        tokens = tokens[: next((i for i, t in enumerate(tokens) if t >= self.vocab_size), len(tokens))]
         return DraftResult(tokens=tuple(tokens), confidence=(float(match.n),) * len(tokens))

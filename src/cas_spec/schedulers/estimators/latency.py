@@ -37,15 +37,24 @@ class LevelCost:
     length), or the fit goes negative, the time is all put on tokens (or on calls when there are
     no tokens)."""
 
-    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("cc", "ct", "tt", "cs", "ts", "c", "t", "s"), 0.0))
+    sums: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("cc", "ct", "tt", "cs", "ts", "c", "t", "s"), 0.0)
+    )
     per_call: float = 0.0
     per_token: float = 0.0
     observations: int = 0
 
     def update(self, calls: int, tokens: int, seconds: float, decay: float) -> None:
-        new = {"cc": calls * calls, "ct": calls * tokens, "tt": tokens * tokens, "cs": calls * seconds,
-               "ts": tokens * seconds, "c": calls, "t": tokens, "s": seconds}
+        new = {
+            "cc": calls * calls,
+            "ct": calls * tokens,
+            "tt": tokens * tokens,
+            "cs": calls * seconds,
+            "ts": tokens * seconds,
+            "c": calls,
+            "t": tokens,
+            "s": seconds,
+        }
         self.sums = {k: decay * v + new[k] for k, v in self.sums.items()}
         self.observations += 1
         m = self.sums
@@ -105,8 +114,11 @@ class LatencyModel:
         """Refine the model from one verified step."""
         if timings.verify > 0:
             forward = timings.verify / self.verify(tree_size, context)
-            self.forward_seconds = forward if self.forward_seconds is None else \
-                self.decay * self.forward_seconds + (1 - self.decay) * forward
+            self.forward_seconds = (
+                forward
+                if self.forward_seconds is None
+                else self.decay * self.forward_seconds + (1 - self.decay) * forward
+            )
         now = self._snapshot()
         for name, (calls, tokens, seconds) in now.items():
             before = self._counters.get(name, (0, 0, 0.0))
@@ -117,8 +129,10 @@ class LatencyModel:
 
     def describe(self, context: int = 0) -> dict[str, dict[str, float]]:
         """Per level: cost of one call and of one token, in one-token target forwards."""
-        return {name: {"per_call": self.draft(name, 1, 0, context), "per_token": self.draft(name, 0, 1, context)}
-                for name in self.level_costs}
+        return {
+            name: {"per_call": self.draft(name, 1, 0, context), "per_token": self.draft(name, 0, 1, context)}
+            for name in self.level_costs
+        }
 
 
 __all__ = ["UNMEASURED_TOKEN_COST", "LatencyModel", "LevelCost"]

@@ -21,16 +21,7 @@ q is then small but not zero outside the subset, still exactly what is sampled f
 composes with int8 twins, skipped layers and early exit: it replaces the LM head of whatever
 `ModelVariant` the level drafts with.
 
-The ranking (`token_ranking`): special tokens first (by id), then every token seen in the shipped
-benchmark text by count (ties by id), then the unseen ones by id (BPE ids roughly follow merge
-frequency). The text is every string of both files in `cas_spec/bench/data/`
-(`spec_bench_question.jsonl`, `mt_bench_question.jsonl`): every turn and every reference answer
-(a list of references flattened), identical strings counted once (the 80 MT-Bench questions are
-Spec-Bench's ids 81–160, so they add nothing new), 1,022 strings, each encoded without special
-tokens. With SmolLM2-135M's tokenizer that is 157,887 tokens with 15,272 distinct ids. Cached per
-tokenizer (a hash of its vocabulary, special ids and the text) under
-`cache_dir() / "draft_vocab"`, written atomically. A tokenizer that cannot encode the text (a test
-double such as `IdTokenizer`) gets the id order.
+The ranking of the tokens: `token_ranking.py`.
 
 Measured on SmolLM2-135M, 1 thread, 300 cached tokens, calibrated kernels, the dev box with another
 process busy on its second core (`.venv/bin/python benchmarks/draft_vocab.py --repeats 61 --steps
@@ -65,169 +56,28 @@ same model (e.g. a = 0.6, c = 0.45: 1.08 full, 1.11 at 32768, 1.14 at 8192, 1.13
 the defaults `INT8_DRAFT_VOCAB` = 32768 and `FLOAT_DRAFT_VOCAB` = 8192. The issue's targets are not
 met: int8 ≤ 0.35 at agreement ≥ 0.9 (best with agreement ≥ 0.9: 0.381-0.389 at 32768), layer
 sparsity 60 % ≤ 0.40 (0.442-0.446 at 8192, 0.423-0.432 at 2048).
-
-Other rankings scored no better on 1,274 greedy tokens of 24 other Spec-Bench questions (coverage
-at 32768 / 16384 / 8192 / 4096 / 2048): count then id 0.995 / 0.974 / 0.957 / 0.935 / 0.913; id
-order alone 0.993 / 0.972 / 0.953 / 0.924 / 0.892; count and id order interleaved 0.995 / 0.975 /
-0.951 / 0.926 / 0.902; only tokens seen ≥ 2 or ≥ 3 times by count: within 0.007 of the first.
-The misses are content words of the answers (e.g. "breathtaking", "majestic"): 158k tokens of
-questions cannot rank the tail of the model's own vocabulary.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import threading
-import weakref
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from importlib import resources
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cas_spec.kernels import native
-from cas_spec.paths import cache_dir, write_text_atomically
 from cas_spec.strategies.dsia import quantization
+from cas_spec.strategies.dsia.token_ranking import frequent_ids
 
-FORMAT = 1
 FLOAT_DRAFT_VOCAB = 8192  # `draft_vocab`'s default for a float32 LM head (measurement: module docstring)
 INT8_DRAFT_VOCAB = 32768  # and for an int8 one
-TEXT_FILES = ("spec_bench_question.jsonl", "mt_bench_question.jsonl")  # in cas_spec/data/
-
-_lock = threading.Lock()
-_rankings: dict[str, list[int]] = {}  # cache key -> ranked ids (specials, then seen tokens)
-_keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> its cache key
-
-
-# -- the ranking -------------------------------------------------------------------------------------
-
-
-def ranking_text() -> list[str]:
-    """The counted text: every turn and reference string of both shipped question files, each
-    distinct string once, in file order."""
-    texts: dict[str, None] = {}
-    data = resources.files("cas_spec.data")
-    for name in TEXT_FILES:
-        for line in data.joinpath(name).read_text("utf-8").split("\n"):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            references = [r for ref in record.get("reference", []) for r in ([ref] if isinstance(ref, str) else ref)]
-            for text in (*record["turns"], *references):
-                if isinstance(text, str) and text.strip():
-                    texts.setdefault(text)
-    return list(texts)
-
-
-def vocabulary_key(tokenizer) -> str | None:
-    """A hash of the tokenizer's vocabulary, special ids and the counted text (None: the tokenizer
-    has no vocabulary to hash)."""
-    try:
-        vocab = tokenizer.get_vocab()
-    except (AttributeError, NotImplementedError, TypeError):
-        return None
-    if not isinstance(vocab, dict) or not vocab:
-        return None
-    digest = hashlib.sha256(f"draft-vocab-{FORMAT}".encode())
-    for token, index in sorted(vocab.items(), key=lambda item: item[1]):
-        digest.update(f"{index}\t{token}\n".encode())
-    digest.update(repr(sorted(_special_ids(tokenizer))).encode())
-    digest.update("\n".join(ranking_text()).encode())
-    return digest.hexdigest()[:20]
-
-
-def cache_file(key: str) -> Path:
-    return cache_dir() / "draft_vocab" / f"{key}.json"
-
-
-def count_tokens(tokenizer) -> tuple[list[int], int] | None:
-    """(ranked ids: special tokens by id, then seen tokens by count, ties by id; tokens counted),
-    or None when the tokenizer cannot encode the text."""
-    counts: Counter[int] = Counter()
-    try:
-        for text in ranking_text():
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            counts.update(int(i) for i in ids)
-    except (ValueError, TypeError, KeyError):
-        return None
-    specials = sorted(set(_special_ids(tokenizer)))
-    special_set = set(specials)
-    seen = sorted((i for i in counts if i not in special_set), key=lambda i: (-counts[i], i))
-    return [*specials, *seen], sum(counts.values())
-
-
-def ranked_ids(tokenizer) -> list[int]:
-    """The tokenizer's special and seen token ids, most frequent first (empty: id order),
-    from memory, the disk cache, or counted and cached."""
-    key = _key(tokenizer) if tokenizer is not None else None
-    if key is None:
-        return list(_special_ids(tokenizer)) if tokenizer is not None else []
-    with _lock:
-        if key in _rankings:
-            return _rankings[key]
-        path = cache_file(key)
-        try:
-            data = json.loads(path.read_text())
-            if data.get("format") != FORMAT:
-                raise ValueError("old format")
-            ranked = [int(i) for i in data["ranked"]]
-        except (OSError, ValueError, KeyError, TypeError):
-            counted = count_tokens(tokenizer)
-            if counted is None:
-                ranked = sorted(_special_ids(tokenizer))
-            else:
-                ranked, total = counted
-                write_text_atomically(path, json.dumps({"format": FORMAT, "text": list(TEXT_FILES), "tokens": total,
-                                                        "distinct": len(ranked), "ranked": ranked}))
-        _rankings[key] = ranked
-        return ranked
-
-
-def token_ranking(tokenizer, vocab_size: int) -> list[int]:
-    """Every id below `vocab_size` once, most frequent first (see the module docstring)."""
-    seen: set[int] = set()
-    order: list[int] = []
-    for i in ranked_ids(tokenizer):
-        if 0 <= i < vocab_size and i not in seen:
-            seen.add(i)
-            order.append(i)
-    order.extend(i for i in range(vocab_size) if i not in seen)
-    return order
-
-
-def frequent_ids(tokenizer, vocab_size: int, count: int) -> torch.Tensor:
-    """The `count` top-ranked ids below `vocab_size`, ascending (long)."""
-    top = token_ranking(tokenizer, vocab_size)[:count]
-    return torch.tensor(sorted(top), dtype=torch.long)
-
-
-def _key(tokenizer) -> str | None:
-    try:
-        if tokenizer in _keys:
-            return _keys[tokenizer]
-    except TypeError:  # not weakly referable or not hashable: hash every time
-        return vocabulary_key(tokenizer)
-    key = _keys[tokenizer] = vocabulary_key(tokenizer)
-    return key
-
-
-def _special_ids(tokenizer) -> list[int]:
-    ids = getattr(tokenizer, "all_special_ids", None) or []
-    return [int(i) for i in ids if isinstance(i, int) and i >= 0]
-
-
-# -- the head ----------------------------------------------------------------------------------------
 
 
 def _float_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`F.linear` in float32, through the project's few-row kernel where it is usable."""
     x = x.to(torch.float32)
     if x.is_cpu and weight.is_cpu and x.numel():
-
         if native.status() is None:
             return native.linear(x, weight, bias)
     return F.linear(x, weight, bias)
@@ -257,8 +107,13 @@ class SubsetHead(nn.Module):
     context_weight: torch.Tensor  # [C, H] float32
     context_bias: torch.Tensor | None
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, frequent: Sequence[int] | torch.Tensor,
-                 backend: str | None = None) -> None:
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        frequent: Sequence[int] | torch.Tensor,
+        backend: str | None = None,
+    ) -> None:
         super().__init__()
         with _normal_tensors(), torch.no_grad():
             weight = weight.detach()
@@ -289,8 +144,9 @@ class SubsetHead(nn.Module):
             self.register_buffer("member", torch.zeros(self.vocab_size, dtype=torch.bool, device=weight.device))
             self.register_buffer("context_ids", torch.zeros(0, dtype=torch.long, device=weight.device))
             self.register_buffer("context_weight", torch.zeros(0, hidden, dtype=torch.float32, device=weight.device))
-            self.register_buffer("context_bias", None if bias is None else
-                                 torch.zeros(0, dtype=torch.float32, device=weight.device))
+            self.register_buffer(
+                "context_bias", None if bias is None else torch.zeros(0, dtype=torch.float32, device=weight.device)
+            )
             self.reset_context()
         self.eval()
 
@@ -343,8 +199,9 @@ class SubsetHead(nn.Module):
         else:
             assert self.frequent_weight is not None
             top = _float_linear(hidden, self.frequent_weight, self.frequent_bias)
-        out = torch.full((*hidden.shape[:-1], self.vocab_size), float("-inf"), dtype=torch.float32,
-                         device=hidden.device)
+        out = torch.full(
+            (*hidden.shape[:-1], self.vocab_size), float("-inf"), dtype=torch.float32, device=hidden.device
+        )
         rows = out.view(-1, self.vocab_size)  # scatter_ is ~2x faster than index_copy_ along the last dim
         rows.scatter_(1, self.frequent_ids.expand(rows.shape[0], -1), top.reshape(rows.shape[0], -1))
         if self.context_ids.numel():
@@ -353,12 +210,15 @@ class SubsetHead(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return (f"vocab_size={self.vocab_size}, frequent={self.frequent_ids.numel()}, "
-                f"context={self.context_ids.numel()}, rows={self.backend or 'float32'}")
+        return (
+            f"vocab_size={self.vocab_size}, frequent={self.frequent_ids.numel()}, "
+            f"context={self.context_ids.numel()}, rows={self.backend or 'float32'}"
+        )
 
 
-def build_subset_head(lm_head: nn.Module, tokenizer, count: int | None, backend: str | None = None
-                      ) -> SubsetHead | None:
+def build_subset_head(
+    lm_head: nn.Module, tokenizer, count: int | None, backend: str | None = None
+) -> SubsetHead | None:
     """A `SubsetHead` over the `count` top-ranked tokens of `tokenizer` for the float LM head
     `lm_head` (an `nn.Linear`), or None when `count` is None or covers the whole vocabulary (the
     full head is then the cheaper one)."""
@@ -368,9 +228,9 @@ def build_subset_head(lm_head: nn.Module, tokenizer, count: int | None, backend:
     if count is None or count >= vocab:
         return None
     bias = getattr(lm_head, "bias", None)
-    return SubsetHead(weight, bias if isinstance(bias, torch.Tensor) else None, frequent_ids(tokenizer, vocab, count),
-                      backend)
+    return SubsetHead(
+        weight, bias if isinstance(bias, torch.Tensor) else None, frequent_ids(tokenizer, vocab, count), backend
+    )
 
 
-__all__ = ["FLOAT_DRAFT_VOCAB", "INT8_DRAFT_VOCAB", "SubsetHead", "build_subset_head", "frequent_ids", "ranked_ids", "ranking_text", "token_ranking",
-           "vocabulary_key"]
+__all__ = ["FLOAT_DRAFT_VOCAB", "INT8_DRAFT_VOCAB", "SubsetHead", "build_subset_head"]

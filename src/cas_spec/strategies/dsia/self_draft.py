@@ -48,24 +48,30 @@ class SelfDraftOptions(BaseModel):
     int8_head: ClassVar[bool] = False  # the level always drafts with an int8 LM head (`draft_vocab`'s default)
 
     stop_below: float = Field(
-        0.0, ge=0.0, le=1.0,
+        0.0,
+        ge=0.0,
+        le=1.0,
         description="Stop drafting when the draft's top token probability falls below this (0 = never).",
     )
     draft_vocab: int | None = Field(
-        FLOAT_DRAFT_VOCAB, ge=1,
+        FLOAT_DRAFT_VOCAB,
+        ge=1,
         description="Draft logits only over this many most frequent tokens plus every token of the context "
-                    "(FR-Spec; lossless: the target still verifies over the whole vocabulary); null = the "
-                    f"full vocabulary. Default: {FLOAT_DRAFT_VOCAB} for a float32 LM head, {INT8_DRAFT_VOCAB} "
-                    "for a level that drafts in int8 (quanto_activation, or `quantize` set), the best "
-                    "cost/agreement trade-offs measured on SmolLM2-135M (cas_spec.strategies.dsia.draft_head).",
+        "(FR-Spec; lossless: the target still verifies over the whole vocabulary); null = the "
+        f"full vocabulary. Default: {FLOAT_DRAFT_VOCAB} for a float32 LM head, {INT8_DRAFT_VOCAB} "
+        "for a level that drafts in int8 (quanto_activation, or `quantize` set), the best "
+        "cost/agreement trade-offs measured on SmolLM2-135M (cas_spec.strategies.dsia.draft_head).",
     )
 
     @model_validator(mode="before")
     @classmethod
     def _int8_draft_vocab(cls, data):
         """An int8 level's default `draft_vocab`: its int8 head gains less from a small subset."""
-        if isinstance(data, dict) and "draft_vocab" not in data and (
-                cls.int8_head or data.get("quantize", "none") != "none"):
+        if (
+            isinstance(data, dict)
+            and "draft_vocab" not in data
+            and (cls.int8_head or data.get("quantize", "none") != "none")
+        ):
             return {**data, "draft_vocab": INT8_DRAFT_VOCAB}
         return data
 
@@ -98,8 +104,9 @@ class SelfDraftStrategy(DraftStrategy):
     def draft_head(self) -> SubsetHead | None:
         """The level's `SubsetHead` (built once), or None when it drafts with the full head."""
         if not self._head_built:
-            self._head = build_subset_head(self.target.adapter.lm_head, self.tokenizer,
-                                           self.options.draft_vocab, self.head_backend())
+            self._head = build_subset_head(
+                self.target.adapter.lm_head, self.tokenizer, self.options.draft_vocab, self.head_backend()
+            )
             self._head_built = True
         return self._head
 
@@ -112,7 +119,7 @@ class SelfDraftStrategy(DraftStrategy):
     def observe(self, state: DecodingState) -> None:
         """Give the draft head the tokens committed since the last call."""
         if (head := self.draft_head()) is not None:
-            head.add_context(state.tokens[self._head_fed:])
+            head.add_context(state.tokens[self._head_fed :])
             self._head_fed = len(state.tokens)
 
     def variant(self, state: DecodingState) -> ModelVariant | None:
@@ -140,8 +147,14 @@ class SelfDraftStrategy(DraftStrategy):
 
 
 @torch.inference_mode()
-def draft_chain(target: Target, variant: ModelVariant | None, state: DecodingState, prefix: tuple[int, ...],
-                max_tokens: int, stop_below: float = 0.0) -> DraftResult:
+def draft_chain(
+    target: Target,
+    variant: ModelVariant | None,
+    state: DecodingState,
+    prefix: tuple[int, ...],
+    max_tokens: int,
+    stop_below: float = 0.0,
+) -> DraftResult:
     """Draft up to `max_tokens` tokens after `state.tokens + prefix` with `variant` (None: the target
     itself), one token per pass, in one `Target.draft_pass`."""
     feed = [state.root_token, *prefix]
@@ -164,13 +177,18 @@ def draft_chain(target: Target, variant: ModelVariant | None, state: DecodingSta
             if sampled:
                 rows.append(probs)
             feed = [token]
-    return DraftResult(tokens=tuple(tokens), confidence=tuple(confidence),
-                       draft_probs=torch.stack(rows) if rows else None, alternatives=tuple(alternatives))
+    return DraftResult(
+        tokens=tuple(tokens),
+        confidence=tuple(confidence),
+        draft_probs=torch.stack(rows) if rows else None,
+        alternatives=tuple(alternatives),
+    )
 
 
 @torch.inference_mode()
-def review_chain(target: Target, variant: ModelVariant | None, state: DecodingState, prefix: tuple[int, ...],
-                 tokens: tuple[int, ...]) -> torch.Tensor:
+def review_chain(
+    target: Target, variant: ModelVariant | None, state: DecodingState, prefix: tuple[int, ...], tokens: tuple[int, ...]
+) -> torch.Tensor:
     """[len(tokens) + 1, V] distributions of `variant` (warped as the target's p; one-hot argmax
     when greedy) after `state.tokens + prefix + tokens[:i]`, in one teacher-forced pass."""
     feed = [state.root_token, *prefix, *tokens]

@@ -98,8 +98,11 @@ class SkipSearch:
 
     @property
     def done(self) -> bool:
-        return (self.evaluations >= self.budget or self.best_score >= self.target_score
-                or self.since_improvement >= self.patience)
+        return (
+            self.evaluations >= self.budget
+            or self.best_score >= self.target_score
+            or self.since_improvement >= self.patience
+        )
 
     def random_set(self) -> frozenset[Sublayer]:
         return frozenset(self.rng.sample(self.candidates, self.count))
@@ -126,8 +129,12 @@ class SkipSearch:
         return False
 
     def to_entry(self) -> dict:
-        return {"skip": sorted(str(s) for s in self.best), "score": round(self.best_score, 4),
-                "evaluations": self.evaluations, "done": self.done}
+        return {
+            "skip": sorted(str(s) for s in self.best),
+            "score": round(self.best_score, 4),
+            "evaluations": self.evaluations,
+            "done": self.done,
+        }
 
 
 __all__ = ["SkipSearch", "cache_file", "load_cached", "model_fingerprint", "save_cached"]

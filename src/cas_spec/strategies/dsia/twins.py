@@ -50,8 +50,12 @@ def resolve_backend(name: str) -> str:
         return usable[0]
     if status.get(name) is not None:
         usable = [b for b, why in status.items() if why is None]
-        raise ConfigError([f"quanto_activation.backend: '{name}' is unavailable here: {status[name]}; "
-                           f"available: {', '.join(usable) or 'none'}"])
+        raise ConfigError(
+            [
+                f"quanto_activation.backend: '{name}' is unavailable here: {status[name]}; "
+                f"available: {', '.join(usable) or 'none'}"
+            ]
+        )
     return name
 
 
@@ -66,8 +70,9 @@ def build_shared_twins(target: Target, backend: str) -> dict[nn.Module, nn.Modul
     if backend not in per_model:
         twins = quantization.build_twins(target_linears(target), backend)
         per_model[backend] = twins
-        log.info("int8 twins (%s) of %d Linear layers: %.1f MiB", backend, len(twins),
-                 quantization.twin_bytes(twins) / 2**20)
+        log.info(
+            "int8 twins (%s) of %d Linear layers: %.1f MiB", backend, len(twins), quantization.twin_bytes(twins) / 2**20
+        )
     return per_model[backend]
 
 
@@ -93,6 +98,11 @@ def calibrate(target: Target, twins: dict[nn.Module, nn.Module], backend: str, t
 
 
 __all__ = [
-    "QuantizeChoice", "build_shared_twins", "calibrate", "quantize_backend", "resolve_backend", "shared_twins",
+    "QuantizeChoice",
+    "build_shared_twins",
+    "calibrate",
+    "quantize_backend",
+    "resolve_backend",
+    "shared_twins",
     "target_linears",
 ]

@@ -132,8 +132,7 @@ def build_variant(
             replacements = {p: m for p, m in replacements.items() if not _under(p, adapter.mlp_name)}
             replacements[adapter.mlp_name] = ZeroMLP()
         layers.append(adapter.with_replacements(layer, replacements))
-    return ModelVariant(description=description, layers=nn.ModuleList(layers),
-                        lm_head=twins.get(adapter.lm_head))
+    return ModelVariant(description=description, layers=nn.ModuleList(layers), lm_head=twins.get(adapter.lm_head))
 
 
 def _under(path: str, prefix: str) -> bool:

@@ -57,8 +57,7 @@ from torch import nn
 
 BACKENDS: tuple[str, ...] = ("native_int8", "dynamic_int8", "quanto")  # in order of preference
 
-__all__ = ["BACKENDS", "available_backends", "build_twins", "calibrating", "finish", "needs_calibration",
-           "twin_bytes"]
+__all__ = ["BACKENDS", "available_backends", "build_twins", "calibrating", "finish", "needs_calibration", "twin_bytes"]
 
 
 def _module(backend: str):
@@ -88,13 +87,14 @@ def _require(backend: str):
     reason = module.unavailable_reason()
     if reason is not None:
         usable = [name for name, why in available_backends().items() if why is None]
-        raise RuntimeError(f"quantization backend {backend!r} is not available here: {reason}. "
-                           f"Available: {', '.join(usable) or 'none'}")
+        raise RuntimeError(
+            f"quantization backend {backend!r} is not available here: {reason}. "
+            f"Available: {', '.join(usable) or 'none'}"
+        )
     return module
 
 
-def build_twins(linears: Sequence[nn.Linear], backend: str, *, per_channel: bool = True
-                ) -> dict[nn.Linear, nn.Module]:
+def build_twins(linears: Sequence[nn.Linear], backend: str, *, per_channel: bool = True) -> dict[nn.Linear, nn.Module]:
     """A quantized twin for every given float `nn.Linear` (duplicates get one twin).
 
     The originals are untouched: same parameters bitwise, no attribute added or changed. A weight

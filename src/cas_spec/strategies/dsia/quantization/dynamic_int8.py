@@ -85,13 +85,13 @@ def _twin(linear: nn.Linear, per_channel: bool) -> nn.Module:
         observer(weight)
         scale, zero_point = observer.calculate_qparams()
         if per_channel:
-            qweight = torch.quantize_per_channel(weight, scale.to(torch.float64), zero_point.to(torch.int64),
-                                                 0, torch.qint8)
+            qweight = torch.quantize_per_channel(
+                weight, scale.to(torch.float64), zero_point.to(torch.int64), 0, torch.qint8
+            )
         else:
             qweight = torch.quantize_per_tensor(weight, float(scale), int(zero_point), torch.qint8)
         bias = None if linear.bias is None else linear.bias.detach().to(torch.float32).clone()
-        twin = DynamicLinear(linear.in_features, linear.out_features, bias_=bias is not None,
-                                     dtype=torch.qint8)
+        twin = DynamicLinear(linear.in_features, linear.out_features, bias_=bias is not None, dtype=torch.qint8)
         twin.set_weight_bias(qweight, bias)
     return twin.eval()
 
@@ -122,8 +122,12 @@ def _probe_engines() -> None:
             continue
         _probe.update(engine=name, reason=None)
         return
-    _probe.update(engine=None, reason="no quantized engine runs a dynamic int8 Linear here ("
-                  + "; ".join(reasons) + f"; supported engines: {sorted(supported)})")
+    _probe.update(
+        engine=None,
+        reason="no quantized engine runs a dynamic int8 Linear here ("
+        + "; ".join(reasons)
+        + f"; supported engines: {sorted(supported)})",
+    )
 
 
 def engine() -> str | None:
@@ -165,8 +169,11 @@ def nbytes(twin: nn.Module) -> int:
     with _quiet():
         qweight, bias = twin._packed_params._weight_bias()
     out_features = qweight.shape[0]
-    scales = qweight.q_per_channel_scales().numel() if qweight.qscheme() in (
-        torch.per_channel_affine, torch.per_channel_symmetric) else 1
+    scales = (
+        qweight.q_per_channel_scales().numel()
+        if qweight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+        else 1
+    )
     total = qweight.numel() * qweight.element_size() + scales * (4 + 4) + out_features * 4
     if bias is not None:
         total += bias.numel() * 4
