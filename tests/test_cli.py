@@ -291,11 +291,12 @@ def with_a_broken_plugin(monkeypatch):
     """The process-wide plugin set, plus a third-party plugin that failed to import."""
     import importlib.metadata
 
-    from cas_spec.core import plugins as plugins_module
+    from cas_spec import cli
+    from cas_spec.core.plugins import build_plugins
 
     broken = importlib.metadata.EntryPoint(name="shiny", value="cas_spec_no_such_module_xyz:plugin", group="cas_spec")
-    plugins = plugins_module.build_plugins([broken])
-    monkeypatch.setattr(plugins_module, "get_plugins", lambda: plugins)
+    plugins = build_plugins([broken])
+    monkeypatch.setattr(cli, "get_plugins", lambda: plugins)
     return plugins
 
 
