@@ -17,7 +17,7 @@ import pytest
 
 from cas_spec.cli import main
 from cas_spec.pipeline import load_pipeline
-from tests.conftest import STORIES
+from tests.helpers import STORIES
 
 MODEL = ["--model", str(STORIES)]
 REPETITIVE = (

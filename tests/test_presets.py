@@ -11,7 +11,7 @@ import pytest
 
 from cas_spec import load_pipeline
 from cas_spec.core.config import preset_names
-from tests.adapters.test_gemma3 import LONG_PROMPT
+from tests.helpers import LONG_PROMPT
 
 PRESETS = [name for name in preset_names() if name != "autoregressive"]
 SPEC_BENCH = [

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import STORIES
+from tests.helpers import STORIES
 
 ROOT = Path(__file__).parents[1]
 TUTORIAL = ROOT / "docs" / "plugins" / "tutorial.md"

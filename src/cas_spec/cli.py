@@ -140,7 +140,7 @@ def _progress_bars(show: bool) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _generate(args) -> int:
+def _generate(args: argparse.Namespace) -> int:
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt.strip():
@@ -172,7 +172,7 @@ def _generate(args) -> int:
     return 0
 
 
-def _plugins(args) -> int:
+def _plugins(args: argparse.Namespace) -> int:
 
     plugins = get_plugins()
     kinds = {
@@ -182,7 +182,7 @@ def _plugins(args) -> int:
         "adapters": plugins.adapters,
     }
     if args.json:
-        data = {kind: {name: reg.owner(name) for name in reg.names()} for kind, reg in kinds.items()}
+        data: dict[str, object] = {kind: {name: reg.owner(name) for name in reg.names()} for kind, reg in kinds.items()}
         data["plugins"] = plugins.loaded
         data["broken"] = plugins.broken
         print(json.dumps(data, indent=2))
@@ -198,7 +198,7 @@ def _plugins(args) -> int:
     return 0
 
 
-def _validate(args) -> int:
+def _validate(args: argparse.Namespace) -> int:
 
     config = load_config(args.pipeline, args.overrides)
     levels = ", ".join(f"{lv.name} ({lv.kind})" for lv in config.levels) or "none"
@@ -206,7 +206,7 @@ def _validate(args) -> int:
     return 0
 
 
-def _calibrate(args) -> int:
+def _calibrate(args: argparse.Namespace) -> int:
 
     overrides = []
     if args.model:
@@ -233,12 +233,12 @@ def _calibrate(args) -> int:
     return 0
 
 
-def _bench(args) -> int:
+def _bench(args: argparse.Namespace) -> int:
 
     return bench_cli.run(args)
 
 
-def _fetch(args) -> int:
+def _fetch(args: argparse.Namespace) -> int:
 
     print(resolve_model_path(args.model, progress=_show_progress()))
     source = ALIASES.get(args.model)

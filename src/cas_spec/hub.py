@@ -24,6 +24,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, cast
 
 from cas_spec.core.errors import CasSpecError, ModelNotFoundError, UserError
 from cas_spec.paths import cache_dir
@@ -204,6 +205,11 @@ def fetch(alias: str, progress: bool = True) -> Path:
     return target
 
 
+class _Quantizable(Protocol):
+    hf_quantizer: object
+    is_quantized: bool
+
+
 def convert_gguf(gguf: Path, dest: Path) -> None:
     """Load a GGUF file in float32 with transformers and save model and tokenizer as safetensors."""
     import torch
@@ -214,8 +220,9 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
     # A GGUF-loaded model refuses save_pretrained ("quantized with gguf"): it is plain float32 now.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
+    loaded = cast(_Quantizable, model)  # attributes transformers sets on a loaded model
+    loaded.hf_quantizer = None
+    loaded.is_quantized = False
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
 
@@ -229,7 +236,7 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", progress: b
     torch_dtype = resolve_dtype(dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), tokenizer  # type: ignore[arg-type]  # transformers' wrapped `to` reads as unbound
 
 
 def resolve_device(device: str) -> str:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 
@@ -32,6 +32,11 @@ from cas_spec.core.types import GenerationStats, SamplingParams, SetupContext
 from cas_spec.costs.calibration import Calibration, kernels_active, measure_levels, measure_target
 from cas_spec.hub import load_model
 from cas_spec.schedulers.gate import NeverSlowerGate
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig, PreTrainedConfig
+
+    from cas_spec.core.interop import Streamer
 
 CalibrationChoice = Literal["config", "quick", "full", "fresh", "off"] | Calibration
 
@@ -104,8 +109,8 @@ class Pipeline:
         top_p: float | None = None,
         seed: int | None = None,
         on_text: Callable[[str], None] | None = None,
-        generation_config=None,
-        streamer=None,
+        generation_config: GenerationConfig | None = None,
+        streamer: Streamer | None = None,
         output_scores: bool | None = None,
     ) -> GenerationResult:
         """Generate a continuation of `prompt` (text or token ids); `on_text` receives streamed text.
@@ -136,8 +141,8 @@ class Pipeline:
         prompt: Prompt,
         max_new_tokens: int | None,
         chat: bool | None,
-        on_text,
-        generation_config,
+        on_text: Callable[[str], None] | None,
+        generation_config: GenerationConfig | None,
         bridge: StreamerBridge | None,
         output_scores: bool | None,
         sampling_overrides: dict[str, Any],
@@ -231,7 +236,7 @@ def build_pipeline(
         torch.set_num_threads(config.threads)
     adapter = resolve_adapter(model, plugins.adapters)
     target = Target(model, adapter)
-    vocab_size = int(model.config.vocab_size)
+    vocab_size = int(cast("PreTrainedConfig", model.config).vocab_size)
     levels = []
     for lc in config.levels:
         strategy_cls = plugins.strategies.get(lc.kind)

@@ -19,8 +19,16 @@ from cas_spec.costs.calibration import kernels_active
 from cas_spec.kernels import attention_kernel
 from cas_spec.strategies.prompt_lookup import PromptLookup
 from cas_spec.verifiers.greedy import GreedyVerifier
-from tests.conftest import IdTokenizer, tiny_gemma3
-from tests.core.test_engine_greedy import AUTOREGRESSIVE, CHAIN_PLD, hf_greedy, repetitive_prompt
+from tests.helpers import (
+    AUTOREGRESSIVE,
+    CHAIN_PLD,
+    LONG_PROMPT,
+    IdTokenizer,
+    hf_greedy,
+    repetitive_prompt,
+    tiny_gemma3,
+    tiny_llama,
+)
 
 WINDOW = 8
 
@@ -234,7 +242,6 @@ def test_tree_masks_differ_by_layer_type_past_the_window():
 @pytest.mark.parametrize("builder", ["gemma3", "llama"])
 @pytest.mark.parametrize("length", [4, 20, 27, 30])
 def test_prefix_view_scores_like_a_fresh_cache_and_leaves_the_original_untouched(history, builder, length):
-    from tests.conftest import tiny_llama
 
     model = tiny_gemma3(4) if builder == "gemma3" else tiny_llama(4)
     adapter = resolve_adapter(model)
@@ -346,11 +353,6 @@ def test_chain_pld_and_branching_trees_equal_plain_greedy_across_the_window(seed
 
 
 # -- the real model ----------------------------------------------------------------------------
-LONG_PROMPT = (
-    "Python functions and what they do.\n\n"
-    + "".join(f'def add_{i}(x):\n    """Return x plus {i}."""\n    return x + {i}\n\n' for i in range(1, 40))
-    + "def add_40(x):\n"
-)
 REAL_PROMPTS = {"short": "def fibonacci(n):", "long": LONG_PROMPT}
 
 

@@ -19,7 +19,7 @@ import pytest
 from cas_spec.bench import cli
 from cas_spec.bench.cli import add_parser
 from cas_spec.core.errors import UserError
-from tests.conftest import STORIES
+from tests.helpers import STORIES
 
 PNG = b"\x89PNG\r\n\x1a\n"
 GROUPS = ["mt_bench", "translation"]

@@ -6,30 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from cas_spec import load_pipeline
 from cas_spec.testing.models import repetitive_prompt
-from tests.conftest import IdTokenizer, tiny_llama
-
-CHAIN_PLD = {
-    "scheduler": {"kind": "chain", "options": {"level": "pld", "k": 6}},
-    "levels": [{"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "min_ngram": 1, "num_tokens": 6}}],
-}
-AUTOREGRESSIVE = {"scheduler": {"kind": "autoregressive"}}
-
-
-def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-    with torch.inference_mode():
-        out = model.generate(
-            torch.tensor([prompt_ids]),
-            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=0,
-        )
-    return out[0, len(prompt_ids) :].tolist()
-
+from tests.helpers import AUTOREGRESSIVE, CHAIN_PLD, STORY_PROMPTS, IdTokenizer, hf_greedy, tiny_llama
 
 SHAPES = [
     dict(family="llama"),
@@ -59,13 +39,6 @@ def test_chain_pld_equals_plain_greedy_on_tiny_models(seed, shape):
     assert stats.scheduling_seconds == pytest.approx(
         max(stats.draft_seconds - sum(lv.seconds for lv in stats.levels.values()), 0.0)
     )
-
-
-STORY_PROMPTS = [
-    "Once upon a time, there was a little girl named Lily.",
-    "Tom had a big red ball. Tom had a big red ball. He",
-    "The cat sat on the mat. The dog sat on the mat. The bird",
-]
 
 
 @pytest.mark.parametrize("prompt", STORY_PROMPTS)

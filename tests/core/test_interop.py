@@ -12,13 +12,8 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 
 import cas_spec
 from cas_spec import InputError, load_pipeline
-from tests.conftest import IdTokenizer, tiny_llama
+from tests.helpers import AUTOREGRESSIVE, CHAIN_PLD, IdTokenizer, tiny_llama
 
-CHAIN_PLD = {
-    "scheduler": {"kind": "chain", "options": {"level": "pld", "k": 6}},
-    "levels": [{"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "min_ngram": 1, "num_tokens": 6}}],
-}
-AUTOREGRESSIVE = {"scheduler": {"kind": "autoregressive"}}
 PIPELINES = {"chain-pld": CHAIN_PLD, "autoregressive": AUTOREGRESSIVE}
 TINY_PROMPT = [9, 31, 44, 5, 17, 60, 23, 9, 31, 44, 5, 17, 60, 23, 9, 31, 44]
 STORY = "Tom had a big red ball. Tom had a big red ball. He"
@@ -114,7 +109,7 @@ def test_sampled_scores_are_the_warped_target_logits_of_a_speculative_pipeline()
 def test_sampling_with_a_generation_config_is_model_generate_under_the_same_seed(stories):
     """Plain decoding through the engine draws exactly what `generate` draws from torch's RNG."""
     model, tokenizer = stories
-    pipe = load_pipeline({**AUTOREGRESSIVE, "calibration": "off"}, model=model, tokenizer=tokenizer)
+    pipe = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer)
     config = GenerationConfig(do_sample=True, temperature=0.8, top_p=0.9, max_new_tokens=32)  # top_k: 50
     prompt_ids = tokenizer("Once upon a time")["input_ids"]
     for seed in (0, 1):

@@ -21,7 +21,7 @@ from cas_spec.core.kvcache import BLOCK, CacheHistoryError, KVCache
 from cas_spec.core.tree import TreeBuilder, tree_position_ids
 from cas_spec.kernels import attention_kernel
 from cas_spec.testing.models import ARCHITECTURES, IdTokenizer, repetitive_prompt, tiny_gemma3, tiny_llama
-from tests.core.test_engine_greedy import AUTOREGRESSIVE, CHAIN_PLD, hf_greedy
+from tests.helpers import AUTOREGRESSIVE, CHAIN_PLD, hf_greedy
 
 ATTENTIONS = ("eager", "sdpa", "cas_sdpa")
 VOCAB = 96

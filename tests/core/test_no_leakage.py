@@ -10,7 +10,7 @@ from cas_spec import load_pipeline
 from cas_spec.core.interfaces import DraftStrategy
 from cas_spec.core.plugins import build_plugins
 from cas_spec.core.types import DraftResult
-from tests.conftest import IdTokenizer, tiny_llama
+from tests.helpers import IdTokenizer, tiny_llama
 
 
 class DraftError(RuntimeError):

@@ -18,7 +18,7 @@ from cas_spec.core.interfaces import DraftStrategy, Scheduler
 from cas_spec.core.plugins import build_plugins, get_plugins
 from cas_spec.core.registry import Registry
 from cas_spec.strategies.prompt_lookup import PromptLookup
-from tests.conftest import IdTokenizer, tiny_llama
+from tests.helpers import IdTokenizer, tiny_llama
 
 BUILTINS = {
     "strategy": ["early_exit", "layer_sparsity", "max_gram", "prompt_lookup", "quanto_activation"],

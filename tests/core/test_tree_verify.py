@@ -12,7 +12,7 @@ from cas_spec.core.tree import ancestor_matrix, tree_attention_mask
 from cas_spec.core.types import SamplingParams
 from cas_spec.testing.exact import tree_from_branches as build_tree
 from cas_spec.verifiers.greedy import GreedyVerifier
-from tests.conftest import tiny_llama
+from tests.helpers import tiny_llama
 
 PROMPT = [5, 17, 33, 8, 41, 12, 9, 27, 30, 14, 6, 21]
 

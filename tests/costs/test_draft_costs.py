@@ -7,7 +7,7 @@ import pytest
 
 from cas_spec import load_pipeline
 from cas_spec.costs import draft_costs as dc
-from tests.conftest import IdTokenizer, tiny_llama
+from tests.helpers import STORIES, IdTokenizer, tiny_llama
 
 
 def test_the_fit_splits_a_call_cost_from_a_token_cost():
@@ -100,8 +100,6 @@ def test_without_calibration_no_draft_costs_are_measured():
 
 def test_calibration_text_is_real_text_or_seeded_ids_for_a_tokenizer_that_cannot_encode_it():
     from transformers import AutoTokenizer
-
-    from tests.conftest import STORIES
 
     ids = dc.calibration_text_ids(AutoTokenizer.from_pretrained(STORIES), 300, vocab_size=512)
     assert len(ids) >= 300 and len(set(ids)) > 50

@@ -15,7 +15,7 @@ from cas_spec.kernels.attention import (
     register_attention,
     sdpa_gqa_attention,
 )
-from tests.kernels.conftest import cached_logits, tiny
+from tests.helpers import cached_logits, gqa_llama
 
 PROMPT = 20
 
@@ -81,7 +81,7 @@ def test_prefill_and_cached_steps_match_stock(model, ids, chunks):
 
 
 def test_padding_mask_is_honoured():
-    model = tiny(seed=3)
+    model = gqa_llama(seed=3)
     ids = torch.randint(3, 256, (2, 12))
     mask = torch.ones(2, 12, dtype=torch.long)
     mask[1, :5] = 0  # left padding in the second row

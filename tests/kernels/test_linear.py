@@ -17,7 +17,7 @@ from cas_spec.kernels.linear import (
     linear_kernels,
     release_copies,
 )
-from tests.kernels.conftest import cached_logits, tied_tiny, tiny
+from tests.helpers import cached_logits, gqa_llama, tied_llama
 
 PROMPT = 20
 ONEDNN = pytest.mark.skipif("onednn" not in available_kernels(), reason="oneDNN linear ops unavailable here")
@@ -128,7 +128,7 @@ def test_kernels_handle_bias_and_flat_inputs(kernel):
 
 
 def test_parameters_state_dict_and_tying_are_unchanged():
-    model = tied_tiny()
+    model = tied_llama()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     params = [id(p) for p in model.parameters()]
     buffers = [name for name, _ in model.named_buffers()]
@@ -229,7 +229,7 @@ def test_copies_are_cached_across_activations_and_released(model):
 
 
 def test_other_dtypes_run_stock_and_build_nothing(spy):
-    model = tiny().to(torch.float64)
+    model = gqa_llama().to(torch.float64)
     ids = torch.randint(0, 256, (1, 24))
     reference = cached_logits(model, ids, [20, 4])[1]
     with linear_kernels(model, LinearPlan.uniform("xwt")):

@@ -20,10 +20,9 @@ from cas_spec.core.levels import Level
 from cas_spec.core.state import DecodingState
 from cas_spec.core.types import DraftResult, SamplingParams
 from cas_spec.schedulers.cs_drafting import CSDraftingScheduler, default_k_matrix, increments, lenient_step
+from cas_spec.testing.stats import chi2_critical, chi2_goodness
 from cas_spec.verifiers.sampling import SamplingVerifier
-from tests.conftest import IdTokenizer, tiny_llama
-from tests.core.test_engine_greedy import repetitive_prompt
-from tests.verifiers.test_sampling_verifier import chi2_critical, chi2_goodness
+from tests.helpers import AUTOREGRESSIVE, IdTokenizer, repetitive_prompt, tiny_llama
 
 V = 16
 MAG_TOKEN = 3
@@ -381,7 +380,6 @@ def test_fake_cascade_sampling_gives_the_target_distribution(leniency, pass_laws
 
 
 # -- greedy identity on tiny models and stories -------------------------------------------------
-AUTOREGRESSIVE = {"scheduler": {"kind": "autoregressive"}, "calibration": "off"}
 TINY_LEVELS = [
     {"name": "skip", "kind": "layer_sparsity", "options": {"skip": ["1.mlp", "2.attention"], "stop_below": 0.0}},
     {"name": "exit", "kind": "early_exit", "options": {"exit_layer": 2}},

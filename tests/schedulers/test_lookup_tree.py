@@ -24,10 +24,7 @@ from cas_spec.schedulers.lookup_tree import (
     merged_tree,
 )
 from cas_spec.strategies.prompt_lookup import Match, NgramIndex, PromptLookup, PromptLookupOptions
-from tests.conftest import IdTokenizer, tiny_llama
-from tests.core.test_engine_greedy import repetitive_prompt
-from tests.helpers import record_trees
-from tests.strategies.test_self_draft import AUTOREGRESSIVE
+from tests.helpers import AUTOREGRESSIVE, IdTokenizer, record_trees, repetitive_prompt, tiny_llama
 
 # -- the index: several matches --------------------------------------------------------------------
 

@@ -16,11 +16,18 @@ from cas_spec.core.state import DecodingState
 from cas_spec.core.types import DraftResult, SamplingParams
 from cas_spec.core.verify import emission_distribution
 from cas_spec.schedulers.static_tree import StaticTreeOptions, StaticTreeScheduler, static_tree, width_for
-from tests.conftest import IdTokenizer, tiny_llama
-from tests.core.test_engine_greedy import repetitive_prompt
-from tests.helpers import PROMPT, peaked_tiny_model, record_trees, two_token_distribution
-from tests.strategies.test_self_draft import AUTOREGRESSIVE, LEVELS
-from tests.verifiers.test_sampling_verifier import chi2_critical, chi2_goodness
+from cas_spec.testing.stats import chi2_critical, chi2_goodness
+from tests.helpers import (
+    AUTOREGRESSIVE,
+    PROMPT,
+    SELF_DRAFT_LEVELS,
+    IdTokenizer,
+    peaked_tiny_model,
+    record_trees,
+    repetitive_prompt,
+    tiny_llama,
+    two_token_distribution,
+)
 
 # -- fake levels ----------------------------------------------------------------------------------
 
@@ -233,7 +240,7 @@ STATIC_LEVELS = ["early_exit", "layer_sparsity", "quanto_activation"]
 def static(name: str, **options) -> dict:
     return {
         "scheduler": {"kind": "static_tree", "options": {"level": name, "k": 4, **options}},
-        "levels": [{"name": name, **LEVELS[name]}],
+        "levels": [{"name": name, **SELF_DRAFT_LEVELS[name]}],
         "calibration": "off",
     }
 

@@ -24,9 +24,7 @@ from cas_spec.strategies.dsia import token_ranking as ranking
 from cas_spec.strategies.dsia.draft_head import SubsetHead, build_subset_head
 from cas_spec.strategies.dsia.token_ranking import ranked_ids, ranking_text, token_ranking
 from cas_spec.testing.models import tiny_model
-from tests.conftest import IdTokenizer, tiny_llama
-from tests.core.test_engine_greedy import repetitive_prompt
-from tests.helpers import AUTOREGRESSIVE, SELF_DRAFT_LEVELS
+from tests.helpers import AUTOREGRESSIVE, SELF_DRAFT_LEVELS, IdTokenizer, repetitive_prompt, tiny_llama
 
 AVAILABLE = qz.available_backends()
 INT8 = [

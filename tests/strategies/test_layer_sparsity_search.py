@@ -8,8 +8,7 @@ import torch
 from cas_spec import load_pipeline
 from cas_spec.strategies.dsia.skip_search import SkipSearch, load_cached, model_fingerprint
 from cas_spec.strategies.dsia.variants import ATTENTION, MLP, Sublayer
-from tests.conftest import IdTokenizer, tiny_llama
-from tests.strategies.test_self_draft import AUTOREGRESSIVE
+from tests.helpers import AUTOREGRESSIVE, IdTokenizer, tiny_llama
 
 IDENTITIES = {Sublayer(1, ATTENTION), Sublayer(3, MLP), Sublayer(4, ATTENTION)}
 

@@ -23,9 +23,16 @@ from cas_spec.strategies.max_gram import (
     load_corpus_bigrams,
 )
 from cas_spec.strategies.prompt_lookup import NgramIndex
-from tests.conftest import IdTokenizer, tiny_llama
-from tests.core.test_engine_greedy import AUTOREGRESSIVE, STORY_PROMPTS, hf_greedy, repetitive_prompt
-from tests.strategies.test_prompt_lookup import CountingList, make_state
+from tests.helpers import (
+    AUTOREGRESSIVE,
+    STORY_PROMPTS,
+    CountingList,
+    IdTokenizer,
+    hf_greedy,
+    make_state,
+    repetitive_prompt,
+    tiny_llama,
+)
 
 
 def most_frequent_followers(texts: list[list[int]]) -> dict[int, int]:

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from cas_spec.core.state import DecodingState
-from cas_spec.core.types import DraftResult, SamplingParams
+from cas_spec.core.types import DraftResult
 from cas_spec.strategies.prompt_lookup import NgramIndex, PromptLookup, PromptLookupOptions
+from tests.helpers import CountingList, make_state
 
 
 def oracle(tokens: list[int], prefix: tuple[int, ...], options: PromptLookupOptions, max_tokens: int) -> DraftResult:
@@ -45,10 +46,6 @@ def oracle(tokens: list[int], prefix: tuple[int, ...], options: PromptLookupOpti
             proposal.append(seq[e + i] if e + i < L else proposal[i - (L - e)])
         return DraftResult(tokens=tuple(proposal), confidence=(float(n),) * count)
     return DraftResult(tokens=())
-
-
-def make_state(tokens: list[int]) -> DecodingState:
-    return DecodingState(tokens=tokens, prompt_length=len(tokens), sampling=SamplingParams(), generator=None)
 
 
 def started(tokens: list[int], **options) -> tuple[PromptLookup, DecodingState]:
@@ -221,41 +218,6 @@ def test_options_are_frozen():
 
 
 # -- cost: no scan of the context per call --------------------------------------------------------
-
-
-class CountingList(list):
-    """A token list that counts every element read through Python-level access or copied."""
-
-    reads = 0
-
-    def __getitem__(self, key):
-        item = super().__getitem__(key)
-        self.reads += len(item) if isinstance(key, slice) else 1
-        return item
-
-    def __iter__(self):
-        self.reads += len(self)
-        return super().__iter__()
-
-    def __reversed__(self):
-        self.reads += len(self)
-        return super().__reversed__()
-
-    def __add__(self, other):
-        self.reads += len(self)
-        return super().__add__(other)
-
-    def copy(self):
-        self.reads += len(self)
-        return super().copy()
-
-    def index(self, *args):
-        self.reads += len(self)
-        return super().index(*args)
-
-    def count(self, value):
-        self.reads += len(self)
-        return super().count(value)
 
 
 @pytest.mark.parametrize("repetitive", [False, True], ids=["random", "repetitive"])

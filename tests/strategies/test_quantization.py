@@ -11,7 +11,7 @@ from torch import nn
 from cas_spec.strategies.dsia import quantization as qz
 from cas_spec.strategies.dsia.quantization import dynamic_int8, native_int8
 from cas_spec.strategies.dsia.quantization import quanto as quanto_backend
-from tests.conftest import tiny_llama
+from tests.helpers import IdTokenizer, repetitive_prompt, tiny_llama
 
 AVAILABLE = qz.available_backends()
 BACKENDS = [
@@ -315,8 +315,6 @@ def test_auto_prefers_native_int8_then_dynamic_int8(monkeypatch):
 def test_greedy_identity_with_native_int8_levels(level):
     from cas_spec import load_pipeline
     from cas_spec.strategies.dsia import twins
-    from tests.conftest import IdTokenizer
-    from tests.core.test_engine_greedy import repetitive_prompt
     from tests.helpers import AUTOREGRESSIVE
 
     model = tiny_llama(3, layers=4)

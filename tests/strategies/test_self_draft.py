@@ -11,24 +11,19 @@ import pytest
 import torch
 
 from cas_spec import load_pipeline
-from cas_spec.core.interfaces import Scheduler
-from cas_spec.core.tree import TreeBuilder
-from tests.conftest import IdTokenizer, tiny_llama
-from tests.core.test_engine_greedy import repetitive_prompt
-from tests.helpers import AUTOREGRESSIVE, PROMPT, SELF_DRAFT_LEVELS, peaked_tiny_model, two_token_distribution
-from tests.verifiers.test_sampling_verifier import chi2_critical, chi2_goodness
-
-LEVELS = SELF_DRAFT_LEVELS
-
-
-def chain(name: str, k: int = 4, **sampling) -> dict:
-    return {
-        "scheduler": {"kind": "chain", "options": {"level": name, "k": k, "adaptive": False}},
-        "levels": [{"name": name, **LEVELS[name]}],
-        "calibration": "off",
-        **({"sampling": sampling} if sampling else {}),
-    }
-
+from cas_spec.testing.stats import chi2_critical, chi2_goodness
+from tests.helpers import (
+    AUTOREGRESSIVE,
+    PROMPT,
+    SELF_DRAFT_LEVELS,
+    IdTokenizer,
+    RoundRobinTree,
+    peaked_tiny_model,
+    repetitive_prompt,
+    self_draft_chain,
+    tiny_llama,
+    two_token_distribution,
+)
 
 FAMILIES = [
     dict(family="llama", layers=4),
@@ -38,13 +33,13 @@ FAMILIES = [
 ]
 
 
-@pytest.mark.parametrize("level", sorted(LEVELS))
+@pytest.mark.parametrize("level", sorted(SELF_DRAFT_LEVELS))
 @pytest.mark.parametrize("shape", FAMILIES, ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
 def test_greedy_output_equals_plain_decoding_on_tiny_models(level, shape):
     model = tiny_llama(3, **shape)
     prompt = repetitive_prompt(3, model.config.vocab_size)
     plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=40)
-    speculative = load_pipeline(chain(level), model=model, tokenizer=IdTokenizer())
+    speculative = load_pipeline(self_draft_chain(level), model=model, tokenizer=IdTokenizer())
     got = speculative.generate(prompt, max_new_tokens=40)
     assert got.token_ids == plain.token_ids
     assert got.stats.levels[level].drafted > 0
@@ -75,25 +70,6 @@ def test_greedy_output_equals_plain_decoding_on_stories(stories, level):
     assert got.stats.mean_acceptance_length > 1.0
 
 
-class RoundRobinTree(Scheduler):
-    """Test scheduler: every level drafts a branch below the root, and the first level extends
-    each other branch's first token, so siblings come from different levels and branches share
-    prefixes."""
-
-    name = "round_robin_tree"
-
-    def build_tree(self, state):
-        builder = TreeBuilder(state.root_token)
-        budget = max(state.max_depth, 0)
-        for level in self.levels:
-            draft = level.draft(state, (), min(3, budget))
-            node = builder.add_chain(0, draft, level.name)
-            if len(draft) and budget > 1 and level is not self.levels[0]:
-                more = self.levels[0].draft(state, builder.path_tokens(node[0]), min(2, budget - 1))
-                builder.add_chain(node[0], more, self.levels[0].name)
-        return builder.build()
-
-
 def test_three_dsia_levels_in_one_pipeline_draft_a_shared_tree_losslessly():
     from cas_spec.core.config import load_config
     from cas_spec.core.hookspecs import hookimpl
@@ -110,7 +86,9 @@ def test_three_dsia_levels_in_one_pipeline_draft_a_shared_tree_losslessly():
         {
             "scheduler": {"kind": "round_robin_tree"},
             "calibration": "off",
-            "levels": [{"name": n, **LEVELS[n]} for n in ("quanto_activation", "layer_sparsity", "early_exit")],
+            "levels": [
+                {"name": n, **SELF_DRAFT_LEVELS[n]} for n in ("quanto_activation", "layer_sparsity", "early_exit")
+            ],
         },
         plugins=plugins,
     )
@@ -132,7 +110,9 @@ def test_sampling_draft_probs_are_the_distribution_sampled_from(level):
 
     model = tiny_llama(5, layers=4)
     sampling = SamplingParams(temperature=0.8, top_k=20, top_p=0.9, seed=1)
-    pipe = load_pipeline(chain(level, temperature=0.8, top_k=20, top_p=0.9), model=model, tokenizer=IdTokenizer())
+    pipe = load_pipeline(
+        self_draft_chain(level, temperature=0.8, top_k=20, top_p=0.9), model=model, tokenizer=IdTokenizer()
+    )
     strategy = pipe.levels[0].strategy
     seen = []
     original = strategy.draft
@@ -175,7 +155,7 @@ def test_seeded_sampling_matches_the_target_distribution(level):
     model = peaked_tiny_model()
     prompt = PROMPT
     exact = two_token_distribution(model, prompt)
-    pipe = load_pipeline(chain(level, k=2, temperature=1.0), model=model, tokenizer=IdTokenizer())
+    pipe = load_pipeline(self_draft_chain(level, k=2, temperature=1.0), model=model, tokenizer=IdTokenizer())
     runs, counts, accepted = 3000, {}, 0
     for seed in range(runs):
         result = pipe.generate(list(prompt), max_new_tokens=2, temperature=1.0, seed=seed)
@@ -196,7 +176,7 @@ def test_review_gives_the_levels_own_distribution_at_each_drafted_token(level):
 
     model = tiny_llama(6, layers=4)
     sampling = SamplingParams(temperature=0.9, top_k=30)
-    pipe = load_pipeline(chain(level), model=model, tokenizer=IdTokenizer())
+    pipe = load_pipeline(self_draft_chain(level), model=model, tokenizer=IdTokenizer())
     strategy = pipe.levels[0].strategy
     prompt = repetitive_prompt(6, 96)
     pipe.target.prefill(prompt[:-1])

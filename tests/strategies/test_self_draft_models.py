@@ -13,9 +13,7 @@ from cas_spec.core.config import load_config
 from cas_spec.core.hookspecs import hookimpl
 from cas_spec.core.plugins import build_plugins
 from cas_spec.pipeline import build_pipeline
-from tests.conftest import IdTokenizer, tiny_gemma3
-from tests.core.test_engine_greedy import repetitive_prompt
-from tests.strategies.test_self_draft import AUTOREGRESSIVE, RoundRobinTree
+from tests.helpers import AUTOREGRESSIVE, IdTokenizer, RoundRobinTree, repetitive_prompt, tiny_gemma3
 
 GEMMA_LEVELS = {  # tiny Gemma: layers 0 and 2 size the sliding and full masks, so their attention runs
     "early_exit": {"kind": "early_exit", "options": {"exit_layer": 2}},

@@ -17,9 +17,7 @@ from cas_spec.strategies.dsia.variants import (
     build_variant,
     skippable_sublayers,
 )
-from tests.conftest import IdTokenizer, tiny_llama
-from tests.core.test_engine_greedy import repetitive_prompt
-from tests.strategies.test_self_draft import AUTOREGRESSIVE, chain
+from tests.helpers import AUTOREGRESSIVE, IdTokenizer, repetitive_prompt, self_draft_chain, tiny_llama
 
 
 def snapshot(model):
@@ -99,7 +97,7 @@ def test_a_draft_pass_that_raises_midway_leaks_nothing(level):
     model = tiny_llama(4, layers=4)
     prompt = repetitive_prompt(4, model.config.vocab_size)
     plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=30)
-    pipe = load_pipeline(chain(level), model=model, tokenizer=IdTokenizer())
+    pipe = load_pipeline(self_draft_chain(level), model=model, tokenizer=IdTokenizer())
     adapter = pipe.adapter
     layers, head, attn = adapter.layers, adapter.lm_head, model.config._attn_implementation
     before = snapshot(model)

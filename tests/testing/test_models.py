@@ -1,5 +1,5 @@
 """The kit's tiny models: every architecture builds deterministically, the builders need neither
-pytest nor hypothesis, and the test suite's conftest re-exports the kit's builders."""
+pytest nor hypothesis, and the test suite's helpers re-export the kit's builders."""
 
 from __future__ import annotations
 
@@ -65,11 +65,10 @@ def test_models_import_without_pytest_or_hypothesis():
 
 
 def test_the_test_suite_uses_the_kits_builders():
-    import tests.conftest as conftest
     import tests.helpers as helpers
 
-    assert conftest.tiny_llama is models.tiny_llama and conftest.tiny_gemma3 is models.tiny_gemma3
-    assert conftest.IdTokenizer is models.IdTokenizer and helpers.peaked_tiny_model is models.peaked_llama
+    assert helpers.tiny_llama is models.tiny_llama and helpers.tiny_gemma3 is models.tiny_gemma3
+    assert helpers.IdTokenizer is models.IdTokenizer and helpers.peaked_tiny_model is models.peaked_llama
 
 
 def test_the_testing_extra_brings_what_the_kit_imports():

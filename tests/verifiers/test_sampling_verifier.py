@@ -18,10 +18,10 @@ from cas_spec.core.sampling import target_probs
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import SamplingParams, TokenTree, Verdict
 from cas_spec.core.verify import SiblingStep
-from cas_spec.testing.stats import chi2_critical
+from cas_spec.testing.stats import chi2_critical, chi2_goodness, pooled_cells
 from cas_spec.verifiers import sampling as sampling_module
 from cas_spec.verifiers.sampling import SamplingVerifier
-from tests.conftest import IdTokenizer, tiny_llama
+from tests.helpers import AUTOREGRESSIVE, IdTokenizer, tiny_llama
 
 NEG_INF = float("-inf")
 
@@ -53,30 +53,6 @@ def test_chi2_critical_known_values():
     assert chi2_critical(1, 0.05) == pytest.approx(3.841, abs=2e-3)
     assert chi2_critical(10, 0.001) == pytest.approx(29.588, abs=2e-3)
     assert chi2_critical(24, 0.01) == pytest.approx(42.980, abs=2e-3)
-
-
-def pooled_cells(expected: dict, min_expected: float) -> list[list]:
-    """Cells with expected count ≥ min_expected on their own, the rest pooled into one cell
-    (the usual validity condition of the chi-square approximation)."""
-    big = [[k] for k, e in expected.items() if e >= min_expected]
-    small = [k for k, e in expected.items() if 0 < e < min_expected]
-    if small:
-        big.append(small)
-    return big
-
-
-def chi2_goodness(counts: dict, probs: dict, trials: int) -> tuple[float, int]:
-    """(statistic, df) of observed `counts` against exact `probs` (cells with p = 0 must be empty)."""
-    impossible = {k: c for k, c in counts.items() if probs.get(k, 0.0) <= 0 and c > 0}
-    assert not impossible, f"outcomes with target probability 0 were produced: {impossible}"
-    expected = {k: trials * p for k, p in probs.items() if p > 0}
-    cells = pooled_cells(expected, 5.0)
-    stat = 0.0
-    for cell in cells:
-        e = sum(expected[k] for k in cell)
-        o = sum(counts.get(k, 0) for k in cell)
-        stat += (o - e) ** 2 / e
-    return stat, len(cells) - 1
 
 
 def chi2_homogeneity(a: dict, b: dict, pooled_probs: dict) -> tuple[float, int]:
@@ -386,8 +362,8 @@ def test_verifier_monte_carlo_detects_a_wrong_residual(monkeypatch):
 # (iii) End to end on a tiny random Llama: speculative sampling = plain sampling = the target
 # ----------------------------------------------------------------------------------------------
 E2E_VOCAB = 16
-AUTOREGRESSIVE = {"scheduler": {"kind": "autoregressive"}, "sampling": {"temperature": 1.0}}
-CHAIN_PLD = {
+SAMPLED_PLAIN = {**AUTOREGRESSIVE, "sampling": {"temperature": 1.0}}
+SAMPLED_CHAIN_PLD = {  # shorter n-grams than CHAIN_PLD, so lookup matches often on the 16-token vocabulary
     "scheduler": {"kind": "chain", "options": {"level": "pld", "k": 4}},
     "levels": [{"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 2, "min_ngram": 1, "num_tokens": 4}}],
     "sampling": {"temperature": 1.0},
@@ -430,7 +406,7 @@ def test_speculative_pipeline_matches_autoregressive_and_target():
     runs = 3000
     counts = {}
     single_forward = 0
-    for name, config in (("autoregressive", AUTOREGRESSIVE), ("chain", CHAIN_PLD)):
+    for name, config in (("autoregressive", SAMPLED_PLAIN), ("chain", SAMPLED_CHAIN_PLD)):
         pipe = cas_spec.load_pipeline(config, model=model, tokenizer=IdTokenizer())
         c: dict = {}
         for seed in range(runs):

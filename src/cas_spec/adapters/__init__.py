@@ -17,12 +17,12 @@ __all__ = ["Gemma3Adapter", "LlamaAdapter", "ModelAdapter", "resolve_adapter"]
 
 
 @hookimpl
-def register_adapters(registry: Registry) -> None:
+def register_adapters(registry: Registry[ModelAdapter]) -> None:
     registry.add(LlamaAdapter)
     registry.add(Gemma3Adapter)
 
 
-def resolve_adapter(model: nn.Module, registry: Registry | None = None) -> ModelAdapter:
+def resolve_adapter(model: nn.Module, registry: Registry[ModelAdapter] | None = None) -> ModelAdapter:
     """The adapter for `model` among `registry`'s (default: every registered plugin's), or
     `UnsupportedModelError` naming the supported model types."""
     return adapter.resolve_adapter(model, registry if registry is not None else get_plugins().adapters)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from cas_spec.bench.plots import PlotsUnavailable, plot_all
@@ -42,7 +43,7 @@ class BenchArgumentError(UserError):
     """An option value out of range."""
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `bench` subcommand to an argparse subparsers object; returns its parser."""
 
     bench = subparsers.add_parser(
@@ -161,7 +162,7 @@ def _plots(results: dict, out: Path, disabled: bool) -> None:
     print(f"cas-spec: plots {', '.join(str(p) for p in paths)}", file=sys.stderr)
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry (`python -m cas_spec.bench.cli ...`) until `cas-spec bench` is wired in."""
     parser = argparse.ArgumentParser(prog="cas-spec")
     add_parser(parser.add_subparsers(dest="command", required=True))

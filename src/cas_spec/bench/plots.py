@@ -15,6 +15,7 @@ backend, no global state).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from cas_spec.bench.report import OVERALL, groups_of, methods_of, speedup, summarize
 from cas_spec.bench.runners import REFERENCE
@@ -27,7 +28,7 @@ class PlotsUnavailable(RuntimeError):
 MISSING = "plots skipped: matplotlib is not installed (pip install 'cas-spec[plot]')"
 
 
-def _figure(**kwargs):
+def _figure(**kwargs: Any):
     try:
         from matplotlib.figure import Figure
     except ImportError:

@@ -19,6 +19,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from cas_spec.bench.run import FORMAT
 from cas_spec.bench.runners import HF_GREEDY, REFERENCE
@@ -61,6 +62,7 @@ class Row:
         """(draft, verify, overhead) as fractions of the engine's decoding time."""
         if not self.decode:
             return None
+        assert self.draft is not None and self.verify is not None and self.overhead is not None  # set with decode
         return self.draft / self.decode, self.verify / self.decode, self.overhead / self.decode
 
     def scheduling_per_step(self) -> tuple[float, float] | None:
@@ -125,7 +127,7 @@ def _row(group: str, name: str, kind: str, recs: Sequence[dict]) -> Row:
         prompts=len(recs),
         new_tokens=sum(r["new_tokens"] for r in recs),
         seconds=sum(r["seconds"] for r in recs),
-        target_forwards=total("target_forwards"),
+        target_forwards=cast("int | None", total("target_forwards")),  # a sum of counts
         draft=total("draft_seconds"),
         verify=total("verify_seconds"),
         overhead=total("overhead_seconds"),
@@ -250,7 +252,7 @@ def _fmt(value: float | None) -> str:
     return DASH if value is None else f"{value:.2f}"
 
 
-def _load(values) -> str:
+def _load(values: Sequence[float] | None) -> str:
     return "/".join(f"{v:.2f}" for v in values) if values else "unknown"
 
 

@@ -32,12 +32,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import transformers
 
 import cas_spec
-from cas_spec.bench.runners import REFERENCE, MethodSpec, Output, Runner, build_runners
+from cas_spec.bench.runners import REFERENCE, EngineRunner, MethodSpec, Output, Runner, build_runners
 from cas_spec.data.questions import GroupError, Question, group_questions, load_questions, parse_groups, select
 from cas_spec.hub import load_model
 
@@ -69,7 +70,7 @@ def run_bench(settings: BenchSettings, progress: bool = True) -> dict:
     model, tokenizer = load_model(settings.model, "cpu", "float32", progress=progress)
     runners = build_runners(settings.methods, model, tokenizer, settings.threads)
     torch.set_num_threads(settings.threads)
-    reference_pipe = runners[0].pipe  # autoregressive, always first
+    reference_pipe = cast(EngineRunner, runners[0]).pipe  # autoregressive, always first
     context = reference_pipe.adapter.context_length
     chat = reference_pipe.wants_chat(None)
 
@@ -173,7 +174,7 @@ def _record(
     first_difference = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), None)
     if first_difference is None and len(tokens) != len(reference):
         first_difference = min(len(tokens), len(reference))
-    record = {
+    record: dict[str, object] = {
         "group": question.group,
         "category": question.category,
         "question_id": question.question_id,

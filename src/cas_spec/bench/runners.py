@@ -23,12 +23,16 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from cas_spec.core.config import load_config, preset_names
 from cas_spec.core.errors import UserError
 from cas_spec.core.types import GenerationStats
-from cas_spec.pipeline import load_pipeline
+from cas_spec.pipeline import Pipeline, load_pipeline
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 REFERENCE = "autoregressive"
 HF_GREEDY = "hf:greedy"
@@ -140,11 +144,13 @@ class Runner:
 
 
 class EngineRunner(Runner):
-    def __init__(self, spec: MethodSpec, pipe):
+    def __init__(self, spec: MethodSpec, pipe: Pipeline):
         super().__init__(spec)
         self.pipe = pipe
 
-    def prepare(self, ids, max_new_tokens, temperature, seed):
+    def prepare(
+        self, ids: Sequence[int], max_new_tokens: int, temperature: float, seed: int | None
+    ) -> Callable[[], Output]:
         ids = list(ids)
 
         def call() -> Output:
@@ -154,14 +160,24 @@ class EngineRunner(Runner):
         return call
 
 
+class _Generates(Protocol):
+    """A transformers causal LM, as `HFRunner` runs it."""
+
+    device: torch.device
+
+    def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
+
+
 class HFRunner(Runner):
-    def __init__(self, spec: MethodSpec, model, eos_token_ids: Sequence[int], pad_token_id: int | None):
+    def __init__(self, spec: MethodSpec, model: _Generates, eos_token_ids: Sequence[int], pad_token_id: int | None):
         super().__init__(spec)
         self.model = model
         self.eos = list(eos_token_ids)
         self.pad = pad_token_id
 
-    def prepare(self, ids, max_new_tokens, temperature, seed):
+    def prepare(
+        self, ids: Sequence[int], max_new_tokens: int, temperature: float, seed: int | None
+    ) -> Callable[[], Output]:
         import torch
 
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.model.device)
@@ -201,7 +217,7 @@ def _quiet_transformers():
         logging.set_verbosity(level)
 
 
-def build_runners(specs: Sequence[MethodSpec], model, tokenizer, threads: int) -> list[Runner]:
+def build_runners(specs: Sequence[MethodSpec], model: nn.Module, tokenizer: Any, threads: int) -> list[Runner]:
     """Runners sharing one model: engine pipelines through `load_pipeline(model=, tokenizer=)`."""
 
     runners: list[Runner] = []
@@ -224,6 +240,6 @@ def build_runners(specs: Sequence[MethodSpec], model, tokenizer, threads: int) -
                     f"--methods entry '{spec.name}': the model has {layers} layers; "
                     f"the early-exit layer must be below that"
                 )
-            runners.append(HFRunner(spec, model, adapter.eos_token_ids, pad))
+            runners.append(HFRunner(spec, cast(_Generates, model), adapter.eos_token_ids, pad))
     order = [s.name for s in specs]
     return sorted(runners, key=lambda r: order.index(r.name))

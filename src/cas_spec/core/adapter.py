@@ -15,7 +15,7 @@ import copy
 from abc import ABC
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from cas_spec.core.types import TokenTree
 
 if TYPE_CHECKING:  # imported when first used: it loads transformers
     from cas_spec.core.kvcache import KVCache
+    from cas_spec.core.registry import Registry
 
 
 class ModelAdapter(ABC):
@@ -37,33 +38,33 @@ class ModelAdapter(ABC):
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.config = model.config
+        self.config: Any = model.config  # a transformers config: its attributes vary by architecture
 
     @classmethod
-    def supports(cls, config) -> bool:
+    def supports(cls, config: object) -> bool:
         return getattr(config, "model_type", None) in cls.model_types
 
     # -- structure -----------------------------------------------------------------------------
     @property
     def decoder(self) -> nn.Module:
         """The decoder stack (the module holding layers, norm, embeddings)."""
-        return getattr(self.model, self.model.base_model_prefix)
+        return cast(nn.Module, getattr(self.model, cast(str, self.model.base_model_prefix)))
 
     @property
     def layers(self) -> nn.ModuleList:
-        return self.decoder.layers
+        return cast(nn.ModuleList, self.decoder.layers)
 
     @property
     def final_norm(self) -> nn.Module:
-        return self.decoder.norm
+        return cast(nn.Module, self.decoder.norm)
 
     @property
     def embed_tokens(self) -> nn.Module:
-        return self.decoder.embed_tokens
+        return cast(nn.Module, self.decoder.embed_tokens)
 
     @property
     def lm_head(self) -> nn.Module:
-        return self.model.lm_head
+        return cast(nn.Module, self.model.lm_head)
 
     @property
     def num_layers(self) -> int:
@@ -187,7 +188,7 @@ class ModelAdapter(ABC):
         return clone
 
 
-def resolve_adapter(model: nn.Module, registry: Any) -> ModelAdapter:
+def resolve_adapter(model: nn.Module, registry: Registry[ModelAdapter]) -> ModelAdapter:
     """The adapter of `registry` (a `Registry` of `ModelAdapter` classes) for `model`, or
     `UnsupportedModelError` naming the supported model types."""
     config = model.config

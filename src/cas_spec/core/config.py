@@ -13,13 +13,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from cas_spec.core.errors import ConfigError
 from cas_spec.core.plugins import get_plugins
+
+if TYPE_CHECKING:
+    from cas_spec.core.interfaces import Plugin
+    from cas_spec.core.plugins import Plugins
+    from cas_spec.core.registry import Registry
 
 PRESETS_PACKAGE = "cas_spec.pipelines"
 
@@ -33,8 +38,11 @@ class _Plugged(_Strict):
     plugin's own `Options` model; `validated_options` is that instance, what the plugin receives."""
 
     _validated: BaseModel | None = PrivateAttr(default=None)
+    if TYPE_CHECKING:  # fields each subclass declares (here they would come first in the schema)
+        kind: str
+        options: dict[str, Any]
 
-    def validated_options(self, registry) -> BaseModel:
+    def validated_options(self, registry: Registry[Plugin]) -> BaseModel:
         """The validated options (validated now if this config did not come through `validate`)."""
         if self._validated is None:
             self._validated = registry.get(self.kind).Options.model_validate(self.options)
@@ -50,44 +58,44 @@ class LevelConfig(_Plugged):
 
 
 class SchedulerConfig(_Plugged):
-    kind: str = Field("chain", description="Registered scheduler name.")
+    kind: str = Field(default="chain", description="Registered scheduler name.")
     options: dict[str, Any] = Field(default_factory=dict, description="The scheduler's options.")
     gate: bool = Field(
-        False,
+        default=False,
         description="Wrap the scheduler in the never-slower gate: decode plainly "
         "while measured speculation is slower than plain decoding, and probe again later.",
     )
 
 
 class SamplingConfig(_Strict):
-    temperature: float = Field(0.0, ge=0.0, description="0 = greedy decoding.")
-    top_k: int | None = Field(None, ge=1, description="Keep only the k most likely tokens.")
-    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
-    seed: int | None = Field(None, description="Seed that makes a sampled run reproducible.")
+    temperature: float = Field(default=0.0, ge=0.0, description="0 = greedy decoding.")
+    top_k: int | None = Field(default=None, ge=1, description="Keep only the k most likely tokens.")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
+    seed: int | None = Field(default=None, description="Seed that makes a sampled run reproducible.")
 
 
 class KernelsConfig(_Strict):
     linear: Literal["auto", "stock"] = Field(
-        "auto", description="auto = per row count, the fastest linear kernel measured on this machine."
+        default="auto", description="auto = per row count, the fastest linear kernel measured on this machine."
     )
     attention: Literal["auto", "stock"] = Field(
-        "auto", description="auto = SDPA without K/V copies for grouped-query attention."
+        default="auto", description="auto = SDPA without K/V copies for grouped-query attention."
     )
 
 
 class PipelineConfig(_Strict):
     """A whole pipeline. Every field has a default; the default `chain` scheduler needs one level."""
 
-    model: str = Field("smollm2-135m", description="Model alias or a local Hugging Face folder.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available.")
+    model: str = Field(default="smollm2-135m", description="Model alias or a local Hugging Face folder.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = cuda when available.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto = float32 on CPU, bfloat16 on CUDA."
+        default="auto", description="auto = float32 on CPU, bfloat16 on CUDA."
     )
-    threads: int | None = Field(1, ge=1, description="CPU threads for torch (null = leave as is).")
-    chat: bool | None = Field(None, description="Apply the chat template; null = when the model has one.")
-    max_new_tokens: int = Field(128, ge=1, description="Default generation budget.")
+    threads: int | None = Field(default=1, ge=1, description="CPU threads for torch (null = leave as is).")
+    chat: bool | None = Field(default=None, description="Apply the chat template; null = when the model has one.")
+    max_new_tokens: int = Field(default=128, ge=1, description="Default generation budget.")
     calibration: Literal["auto", "off"] = Field(
-        "auto", description="auto = use the cached cost table, or measure a quick one on first use."
+        default="auto", description="auto = use the cached cost table, or measure a quick one on first use."
     )
     kernels: KernelsConfig = Field(
         default_factory=KernelsConfig, description="CPU float32 kernels (used only when calibrated)."
@@ -98,13 +106,13 @@ class PipelineConfig(_Strict):
 
     @field_validator("calibration", mode="before")
     @classmethod
-    def _yaml_off(cls, value):
+    def _yaml_off(cls, value: object) -> object:
         return "off" if value is False else value  # YAML reads a bare `off` as false
 
     levels: list[LevelConfig] = Field(
         default_factory=list, description="The drafting levels: named, configured strategies."
     )
-    verifier: str = Field("auto", description="auto = greedy at temperature 0, sampling otherwise.")
+    verifier: str = Field(default="auto", description="auto = greedy at temperature 0, sampling otherwise.")
     sampling: SamplingConfig = Field(
         default_factory=SamplingConfig, description="How tokens are chosen: greedy, or sampled like the target."
     )
@@ -255,11 +263,11 @@ def load_raw(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], st
     raise ConfigError([f"<pipeline>: no file or preset named '{text_source}'; presets: {', '.join(preset_names())}"])
 
 
-def _location(loc: tuple) -> str:
+def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "<root>"
 
 
-def validate(data: Mapping[str, Any], source: str | None = None, plugins=None) -> PipelineConfig:
+def validate(data: Mapping[str, Any], source: str | None = None, plugins: Plugins | None = None) -> PipelineConfig:
     """Validate structure, every plugin kind and its options (once: the validated options stay with
     the config, `validated_options`); raise one `ConfigError` listing all problems."""
 
@@ -289,14 +297,14 @@ def validate(data: Mapping[str, Any], source: str | None = None, plugins=None) -
     return config
 
 
-def _plugin_problems(data: Mapping[str, Any], plugins, validated: dict[str, BaseModel]) -> list[str]:
+def _plugin_problems(data: Mapping[str, Any], plugins: Plugins, validated: dict[str, BaseModel]) -> list[str]:
     """Unknown plugin kinds and invalid plugin options, as `location: message`; the options that
     validate go into `validated`, by location (`levels.0`, `scheduler`)."""
     problems: list[str] = []
     if not isinstance(data, Mapping):
         return problems
 
-    def check(registry, entry: Any, where: str, default_kind: str | None = None) -> None:
+    def check(registry: Registry[Plugin], entry: Any, where: str, default_kind: str | None = None) -> None:
         if not isinstance(entry, Mapping):
             return
         kind, options = entry.get("kind", default_kind), entry.get("options", {})
@@ -315,7 +323,7 @@ def _plugin_problems(data: Mapping[str, Any], plugins, validated: dict[str, Base
 
 
 def _check_plugin(
-    registry, kind: str, options: dict[str, Any], where: str, validated: dict[str, BaseModel]
+    registry: Registry[Plugin], kind: str, options: dict[str, Any], where: str, validated: dict[str, BaseModel]
 ) -> list[str]:
     if kind not in registry:
         return [f"{where}.kind: {registry.unknown_message(kind)}"]
@@ -330,7 +338,7 @@ def _check_plugin(
 
 
 def load_config(
-    source: str | Path | Mapping[str, Any] = "default", overrides: Iterable[str] = (), plugins=None
+    source: str | Path | Mapping[str, Any] = "default", overrides: Iterable[str] = (), plugins: Plugins | None = None
 ) -> PipelineConfig:
     """Load, merge, override and validate a pipeline."""
     data, name = load_raw(source)

@@ -18,7 +18,7 @@ from cas_spec.core.sampling import make_generator
 from cas_spec.core.state import DecodingState
 from cas_spec.core.stats import StatsRecorder
 from cas_spec.core.target import Target
-from cas_spec.core.types import GenerationStats, SamplingParams, StepTimings
+from cas_spec.core.types import GenerationStats, SamplingParams, StepTimings, TokenTree, Verdict
 
 TokenCallback = Callable[[list[int]], None]
 LogitsCallback = Callable[[torch.Tensor], None]  # [n, V]: the target logits of a step's n committed tokens
@@ -120,7 +120,7 @@ def generate_tokens(
     return new_tokens, stats
 
 
-def _committed_logits(target_logits: torch.Tensor, verdict, count: int) -> torch.Tensor:
+def _committed_logits(target_logits: torch.Tensor, verdict: Verdict, count: int) -> torch.Tensor:
     """[count, V]: the rows of the target forward that chose the committed tokens.
 
     Row i of the forward is the target's distribution after tree node i, so the root's row
@@ -131,7 +131,7 @@ def _committed_logits(target_logits: torch.Tensor, verdict, count: int) -> torch
     return target_logits[torch.tensor(rows, dtype=torch.long, device=target_logits.device)]
 
 
-def _check_tree(tree, state: DecodingState, scheduler: Scheduler) -> None:
+def _check_tree(tree: TokenTree, state: DecodingState, scheduler: Scheduler) -> None:
     if int(tree.tokens[0]) != state.root_token:
         raise RuntimeError(f"scheduler '{scheduler.name}' built a tree whose root is not the newest token")
     depth = int(tree.depths.max()) if tree.size > 1 else 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -27,7 +27,7 @@ from cas_spec.core.errors import InputError
 _DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0}
 
 # Options cas-spec cannot honour, with the values that leave the output unchanged.
-_NEUTRAL: dict[str, tuple] = {
+_NEUTRAL: dict[str, tuple[object, ...]] = {
     "num_beams": (1,),
     "num_beam_groups": (1,),
     "num_return_sequences": (1,),
@@ -79,7 +79,7 @@ class GenerationOptions:
     output_scores: bool
 
 
-def _resolved(config, model) -> Any:
+def _resolved(config: Any, model: object) -> Any:
     """`config` with unset (None) fields taken from `model.generation_config`, as `generate` does."""
     resolved = copy.deepcopy(config)
     model_config = getattr(model, "generation_config", None)
@@ -90,13 +90,13 @@ def _resolved(config, model) -> Any:
     return resolved
 
 
-def _is_neutral(value: Any, neutral: tuple) -> bool:
+def _is_neutral(value: Any, neutral: tuple[object, ...]) -> bool:
     if value is None or value in neutral:
         return True
     return isinstance(value, list | tuple | dict | set) and not value
 
 
-def options_from_generation_config(config, model, prompt_length: int) -> GenerationOptions:
+def options_from_generation_config(config: Any, model: object, prompt_length: int) -> GenerationOptions:
     """Map a `transformers.GenerationConfig` to cas-spec's options, or raise `InputError`."""
     if not callable(getattr(config, "to_dict", None)) or isinstance(config, dict):
         raise InputError(f"generation_config must be a transformers.GenerationConfig, got {type(config).__name__}")
@@ -113,7 +113,7 @@ def options_from_generation_config(config, model, prompt_length: int) -> Generat
             + " (cas-spec decodes one sequence, greedy or sampled with temperature, top_k and top_p)"
         )
 
-    def get(name: str):
+    def get(name: str) -> Any:
         value = getattr(config, name, None)
         return _DEFAULTS[name] if value is None else value
 
@@ -147,10 +147,18 @@ def options_from_generation_config(config, model, prompt_length: int) -> Generat
     )
 
 
+class Streamer(Protocol):
+    """What `StreamerBridge` feeds: any transformers streamer."""
+
+    def put(self, value: torch.Tensor) -> None: ...
+
+    def end(self) -> None: ...
+
+
 class StreamerBridge:
     """Feeds a transformers streamer: the prompt, each committed chunk, then `end()` (see module)."""
 
-    def __init__(self, streamer):
+    def __init__(self, streamer: Streamer) -> None:
         if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
             raise InputError(f"streamer must have put(tensor) and end() methods, got {type(streamer).__name__}")
         self.streamer = streamer

@@ -84,7 +84,7 @@ def _empty_like(states: torch.Tensor, capacity: int) -> torch.Tensor:
     return states.new_empty((*states.shape[:-2], capacity, states.shape[-1]))
 
 
-class KVLayer(CacheLayerMixin):
+class KVLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]  # transformers' __init_subclass__ is untyped
     """A full-attention layer: every token it has seen, at buffer index position - origin."""
 
     is_sliding = False
@@ -104,13 +104,13 @@ class KVLayer(CacheLayerMixin):
         """Keys of the tokens held, [B, H, held, D]: a view of the buffer."""
         return None if self.buffers is None else self._held(self.buffers.keys)
 
-    @property
-    def values(self) -> torch.Tensor | None:
-        return None if self.buffers is None else self._held(self.buffers.values)
-
     @keys.setter
     def keys(self, value: object) -> None:
         _refuse_assignment(value)
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return None if self.buffers is None else self._held(self.buffers.values)
 
     @values.setter
     def values(self, value: object) -> None:
@@ -290,7 +290,7 @@ def _refuse_assignment(value: object) -> None:
         raise AttributeError("KV layers hold their states in preallocated buffers; write them with `update`")
 
 
-class SlidingWindowKVLayer(KVLayer):
+class SlidingWindowKVLayer(KVLayer):  # type: ignore[no-untyped-call]  # transformers' __init_subclass__ is untyped
     """A sliding-window layer: attention sees the last `sliding_window - 1` cached tokens."""
 
     is_sliding = True
@@ -306,8 +306,8 @@ class SlidingWindowKVLayer(KVLayer):
         super().reset()
         self.sliding_window, self.history = window, history
 
-    @property
-    def cumulative_length(self) -> int:
+    @property  # transformers' layers keep it as an attribute; here it is derived from `length`
+    def cumulative_length(self) -> int:  # type: ignore[override]
         return self.length
 
     def get_max_length(self) -> int:
@@ -362,11 +362,13 @@ def layers_for(config: object) -> list[KVLayer]:
 class KVCache(Cache):
     """A transformers `Cache` of in-place `KVLayer`s; models use it unchanged (`past_key_values=`)."""
 
+    layers: list[KVLayer]  # type: ignore[assignment]  # all ours; transformers types it as a list of its bases
+
     def __init__(self, config: object | None = None, *, layers: list[KVLayer] | None = None) -> None:
         if layers is None and config is not None:
             layers = layers_for(config)
         if layers:
-            super().__init__(layers=layers)
+            super().__init__(layers=layers)  # type: ignore[arg-type]  # transformers wants a list of its base class
         else:
             super().__init__(layer_class_to_replicate=KVLayer)
 

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 import pluggy
 
@@ -44,14 +45,14 @@ HOOKS = {
 class Plugins:
     """Everything the plugins registered, plus the plugins that failed."""
 
-    strategies: Registry
-    schedulers: Registry
-    verifiers: Registry
-    adapters: Registry
+    strategies: Registry[DraftStrategy]
+    schedulers: Registry[Scheduler]
+    verifiers: Registry[Verifier]
+    adapters: Registry[ModelAdapter]
     loaded: list[str] = field(default_factory=list)  # plugin names, built-ins first
     broken: dict[str, str] = field(default_factory=dict)  # plugin name -> error
 
-    def registry(self, kind: str) -> Registry:
+    def registry(self, kind: str) -> Registry[Any]:
         return {
             "strategy": self.strategies,
             "scheduler": self.schedulers,
@@ -60,7 +61,7 @@ class Plugins:
         }[kind]
 
 
-def _registries() -> dict[str, Registry]:
+def _registries() -> dict[str, Registry[Any]]:
 
     return {
         "strategy": Registry("strategy", DraftStrategy),

@@ -68,7 +68,7 @@ def scores_of(step_logits: list[torch.Tensor], sampling: SamplingParams) -> tupl
     logits = torch.cat(step_logits)
     if not sampling.greedy:
         logits = warp_logits(logits, sampling)
-    return tuple(logits.split(1))
+    return tuple(torch.split(logits, 1))  # Tensor.split is untyped; torch.split calls it
 
 
 class TextStreamer:

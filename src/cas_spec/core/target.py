@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
 from torch import nn
@@ -86,7 +86,7 @@ class Target:
         out = self.model(
             input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=self.cache, use_cache=True
         )
-        return out.logits[0].float()
+        return cast(torch.Tensor, out.logits[0].float())
 
     def commit(self, tree: TokenTree, accepted_nodes: tuple[int, ...]) -> None:
         """Keep the KV of the root and the accepted path; roll back every other tree node."""
@@ -125,7 +125,7 @@ class Target:
             use_cache=True,
             logits_to_keep=logits_to_keep,
         )
-        return out.logits[0].float()
+        return cast(torch.Tensor, out.logits[0].float())
 
     @torch.inference_mode()
     def score(self, tokens: Sequence[int], start: int, variant: Variant | None = None) -> torch.Tensor:
@@ -139,7 +139,7 @@ class Target:
         positions = torch.arange(start, start + len(tokens), device=device)[None]
         with self._running(variant):
             out = self.model(input_ids=ids, position_ids=positions, past_key_values=view, use_cache=True)
-        return out.logits[0].float()
+        return cast(torch.Tensor, out.logits[0].float())
 
     @torch.inference_mode()
     def forward_uncached(self, tokens: Sequence[int], variant: Variant | None = None) -> torch.Tensor:
@@ -147,7 +147,7 @@ class Target:
         calibrate a draft mode on text)."""
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
         with self._running(variant):
-            return self.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0].float()
+            return cast(torch.Tensor, self.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0].float())
 
     def _running(self, variant: Variant | None) -> contextlib.AbstractContextManager[None]:
         """Within the block the model is `variant`, or the target itself when None."""

@@ -12,25 +12,35 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
+from torch import nn
 
 from cas_spec.costs.table import CostTable
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
+
+    from cas_spec.core.adapter import ModelAdapter
+    from cas_spec.core.kvcache import KVCache
+    from cas_spec.core.target import Target
 
 FULL_SIZES = tuple(range(1, 17)) + (20, 24, 32)
 QUICK_SIZES = tuple(range(1, 13)) + (16,)
 
 
-def _sync(device) -> None:
+def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
 def measure(
-    target,
-    sizes=FULL_SIZES,
-    context_lengths=(64, 300, 1000),
+    target: Target,
+    sizes: Sequence[int] = FULL_SIZES,
+    context_lengths: Sequence[int] = (64, 300, 1000),
     repeats: int = 7,
     key: str = "",
     quick: bool = False,
@@ -42,7 +52,7 @@ def measure(
 
     model, adapter = target.model, target.adapter
     device = target.device
-    vocab = model.config.vocab_size
+    vocab: int = cast("PreTrainedConfig", model.config).vocab_size
     limit = adapter.context_length
     contexts = tuple(sorted({c for c in context_lengths if c + max(sizes) < limit})) or (max(1, limit // 4),)
     rng = random.Random(seed)
@@ -86,7 +96,7 @@ def measure(
     )
 
 
-def _forward(model, adapter, cache, ids, context: int) -> float:
+def _forward(model: nn.Module, adapter: ModelAdapter, cache: KVCache, ids: torch.Tensor, context: int) -> float:
     n = ids.shape[1]
     positions = torch.arange(context, context + n, device=ids.device)[None]
     _sync(ids.device)

@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -30,6 +31,9 @@ from cas_spec.costs.calibrate import measure as measure_table
 from cas_spec.costs.draft_costs import LevelDraftCost, calibrated_draft_costs, calibration_text_ids
 from cas_spec.costs.table import CostTable, calibration_key, load_cached, save
 from cas_spec.kernels import ATTENTION_NAME, DEFAULT_NS, LinearPlan, attention_kernel, linear_kernels, select_plan
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
 
 QUICK_KERNEL_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
 PREPARE_TOKENS = 512  # tokens of real text the levels' one-time work (`prepare`) runs on
@@ -145,7 +149,7 @@ def measure_levels(
     target: Target,
     levels: Sequence[Level],
     kinds: Mapping[str, str],
-    tokenizer,
+    tokenizer: Any,
     *,
     quick: bool,
     use_cache: bool,
@@ -159,7 +163,7 @@ def measure_levels(
         return calibration
     model = target.model
     with kernels_active(model, calibration):
-        text = calibration_text_ids(tokenizer, PREPARE_TOKENS, model.config.vocab_size)
+        text = calibration_text_ids(tokenizer, PREPARE_TOKENS, cast("PreTrainedConfig", model.config).vocab_size)
         for level in levels:
             level.strategy.prepare(target, text, progress=progress)
         drafts = calibrated_draft_costs(

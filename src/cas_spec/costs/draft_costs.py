@@ -31,8 +31,9 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -43,6 +44,13 @@ from cas_spec.costs.table import context_weights, costs_dir
 from cas_spec.data.questions import load_questions
 from cas_spec.paths import write_text_atomically
 from cas_spec.schedulers.estimators.latency import LevelCost
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from transformers import PreTrainedConfig
+
+    from cas_spec.core.levels import Level
+    from cas_spec.core.target import Target
 
 FORMAT_VERSION = 3
 DRAFT_LENGTHS = (1, 3, 6)
@@ -66,9 +74,9 @@ class LevelDraftCost:
         )
 
 
-def level_signature(kind: str, options) -> str:
+def level_signature(kind: str, options: BaseModel | Mapping[str, object] | None) -> str:
     """What a level's draft cost depends on besides the model and machine: its kind and options."""
-    data = options.model_dump(mode="json") if hasattr(options, "model_dump") else dict(options or {})
+    data = cast("BaseModel", options).model_dump(mode="json") if hasattr(options, "model_dump") else dict(options or {})
     text = json.dumps({"kind": kind, "options": data}, sort_keys=True)
     return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
@@ -132,10 +140,10 @@ def fit_residual(points: Sequence[tuple[float, float]], per_call: float, per_tok
 
 @torch.inference_mode()
 def measure_draft_costs(
-    target,
-    levels,
+    target: Target,
+    levels: Sequence[Level],
     text_ids: Sequence[int],
-    context_lengths=(64, 300, 1000),
+    context_lengths: Sequence[int] = (64, 300, 1000),
     repeats: int = 5,
     progress: bool = True,
     seed: int = 0,
@@ -245,7 +253,7 @@ def format_draft_costs(costs: dict[str, LevelDraftCost], kinds: dict[str, str]) 
     return "\n".join(lines)
 
 
-def calibration_text_ids(tokenizer, tokens: int, vocab_size: int) -> list[int]:
+def calibration_text_ids(tokenizer: Any, tokens: int, vocab_size: int) -> list[int]:
     """At least `tokens` token ids of real text: the shipped Spec-Bench questions, in file order.
 
     A tokenizer that cannot encode them (a test double) gets seeded random ids instead: costs
@@ -265,7 +273,15 @@ def calibration_text_ids(tokenizer, tokens: int, vocab_size: int) -> list[int]:
 
 
 def calibrated_draft_costs(
-    target, levels, kinds: dict[str, str], tokenizer, *, key: str, quick: bool, use_cache: bool, progress: bool = True
+    target: Target,
+    levels: Sequence[Level],
+    kinds: dict[str, str],
+    tokenizer: Any,
+    *,
+    key: str,
+    quick: bool,
+    use_cache: bool,
+    progress: bool = True,
 ) -> dict[str, LevelDraftCost]:
     """Each level's draft cost: from the cache for calibration `key`, else measured and cached.
 
@@ -283,7 +299,9 @@ def calibrated_draft_costs(
     if missing:
         contexts = (300,) if quick else (64, 300, 1000)
         text = calibration_text_ids(
-            tokenizer, max(contexts) + max(*DRAFT_LENGTHS, AGREEMENT_TOKENS) + 4, target.model.config.vocab_size
+            tokenizer,
+            max(contexts) + max(*DRAFT_LENGTHS, AGREEMENT_TOKENS) + 4,
+            cast("PreTrainedConfig", target.model.config).vocab_size,
         )
         measured = measure_draft_costs(target, missing, text, contexts, repeats=3 if quick else 5, progress=progress)
         for name, cost in measured.items():

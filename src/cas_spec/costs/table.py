@@ -13,8 +13,14 @@ import json
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from cas_spec.paths import cache_dir, write_text_atomically
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from transformers import PreTrainedConfig
 
 FORMAT_VERSION = 1
 
@@ -108,7 +114,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_description(device) -> str:
+def machine_description(device: torch.device | str) -> str:
     import torch
 
     if getattr(device, "type", str(device)) == "cuda":
@@ -116,13 +122,13 @@ def machine_description(device) -> str:
     return f"cpu:{_cpu_name()}"
 
 
-def calibration_key(model, threads: int | None, kernels: str = "stock") -> str:
+def calibration_key(model: nn.Module, threads: int | None, kernels: str = "stock") -> str:
     """What a table depends on: architecture shapes, dtype, device, machine, threads, kernels.
     Not the weights: two models of the same shape cost the same."""
     import torch
 
     param = next(model.parameters())
-    config = model.config.to_dict()
+    config = cast("PreTrainedConfig", model.config).to_dict()
     shape = {
         k: config.get(k)
         for k in sorted(config)

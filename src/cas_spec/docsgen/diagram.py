@@ -7,6 +7,7 @@ them exists, so the picture cannot name a method the code no longer has.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 # (owner, class that defines the method, method, what it does); the loop runs top to bottom.
 STEPS = (
@@ -99,7 +100,7 @@ def draw(path: Path) -> Path:
             va="center",
         )
         ax.text(x + 0.15, top - 0.58, text, fontsize=9, va="center")
-    arrow = dict(arrowstyle="-|>", mutation_scale=12, color="#333333", linewidth=1.0)
+    arrow: dict[str, Any] = dict(arrowstyle="-|>", mutation_scale=12, color="#333333", linewidth=1.0)
     spine = left + 0.3
     for i in range(len(STEPS) - 1):
         if i == 2:  # draft returns to build_tree; the sequence goes on from build_tree

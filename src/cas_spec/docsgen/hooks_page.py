@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
+from collections.abc import Callable
+from typing import cast
 
 import cas_spec
 from cas_spec.core import hookspecs
@@ -38,8 +40,9 @@ def class_attributes(cls: type) -> list[tuple[str, str, str]]:
     """(name, value, `#:` comment) of the public class attributes `cls` itself declares."""
     source = textwrap.dedent(inspect.getsource(cls))
     lines = source.splitlines()
-    body = ast.parse(source).body[0].body
-    out, previous = [], (None, "")  # a `#:` comment also covers the assignments right below it
+    body = cast(ast.ClassDef, ast.parse(source).body[0]).body
+    out: list[tuple[str, str, str]] = []
+    previous: tuple[int | None, str] = (None, "")  # a `#:` comment also covers the assignments right below it
     for node in body:
         target = (
             node.target
@@ -48,7 +51,8 @@ def class_attributes(cls: type) -> list[tuple[str, str, str]]:
         )
         if not isinstance(target, ast.Name) or target.id.startswith("_"):
             continue
-        comment, row = [], node.lineno - 2
+        comment: list[str] = []
+        row = node.lineno - 2
         while row >= 0 and lines[row].strip().startswith("#:"):
             comment.insert(0, lines[row].strip()[2:].strip())
             row -= 1
@@ -65,13 +69,13 @@ def class_attributes(cls: type) -> list[tuple[str, str, str]]:
     return out
 
 
-def _signature(function, name: str, bound: bool = False) -> str:
+def _signature(function: Callable[..., object], name: str, bound: bool = False) -> str:
     """`name(a: int, b: str = 'x') -> T`, annotations as written in the source; `bound` drops
     the first parameter (self or cls)."""
     signature = inspect.signature(function)
     params = list(signature.parameters.values())[1 if bound else 0 :]
 
-    def annotation(value) -> str:
+    def annotation(value: object) -> str:
         return value if isinstance(value, str) else inspect.formatannotation(value)
 
     parts = []
@@ -87,7 +91,7 @@ def _signature(function, name: str, bound: bool = False) -> str:
     return f"{name}({', '.join(parts)}){arrow}"
 
 
-def _doc(function) -> str:
+def _doc(function: object) -> str:
     """The function's own docstring (never one inherited from a base class)."""
     return inspect.cleandoc(function.__doc__) if function.__doc__ else ""
 
@@ -102,6 +106,7 @@ def _qualified(cls: type) -> str:
 def _member(cls: type, name: str) -> list[str]:
     value = vars(cls)[name]
     if isinstance(value, property):
+        assert value.fget is not None, f"{cls.__name__}.{name} is a property without a getter"
         returns = inspect.signature(value.fget).return_annotation
         head = f"{name} -> {returns}" if returns is not inspect.Signature.empty else name
         kind, doc = "property", _doc(value.fget)

@@ -8,6 +8,7 @@ import ast
 import dataclasses
 import inspect
 import textwrap
+from typing import cast
 
 import cas_spec.plugin
 from cas_spec.docsgen import REGENERATE
@@ -29,14 +30,15 @@ def field_rows(cls: type) -> list[tuple[str, str, str]]:
     lines = source.splitlines()
     names = {f.name for f in dataclasses.fields(cls)}
     rows = []
-    for node in ast.parse(source).body[0].body:
+    for node in cast(ast.ClassDef, ast.parse(source).body[0]).body:
         if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
             continue
         if node.target.id not in names:
             continue
         line = lines[node.lineno - 1]
         comment = line.split("  # ", 1)[1].strip() if "  # " in line else ""
-        above, row = [], node.lineno - 2
+        above: list[str] = []
+        row = node.lineno - 2
         while not comment and row >= 0 and lines[row].strip().startswith("#"):
             above.insert(0, lines[row].strip().lstrip("#").strip())
             row -= 1

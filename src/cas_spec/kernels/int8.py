@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,9 +56,9 @@ ALIGN = 32  # the input dimension is padded to a multiple of this (one k-step)
 GROUP = 8  # output rows interleaved per k-step in the packed weight (the C++ GROUP)
 
 _lock = threading.Lock()
-_fn = None  # cas_int8_linear once loaded
-_packed_fn = None  # cas_int8_linear_packed once loaded
-_quantize_fn = None  # cas_int8_quantize_rows once loaded
+_fn: Callable[..., None] | None = None  # cas_int8_linear once loaded
+_packed_fn: Callable[..., None] | None = None  # cas_int8_linear_packed once loaded
+_quantize_fn: Callable[..., None] | None = None  # cas_int8_quantize_rows once loaded
 _why: str | None = "not loaded yet"
 
 
@@ -229,6 +231,7 @@ def linear(
         raise ValueError(f"qweight {tuple(qweight.shape)} is not a packed int8 weight for {n_out} x {in_features}")
     out = torch.empty(rows, n_out, dtype=torch.float32)
     if rows:
+        assert _fn is not None, "call status() first"
         _fn(
             x2.data_ptr(),
             rows,
@@ -252,6 +255,7 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.empty(rows, kp, dtype=torch.int8)
     qa = torch.empty(rows, kp, dtype=torch.uint8)
     s = torch.empty(rows, dtype=torch.float32)
+    assert _quantize_fn is not None, "call status() first"
     _quantize_fn(x2.data_ptr(), rows, k, x2.stride(0), kp, q.data_ptr(), qa.data_ptr(), s.data_ptr())
     return q[:, :k], s
 
@@ -274,6 +278,11 @@ class Int8Linear(nn.Module):
     `linear_reference` (the same quantization in torch). For drafting: no gradient flows through it."""
 
     max_kernel_rows: int = MAX_KERNEL_ROWS
+    # buffers, and the kernel's constant arguments (`_refresh`), as nn.Module's __getattr__ returns them
+    qweight: torch.Tensor
+    scale: torch.Tensor
+    bias: torch.Tensor | None
+    _kernel_args: tuple[int, int, ctypes.Array[ctypes.c_int64]] | None
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
@@ -294,6 +303,7 @@ class Int8Linear(nn.Module):
             twin.qweight.copy_(qweight)
             twin.scale.copy_(scale)
             if linear.bias is not None:
+                assert twin.bias is not None  # built with a bias above
                 twin.bias.copy_(linear.bias.detach().to(torch.float32))
         return twin.eval()
 
@@ -354,6 +364,7 @@ class Int8Linear(nn.Module):
             )
         )
         if ok:
+            assert q is not None and s is not None  # checked in `ok`
             packed = (ctypes.c_int64 * 6)(
                 q.data_ptr(), n, q.shape[1], s.data_ptr(), 0 if b is None else b.data_ptr(), self.in_features
             )
@@ -362,17 +373,18 @@ class Int8Linear(nn.Module):
         else:
             self.__dict__["_kernel_args"] = None
 
-    def __setattr__(self, name: str, value) -> None:
+    def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
         if name in ("qweight", "scale", "bias") and "_kernel_args" in self.__dict__:
             self._refresh()
 
-    def _apply(self, fn, recurse: bool = True):  # .to(), .half(), ...: buffers may be replaced
+    # .to(), .half(), ...: buffers may be replaced
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True):
         out = super()._apply(fn, recurse)
         self._refresh()
         return out
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._refresh()
 

@@ -35,6 +35,7 @@ import contextlib
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -257,6 +258,11 @@ def _run(module: nn.Linear, kernel: str, x: torch.Tensor) -> torch.Tensor:
 class _DispatchMixin:
     """Mixed into a dynamic subclass of the module's class; reads the plan from `_cas_plan`."""
 
+    # what the nn.Linear it is mixed into has (`_cas_plan`: set in its __dict__ by `linear_kernels`)
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    _cas_plan: LinearPlan
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if (
@@ -270,7 +276,7 @@ class _DispatchMixin:
             rows = input.numel() // last if last else 0
             kernel = self._cas_plan.kernel_for(rows)
             if kernel != "stock":
-                return _run(self, kernel, input)
+                return _run(cast(nn.Linear, self), kernel, input)
         return F.linear(input, weight, self.bias)
 
 
@@ -292,7 +298,7 @@ def _linears(model: nn.Module) -> Iterator[nn.Linear]:
         original = getattr(cls, "_cas_original_class", cls)
         if original is nn.Linear and id(module) not in seen:
             seen.add(id(module))
-            yield module
+            yield cast(nn.Linear, module)  # its class is nn.Linear or our dispatch subclass of it
 
 
 def _needed_copies(plan: LinearPlan) -> tuple[str, ...]:
@@ -312,7 +318,7 @@ def linear_kernels(model: nn.Module, plan: LinearPlan, *, prebuild: bool = True)
     """
     if not isinstance(plan, LinearPlan):
         raise TypeError(f"plan must be a LinearPlan, got {type(plan).__name__}")
-    saved: list[tuple[nn.Module, type, object]] = []
+    saved: list[tuple[nn.Linear, type, object]] = []
     try:
         for module in _linears(model):
             cls = type(module)

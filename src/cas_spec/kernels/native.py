@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -124,7 +125,7 @@ FLAGS = ("-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-std=c++17")
 ENV_SWITCH = "CAS_SPEC_NATIVE_KERNEL"
 
 _lock = threading.Lock()
-_fn = None  # the ctypes function once loaded
+_fn: Callable[..., None] | None = None  # the ctypes function once loaded
 _why: str | None = "not loaded yet"
 
 
@@ -208,6 +209,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if bias is not None and not bias.is_contiguous():
         bias = bias.contiguous()
     out = torch.empty(x2.shape[0], n_out, dtype=x.dtype, device=x.device)
+    assert _fn is not None, "call status() first"
     _fn(
         x2.data_ptr(),
         x2.shape[0],

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -31,6 +31,9 @@ from cas_spec.kernels.linear import (
 )
 from cas_spec.kernels.threads import threads as thread_count
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig, PreTrainedModel
+
 DEFAULT_NS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16)
 
 ConfigFactory = Callable[[], contextlib.AbstractContextManager]
@@ -41,7 +44,7 @@ def _dynamic_cache(model: torch.nn.Module) -> Any:
     """transformers' `DynamicCache`, recording the past so that sliding-window layers can crop."""
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=cast("PreTrainedConfig", model.config))
     cache.activate_past_recording()
     return cache
 
@@ -69,7 +72,8 @@ def time_forwards(
     from tqdm import tqdm
 
     device = next(model.parameters()).device
-    vocab = model.get_input_embeddings().num_embeddings
+    embeddings = cast(torch.nn.Embedding, cast("PreTrainedModel", model).get_input_embeddings())
+    vocab = embeddings.num_embeddings
     gen = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, vocab, (1, cache_tokens), generator=gen).to(device)
     new = torch.randint(0, vocab, (1, max(ns)), generator=gen).to(device)

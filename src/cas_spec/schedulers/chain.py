@@ -40,6 +40,7 @@ class ChainOptions(BaseModel):
 class ChainScheduler(SingleLevelScheduler):
     name = "chain"
     Options = ChainOptions
+    options: ChainOptions
 
     def start(self, state: DecodingState) -> None:
         self.estimate = AcceptanceEstimate(decay=self.options.ema_decay)

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from itertools import accumulate
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -72,6 +72,9 @@ from cas_spec.core.state import DecodingState
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import DraftResult, SamplingParams, TokenTree
 from cas_spec.schedulers.static_tree import StaticTreeScheduler, static_tree
+
+if TYPE_CHECKING:
+    from cas_spec.core.levels import Level
 
 
 class CSDraftingOptions(BaseModel):
@@ -188,9 +191,11 @@ class _Token:
 class CSDraftingScheduler(Scheduler):
     name = "cs_drafting"
     Options = CSDraftingOptions
+    options: CSDraftingOptions
 
     @classmethod
-    def check_levels(cls, options: CSDraftingOptions, level_names: list[str]) -> list[str]:
+    def check_levels(cls, options: BaseModel, level_names: list[str]) -> list[str]:
+        options = cast(CSDraftingOptions, options)
         where = "scheduler.options"
         if not level_names:
             return ["levels: cs_drafting needs at least one level (the cheapest, a lookup, last)"]
@@ -211,7 +216,7 @@ class CSDraftingScheduler(Scheduler):
             )
         return problems
 
-    def __init__(self, options, levels):
+    def __init__(self, options: BaseModel | None, levels: list[Level]):
         super().__init__(options, levels)
         o = self.options
         by_name = {level.name: level for level in levels}

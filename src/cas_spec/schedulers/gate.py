@@ -22,6 +22,8 @@ safety net for what the model cannot see (a drafter that got slower, a machine t
 
 from __future__ import annotations
 
+from typing import Any
+
 from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.state import DecodingState
 from cas_spec.core.tree import TreeBuilder
@@ -121,7 +123,7 @@ class NeverSlowerGate(Scheduler):
         elif self.clean_steps >= self.min_steps:
             self.hold = self.base_hold
 
-    def __getattr__(self, name):  # the wrapped scheduler's state (e.g. a dytc's `alpha`)
+    def __getattr__(self, name: str) -> Any:  # the wrapped scheduler's state (e.g. a dytc's `alpha`)
         if name == "inner":
             raise AttributeError(name)
         return getattr(self.inner, name)

@@ -34,7 +34,9 @@ point mass, exact for any set of siblings.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +44,9 @@ from cas_spec.core.state import DecodingState
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import StepTimings, TokenTree, Verdict
 from cas_spec.schedulers.single_level import SingleLevelScheduler
+
+if TYPE_CHECKING:
+    from cas_spec.core.levels import Level
 
 
 class LookupTreeOptions(BaseModel):
@@ -73,12 +78,12 @@ class MatchEstimate:
 
 @dataclass(frozen=True)
 class Proposal:
-    key: tuple[int, int]  # (n-gram length, occurrence index); (0, 0) for a level without candidates
+    key: tuple[int, ...]  # (n-gram length, occurrence index); (0, 0) for a level without candidates
     tokens: tuple[int, ...]
     confidence: float  # match length n
 
 
-def best_tree_size(values: list[float], cost, context: int) -> int:
+def best_tree_size(values: list[float], cost: Callable[[int, int], float], context: int) -> int:
     """How many of the nodes (values sorted descending) to verify: maximise
     (1 + Σ_(i<s) values[i]) / cost(s + 1, context) over s = 0 … len(values); 0 = a plain step."""
     best, best_value, total = 0, 1.0 / cost(1, context), 1.0
@@ -93,19 +98,20 @@ def best_tree_size(values: list[float], cost, context: int) -> int:
 class LookupTreeScheduler(SingleLevelScheduler):
     name = "lookup_tree"
     Options = LookupTreeOptions
+    options: LookupTreeOptions
 
-    def __init__(self, options, levels):
+    def __init__(self, options: BaseModel | None, levels: list[Level]):
         super().__init__(options, levels)
         if self.level.strategy.offers_candidates:
             self.level.strategy.offer_candidates(self.options.candidates)
-        self.estimates: dict[tuple[int, int], MatchEstimate] = {}
+        self.estimates: dict[tuple[int, ...], MatchEstimate] = {}
         self.pending: list[Proposal] = []
 
     def start(self, state: DecodingState) -> None:
         self.estimates = {}
         self.pending = []
 
-    def alpha(self, key: tuple[int, int]) -> float:
+    def alpha(self, key: tuple[int, ...]) -> float:
         estimate = self.estimates.get(key)
         return estimate.alpha if estimate is not None else MatchEstimate().alpha
 
@@ -158,27 +164,27 @@ def merged_tree(
     alphas: list[float],
     level: str | None,
     max_nodes: int,
-    cost=None,
+    cost: Callable[[int, int], float] | None = None,
     context: int = 0,
 ) -> TokenTree:
     """The trie of `proposals` (in order), valued and trimmed as the module docstring states."""
     tokens, parents, raw, confidence = [root], [-1], [1.0], [1.0]
     children: list[dict[int, int]] = [{}]
     for proposal, alpha in zip(proposals, alphas):
-        node, value = 0, 1.0
+        node, reach = 0, 1.0
         for token in proposal.tokens:
-            value *= alpha
+            reach *= alpha
             child = children[node].get(token)
             if child is None:
                 child = len(tokens)
                 tokens.append(token)
                 parents.append(node)
-                raw.append(value)
+                raw.append(reach)
                 confidence.append(proposal.confidence)
                 children.append({})
                 children[node][token] = child
             else:
-                raw[child] = max(raw[child], value)
+                raw[child] = max(raw[child], reach)
                 confidence[child] = max(confidence[child], proposal.confidence)
             node = child
     value = list(raw)

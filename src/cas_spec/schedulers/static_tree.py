@@ -41,18 +41,18 @@ from cas_spec.schedulers.single_level import SingleLevelScheduler
 class StaticTreeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    level: str | None = Field(None, description="Name of the level that drafts; default: the first level.")
-    k: int = Field(5, ge=1, le=64, description="Length of the drafted top-1 chain.")
+    level: str | None = Field(default=None, description="Name of the level that drafts; default: the first level.")
+    k: int = Field(default=5, ge=1, le=64, description="Length of the drafted top-1 chain.")
     thresholds: tuple[float, ...] = Field(
-        (0.5, 0.8, 0.95), description="Ascending top-1 probabilities at which the width changes."
+        default=(0.5, 0.8, 0.95), description="Ascending top-1 probabilities at which the width changes."
     )
     widths: tuple[int, ...] = Field(
-        (10, 8, 5, 3), description="Candidates per position when greedy, one more entry than thresholds."
+        default=(10, 8, 5, 3), description="Candidates per position when greedy, one more entry than thresholds."
     )
     sampling_widths: tuple[int, ...] = Field(
-        (10, 5, 3, 1), description="Candidates per position when sampling, one more entry than thresholds."
+        default=(10, 5, 3, 1), description="Candidates per position when sampling, one more entry than thresholds."
     )
-    max_nodes: int = Field(32, ge=1, le=1024, description="Most tree nodes, root included.")
+    max_nodes: int = Field(default=32, ge=1, le=1024, description="Most tree nodes, root included.")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -84,6 +84,7 @@ def width_for(top: float, thresholds: tuple[float, ...], widths: tuple[int, ...]
 class StaticTreeScheduler(SingleLevelScheduler):
     name = "static_tree"
     Options = StaticTreeOptions
+    options: StaticTreeOptions
 
     def build_tree(self, state: DecodingState) -> TokenTree:
         options = self.options

@@ -43,6 +43,7 @@ class EarlyExitOptions(SelfDraftOptions):
 class EarlyExit(SelfDraftStrategy):
     name = "early_exit"
     Options = EarlyExitOptions
+    options: EarlyExitOptions
 
     def setup(self, context: SetupContext) -> None:
         super().setup(context)

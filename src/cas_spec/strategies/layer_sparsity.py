@@ -20,6 +20,7 @@ off where it does not pay.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -75,7 +76,7 @@ class LayerSparsityOptions(SelfDraftOptions):
 
     @field_validator("skip")
     @classmethod
-    def _parse_skip(cls, value):
+    def _parse_skip(cls, value: list[str] | None) -> list[str] | None:
         if value is not None:
             for item in value:
                 Sublayer.parse(str(item))
@@ -85,19 +86,20 @@ class LayerSparsityOptions(SelfDraftOptions):
 class LayerSparsity(SelfDraftStrategy):
     name = "layer_sparsity"
     Options = LayerSparsityOptions
+    options: LayerSparsityOptions
 
     def setup(self, context: SetupContext) -> None:
         super().setup(context)
         target = self.target
         adapter, options = target.adapter, self.options
-        self.candidates = skippable_sublayers(adapter)
+        self.skippable = skippable_sublayers(adapter)  # not `candidates`: that is DraftStrategy's method
         self.count = int((adapter.num_layers - 2) * 2 * options.sparsity)
         self.fingerprint = model_fingerprint(target.model)
         self.search: SkipSearch | None = None
         self.skip: frozenset[Sublayer]
         if options.skip is not None:
             self.skip = frozenset(Sublayer.parse(s) for s in options.skip)
-            if bad := sorted(s for s in self.skip if s not in self.candidates):
+            if bad := sorted(s for s in self.skip if s not in self.skippable):
                 raise ConfigError(
                     [
                         f"layer_sparsity.skip: cannot skip {', '.join(map(str, bad))}; skippable "
@@ -119,7 +121,7 @@ class LayerSparsity(SelfDraftStrategy):
             self.skip = start
             return
         self.search = SkipSearch(
-            self.candidates,
+            self.skippable,
             self.count,
             budget=options.search_budget,
             target_score=options.target_score,
@@ -154,7 +156,7 @@ class LayerSparsity(SelfDraftStrategy):
         if self.search is not None and not self.search.done:
             self.search_step(state)
 
-    def prepare(self, target: Target, text_ids, progress: bool = True) -> None:
+    def prepare(self, target: Target, text_ids: Sequence[int], progress: bool = True) -> None:
         """Search the skip set to the end on `text_ids` (`cas-spec calibrate`), every candidate
         scored on the same `PREPARE_WINDOW` tokens, so that generation starts with the final set."""
         text = list(text_ids)
@@ -196,6 +198,7 @@ class LayerSparsity(SelfDraftStrategy):
         """Score one candidate on the last `window` committed tokens (default: the option);
         adopt it if it beats the best so far."""
         search = self.search
+        assert search is not None, "search_step runs only while a search is on"
         candidate = search.propose()
         score = matchness(
             self.target, state, self._variant_for(state, candidate), window or self.options.window, self.truth

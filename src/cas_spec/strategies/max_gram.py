@@ -165,16 +165,17 @@ def load_corpus_bigrams(path: str) -> dict[int, int]:
     return _load(path, stat.st_mtime_ns, stat.st_size)
 
 
-class _FirstWins(dict):
+class _FirstWins(dict[tuple[int, ...], int]):
     """An index table that keeps the first end position stored per n-gram (the earliest occurrence)."""
 
-    def __setitem__(self, key, value):
+    def __setitem__(self, key: tuple[int, ...], value: int) -> None:
         self.setdefault(key, value)
 
 
 class MaxGram(DraftStrategy):
     name = "max_gram"
     Options = MaxGramOptions
+    options: MaxGramOptions
 
     def __init__(self, options: MaxGramOptions | None = None):
         super().__init__(options)
@@ -230,9 +231,10 @@ class MaxGram(DraftStrategy):
         if self.options.bigram and tail:
             current = tail[-1]
             while len(out) < count:
-                current = self.context.best.get(current, self.corpus.get(current))
-                if current is None:
+                found = self.context.best.get(current, self.corpus.get(current))
+                if found is None:
                     break
+                current = found
                 out.append(current)
                 confidence.append(BIGRAM_CONFIDENCE)
         if not out:

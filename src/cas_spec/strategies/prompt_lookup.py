@@ -125,6 +125,7 @@ class NgramIndex:
 class PromptLookup(DraftStrategy):
     name = "prompt_lookup"
     Options = PromptLookupOptions
+    options: PromptLookupOptions
     offers_candidates = True
     occurrences = 1  # occurrences kept per n-gram; raised by `offer_candidates`
 

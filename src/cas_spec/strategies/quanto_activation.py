@@ -47,6 +47,7 @@ class QuantoActivationOptions(SelfDraftOptions):
 class QuantoActivation(SelfDraftStrategy):
     name = "quanto_activation"
     Options = QuantoActivationOptions
+    options: QuantoActivationOptions
 
     def setup(self, context: SetupContext) -> None:
         super().setup(context)

@@ -156,7 +156,11 @@ def law_from(
 
 
 def target_law(
-    model, prompt: Sequence[int], length: int, eos: Iterable[int] = (), sampling: SamplingParams = PLAIN_SAMPLING
+    model: torch.nn.Module,
+    prompt: Sequence[int],
+    length: int,
+    eos: Iterable[int] = (),
+    sampling: SamplingParams = PLAIN_SAMPLING,
 ) -> TargetLaw:
     """Exact law of plain sampling's first `length` tokens after `prompt` (one batched forward
     per depth: 1 + V + … + V^(length−1) sequences, fine for V ≈ 10 and length ≤ 3), warped by

@@ -15,9 +15,9 @@
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -26,8 +26,11 @@ from cas_spec.core.config import load_config
 from cas_spec.core.plugins import ENTRY_POINT_GROUP, Plugins, build_plugins
 from cas_spec.core.sampling import make_generator
 from cas_spec.pipeline import Pipeline
-from cas_spec.plugin import DecodingState, SamplingParams, TokenTree, Verdict
+from cas_spec.plugin import DecodingState, SamplingParams, TokenTree, Verdict, Verifier
 from cas_spec.testing.models import IdTokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
 
 _PLUGIN_SETS: list[tuple[tuple, bool, Plugins]] = []  # (extra, with entry points, plugins), built once each
 
@@ -50,7 +53,9 @@ def plugin_set(plugin_name: str, kind: str, extra: Iterable[object] = ()) -> Plu
     return plugins if plugin_name in plugins.registry(kind) else _cached(extra, entry_points=True)
 
 
-def build_pipeline(config: Mapping[str, Any], model, plugins: Plugins, tokenizer=None) -> _pipeline.Pipeline:
+def build_pipeline(
+    config: Mapping[str, Any], model: torch.nn.Module, plugins: Plugins, tokenizer: Any = None
+) -> _pipeline.Pipeline:
     """A `Pipeline` of `config` (a dict as in YAML) on `model`, with `plugins`."""
     return _pipeline.build_pipeline(
         load_config(dict(config), plugins=plugins), model, tokenizer or IdTokenizer(), plugins=plugins
@@ -96,10 +101,12 @@ class StopGeneration(BaseException):
 
 
 class _RecordingVerifier:
-    def __init__(self, inner, recorder: Recorder):
+    def __init__(self, inner: Verifier, recorder: Recorder):
         self.inner, self.recorder, self.name = inner, recorder, inner.name
 
-    def verify(self, tree, target_logits, sampling, generator):
+    def verify(
+        self, tree: TokenTree, target_logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
+    ) -> Verdict:
         verdict = self.inner.verify(tree, target_logits, sampling, generator)
         steps = self.recorder.steps
         steps.append(Step(tree, target_logits.detach().clone(), verdict))
@@ -116,7 +123,7 @@ class Recorder:
         self.steps: list[Step] = []
         self.stop_after = stop_after
         choose = pipe.verifier_for
-        pipe.verifier_for = lambda sampling: _RecordingVerifier(choose(sampling), self)
+        vars(pipe)["verifier_for"] = lambda sampling: _RecordingVerifier(choose(sampling), self)  # shadows the method
 
     def clear(self) -> None:
         self.steps.clear()
@@ -188,13 +195,13 @@ class Tripwire:
         self.fired = where
         raise InjectedFault(f"injected fault in step {self.step}: {where}")
 
-    def _patch(self, obj, name: str, make) -> None:
+    def _patch(self, obj: object, name: str, make: Callable[[Any, str], Callable[..., Any]]) -> None:
         self._patched.append((obj, name, vars(obj).get(name, _MISSING)))
         setattr(obj, name, make(getattr(obj, name), name))
 
     def __enter__(self) -> Tripwire:
-        def build_tree(original, name):
-            def wrapper(state):
+        def build_tree(original: Callable[[DecodingState], TokenTree], name: str) -> Callable[..., Any]:
+            def wrapper(state: DecodingState) -> TokenTree:
                 self.steps += 1
                 self._live = self.steps == self.step
                 try:
@@ -207,13 +214,13 @@ class Tripwire:
 
             return wrapper
 
-        def level_call(original, name):
-            def wrapper(*args, **kwargs):
+        def level_call(original: Callable[..., Any], name: str) -> Callable[..., Any]:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
                 if not self._live or self.fired is not None:
                     return original(*args, **kwargs)
                 count = 0
 
-                def hook(module, inputs):
+                def hook(module: torch.nn.Module, inputs: tuple[Any, ...]) -> None:
                     nonlocal count
                     count += 1
                     if count == self.forward and self.fired is None:
@@ -238,7 +245,7 @@ class Tripwire:
             self._patch(level.strategy, "review", level_call)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for obj, name, before in reversed(self._patched):
             if before is _MISSING:
                 delattr(obj, name)  # the instance attribute goes; the class's method shows again
@@ -286,7 +293,7 @@ class ModelSnapshot:
                 if callable(v) and not isinstance(v, torch.nn.Module) and hasattr(type(m), a)
             ),
             training=tuple(n for n, m in named if m.training),
-            config=model.config.to_json_string() if hasattr(model, "config") else "",
+            config=cast("PreTrainedConfig", model.config).to_json_string() if hasattr(model, "config") else "",
             global_state=(*(len(getattr(module_mod, h, {})) for h in _GLOBAL_HOOKS), torch.is_grad_enabled()),
             tensors={k: v.detach().clone() for k, v in model.state_dict().items()},
         )
@@ -320,19 +327,23 @@ def cache_problems(pipe: Pipeline, committed: Sequence[int], atol: float = 1e-5)
     (prompt + committed tokens; the newest is the next root, so the cache holds all but it):
     the length of every layer, every stored key and value, and the next logits."""
     target, adapter, model = pipe.target, pipe.adapter, pipe.model
+    cache = target.cache
+    assert cache is not None, "cache_problems reads the cache of a prefilled target"
     problems = []
     want_length = len(committed) - 1
     if target.length != want_length:
         problems.append(f"target.length is {target.length}; the committed tokens need {want_length}")
-    lengths = [layer.get_seq_length() for layer in target.cache.layers]
+    lengths = [layer.get_seq_length() for layer in cache.layers]
     if any(n != want_length for n in lengths):
         problems.append(f"cache layers hold {lengths} tokens; each should hold {want_length}")
     reference = adapter.new_cache()
     device = target.device
     ids = torch.tensor([list(committed)], dtype=torch.long, device=device)
     model(input_ids=ids[:, :-1], past_key_values=reference, use_cache=True)
-    for i, (got, want) in enumerate(zip(target.cache.layers, reference.layers)):
-        n = min(got.keys.shape[-2], want.keys.shape[-2])
+    for i, (got, want) in enumerate(zip(cache.layers, reference.layers)):
+        got_keys, want_keys = got.keys, want.keys
+        assert got_keys is not None and want_keys is not None  # layers of prefilled caches
+        n = min(got_keys.shape[-2], want_keys.shape[-2])
         for what in ("keys", "values"):
             a, b = getattr(got, what)[..., -n:, :], getattr(want, what)[..., -n:, :]
             if not torch.allclose(a, b, atol=atol, rtol=atol):
@@ -343,7 +354,7 @@ def cache_problems(pipe: Pipeline, committed: Sequence[int], atol: float = 1e-5)
     if problems:
         return problems
     full = model(input_ids=ids).logits[0, -1].float()
-    view = adapter.prefix_view(target.cache, target.length)
+    view = adapter.prefix_view(cache, target.length)
     nxt = (
         model(
             input_ids=ids[:, -1:],

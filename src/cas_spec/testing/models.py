@@ -8,6 +8,8 @@ a few milliseconds on one CPU thread, which is what makes token-for-token checks
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 #: The architectures a contract checks by default: the Llama family and Gemma 3.
@@ -71,7 +73,7 @@ def tiny_gemma3(
     eos 1, bos 2, pad 0. Layers 0 and 2 size the sliding and full masks (their attention always runs)."""
     import transformers
 
-    config = transformers.Gemma3TextConfig(
+    config = transformers.Gemma3TextConfig(  # type: ignore[call-arg]  # attn_implementation: a PreTrainedConfig kwarg
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=intermediate,
@@ -141,10 +143,10 @@ class IdTokenizer:
 
     chat_template = None
 
-    def __call__(self, text, add_special_tokens=True):
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
         return {"input_ids": [int(t) for t in text.split()]}
 
-    def decode(self, ids, skip_special_tokens=True):
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return " ".join(str(i) for i in ids)
 
 

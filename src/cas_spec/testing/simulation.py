@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from cas_spec.plugin import (
     CostView,
@@ -155,7 +155,8 @@ class SimulationResult:
 
 def greedy_verdict(tree: TokenTree, truth: tuple[int, ...]) -> Verdict:
     """The longest path of `tree` that follows `truth`, then the bonus token."""
-    node, path = 0, []
+    node = 0
+    path: list[int] = []
     while True:
         want = truth[len(path)]
         nxt = next((c for c in tree.children[node] if int(tree.tokens[c]) == want), None)
@@ -185,7 +186,8 @@ def simulate(
     else:
         scheduler = result.scheduler
         for level in scheduler.levels:
-            level.strategy.world, level.strategy.clock, level.clock = world, clock, clock
+            strategy = cast(ScriptedStrategy, level.strategy)  # built by the first `simulate` call
+            strategy.world, strategy.clock, level.clock = world, clock, clock
             level.reset_counters()
     costs = result.costs
     if result.view is None:  # one view per simulated pipeline: schedulers carry learning over on it

@@ -98,7 +98,7 @@ def _project(law: Mapping, cell: Callable[[Any], Hashable]) -> dict:
 Draw = tuple  # (token, q [V], group): a drafted token, the q it claims, a hashable group (its depth)
 
 
-def _draft_test(draws: Iterable[Draw], cell_of) -> tuple[float, int]:
+def _draft_test(draws: Iterable[Draw], cell_of: Callable[[torch.Tensor], list[int]]) -> tuple[float, int]:
     observed: dict = {}
     expected: dict = {}
     for token, q, group in draws:
@@ -112,8 +112,8 @@ def _draft_test(draws: Iterable[Draw], cell_of) -> tuple[float, int]:
     assert not impossible, f"drafted tokens to which their own q gives probability 0: {sorted(impossible)}"
     if not observed:
         return 0.0, 0
-    cells = pooled_cells(expected)
-    return _pearson(observed, expected, cells), len(cells) - 1
+    pooled = pooled_cells(expected)
+    return _pearson(observed, expected, pooled), len(pooled) - 1
 
 
 def chi2_draft_tokens(draws: Iterable[Draw]) -> tuple[float, int]:

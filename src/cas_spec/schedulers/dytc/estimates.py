@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from cas_spec.core.cost_model import CostModel, DraftCost
 from cas_spec.core.levels import Level
 from cas_spec.core.types import StepTimings
+from cas_spec.schedulers.dytc.options import DytcOptions
 from cas_spec.schedulers.dytc.proposals import Proposal, score
 from cas_spec.schedulers.estimators.acceptance import ConfidenceCalibration, WindowedAcceptance
 from cas_spec.schedulers.estimators.latency import LatencyModel
@@ -29,7 +30,7 @@ BURST_CLIP = 2.0  # a step counts for at most this many times R
 
 
 class DytcEstimates:
-    def __init__(self, options, levels: Sequence[Level], costs: CostModel):
+    def __init__(self, options: DytcOptions, levels: Sequence[Level], costs: CostModel):
         self.options = options
         self.latency = LatencyModel(costs, levels)
         self.alpha = {

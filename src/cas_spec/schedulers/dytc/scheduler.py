@@ -76,6 +76,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel
+
 from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.levels import Level
 from cas_spec.core.state import DecodingState
@@ -112,9 +114,10 @@ class Expansion:
 class DytcScheduler(Scheduler):
     name = "dytc"
     Options = DytcOptions
+    options: DytcOptions
 
     @classmethod
-    def check_levels(cls, options, level_names: list[str]) -> list[str]:
+    def check_levels(cls, options: BaseModel, level_names: list[str]) -> list[str]:
         return [] if level_names else ["levels: dytc needs at least one level to draft with"]
 
     def start(self, state: DecodingState) -> None:
@@ -381,7 +384,9 @@ class DytcScheduler(Scheduler):
             new and self._worth(tree.expected + added, tree.size + new) > current + 1e-12 for new, added in gains
         )
 
-    def _add_siblings(self, tree: ValuedTree, parent: int, level: str, alternatives) -> None:
+    def _add_siblings(
+        self, tree: ValuedTree, parent: int, level: str, alternatives: tuple[tuple[int, float], ...]
+    ) -> None:
         """Runners-up of a drafted position as point-mass siblings, while each raises the step's worth."""
         o = self.options
         for token, prob in alternatives[: o.siblings]:

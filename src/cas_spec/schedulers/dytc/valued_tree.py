@@ -159,7 +159,7 @@ class ValuedTree:
             leaves = [
                 i
                 for i in range(1, self.size)
-                if keep[i] and children[i] == 0 and not (self.info[i] is not None and self.info[i].probe)
+                if keep[i] and children[i] == 0 and not ((info := self.info[i]) is not None and info.probe)
             ]
             if not leaves:
                 break

@@ -8,6 +8,7 @@ m + 1 tokens. α is estimated per level as an exponential moving average over ve
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -37,7 +38,12 @@ class AcceptanceEstimate:
 
 
 def best_draft_length(
-    alpha: float, available: int, cost, context: int, draft_cost: float = 0.0, call_cost: float = 0.0
+    alpha: float,
+    available: int,
+    cost: Callable[[int, int], float],
+    context: int,
+    draft_cost: float = 0.0,
+    call_cost: float = 0.0,
 ) -> int:
     """How many tokens to draft, or of `available` drafted tokens to verify: maximise
     E(m) / (cost(m + 1) + call_cost + m · draft_cost) over m ≥ 1, against 1 / cost(1) for m = 0.

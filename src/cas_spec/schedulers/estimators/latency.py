@@ -44,7 +44,7 @@ class LevelCost:
     per_token: float = 0.0
     observations: int = 0
 
-    def update(self, calls: int, tokens: int, seconds: float, decay: float) -> None:
+    def update(self, calls: int, tokens: float, seconds: float, decay: float) -> None:
         new = {
             "cc": calls * calls,
             "ct": calls * tokens,

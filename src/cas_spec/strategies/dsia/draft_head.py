@@ -61,6 +61,7 @@ sparsity 60 % ≤ 0.40 (0.442-0.446 at 8192, 0.423-0.432 at 2048).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -217,7 +218,7 @@ class SubsetHead(nn.Module):
 
 
 def build_subset_head(
-    lm_head: nn.Module, tokenizer, count: int | None, backend: str | None = None
+    lm_head: nn.Module, tokenizer: Any, count: int | None, backend: str | None = None
 ) -> SubsetHead | None:
     """A `SubsetHead` over the `count` top-ranked tokens of `tokenizer` for the float LM head
     `lm_head` (an `nn.Linear`), or None when `count` is None or covers the whole vocabulary (the

@@ -65,7 +65,7 @@ class SelfDraftOptions(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _int8_draft_vocab(cls, data):
+    def _int8_draft_vocab(cls, data: object) -> object:
         """An int8 level's default `draft_vocab`: its int8 head gains less from a small subset."""
         if (
             isinstance(data, dict)
@@ -82,7 +82,8 @@ class SelfDraftStrategy(DraftStrategy):
     deterministic = False  # samples from q when the pipeline samples
     can_review = True
     runs_target = True
-    Options = SelfDraftOptions
+    Options: ClassVar[type[BaseModel]] = SelfDraftOptions
+    options: SelfDraftOptions
 
     def setup(self, context: SetupContext) -> None:
         assert context.target is not None, "a strategy that runs the target receives it in setup"

@@ -24,6 +24,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from filelock import FileLock
@@ -31,10 +32,14 @@ from filelock import FileLock
 from cas_spec.paths import cache_dir, write_text_atomically
 from cas_spec.strategies.dsia.variants import Sublayer
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
+
 
 def model_fingerprint(model: torch.nn.Module) -> str:
     """A short hash of the model's configuration and of a strided sample of every parameter."""
-    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    config = cast("PreTrainedConfig", model.config)
+    digest = hashlib.sha256(config.to_json_string(use_diff=False).encode())
     with torch.no_grad():
         for name, param in model.named_parameters():
             flat = param.detach().reshape(-1)

@@ -28,6 +28,7 @@ import weakref
 from collections import Counter
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,7 +59,7 @@ def ranking_text() -> list[str]:
     return list(texts)
 
 
-def vocabulary_key(tokenizer) -> str | None:
+def vocabulary_key(tokenizer: Any) -> str | None:
     """A hash of the tokenizer's vocabulary, special ids and the counted text (None: the tokenizer
     has no vocabulary to hash)."""
     try:
@@ -79,7 +80,7 @@ def cache_file(key: str) -> Path:
     return cache_dir() / "draft_vocab" / f"{key}.json"
 
 
-def count_tokens(tokenizer) -> tuple[list[int], int] | None:
+def count_tokens(tokenizer: Any) -> tuple[list[int], int] | None:
     """(ranked ids: special tokens by id, then seen tokens by count, ties by id; tokens counted),
     or None when the tokenizer cannot encode the text."""
     counts: Counter[int] = Counter()
@@ -95,7 +96,7 @@ def count_tokens(tokenizer) -> tuple[list[int], int] | None:
     return [*specials, *seen], sum(counts.values())
 
 
-def ranked_ids(tokenizer) -> list[int]:
+def ranked_ids(tokenizer: Any) -> list[int]:
     """The tokenizer's special and seen token ids, most frequent first (empty: id order),
     from memory, the disk cache, or counted and cached."""
     key = _key(tokenizer) if tokenizer is not None else None
@@ -132,7 +133,7 @@ def ranked_ids(tokenizer) -> list[int]:
         return ranked
 
 
-def token_ranking(tokenizer, vocab_size: int) -> list[int]:
+def token_ranking(tokenizer: Any, vocab_size: int) -> list[int]:
     """Every id below `vocab_size` once, most frequent first (see the module docstring)."""
     seen: set[int] = set()
     order: list[int] = []
@@ -144,13 +145,13 @@ def token_ranking(tokenizer, vocab_size: int) -> list[int]:
     return order
 
 
-def frequent_ids(tokenizer, vocab_size: int, count: int) -> torch.Tensor:
+def frequent_ids(tokenizer: Any, vocab_size: int, count: int) -> torch.Tensor:
     """The `count` top-ranked ids below `vocab_size`, ascending (long)."""
     top = token_ranking(tokenizer, vocab_size)[:count]
     return torch.tensor(sorted(top), dtype=torch.long)
 
 
-def _key(tokenizer) -> str | None:
+def _key(tokenizer: Any) -> str | None:
     try:
         if tokenizer in _keys:
             return _keys[tokenizer]
@@ -160,7 +161,7 @@ def _key(tokenizer) -> str | None:
     return key
 
 
-def _special_ids(tokenizer) -> list[int]:
+def _special_ids(tokenizer: Any) -> list[int]:
     ids = getattr(tokenizer, "all_special_ids", None) or []
     return [int(i) for i in ids if isinstance(i, int) and i >= 0]
 

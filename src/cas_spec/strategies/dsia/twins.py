@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, cast
 
 from torch import nn
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 QuantizeChoice = Literal["none", "auto", "native_int8", "dynamic_int8", "quanto"]
 
 # model -> backend -> twins (each Linear of the decoder layers and the LM head -> its int8 twin)
-_TWINS: weakref.WeakKeyDictionary[nn.Module, dict[str, dict[nn.Module, nn.Module]]] = weakref.WeakKeyDictionary()
+_TWINS: weakref.WeakKeyDictionary[nn.Module, dict[str, dict[nn.Linear, nn.Module]]] = weakref.WeakKeyDictionary()
 _CALIBRATED: weakref.WeakKeyDictionary[nn.Module, set[str]] = weakref.WeakKeyDictionary()  # model -> backends
 
 
@@ -36,7 +36,7 @@ def target_linears(target: Target) -> list[nn.Linear]:
     """Every Linear of the decoder layers, then the LM head."""
     adapter = target.adapter
     found = [m for layer in adapter.layers for m in layer.modules() if isinstance(m, nn.Linear)]
-    return [*found, adapter.lm_head]
+    return [*found, cast(nn.Linear, adapter.lm_head)]  # `build_twins` raises if it is not a Linear
 
 
 def resolve_backend(name: str) -> str:
@@ -64,7 +64,7 @@ def quantize_backend(choice: str) -> str | None:
     return None if choice == "none" else resolve_backend(choice)
 
 
-def build_shared_twins(target: Target, backend: str) -> dict[nn.Module, nn.Module]:
+def build_shared_twins(target: Target, backend: str) -> dict[nn.Linear, nn.Module]:
     """The int8 twins of `target`'s Linear layers for `backend`, built once per model."""
     per_model = _TWINS.setdefault(target.model, {})
     if backend not in per_model:
@@ -76,7 +76,7 @@ def build_shared_twins(target: Target, backend: str) -> dict[nn.Module, nn.Modul
     return per_model[backend]
 
 
-def shared_twins(target: Target, choice: str, text: Sequence[int]) -> dict[nn.Module, nn.Module] | None:
+def shared_twins(target: Target, choice: str, text: Sequence[int]) -> dict[nn.Linear, nn.Module] | None:
     """Twins for `choice` ("none" → None), calibrated on `text` when the backend needs it."""
     if choice == "none":
         return None
@@ -89,7 +89,7 @@ def shared_twins(target: Target, choice: str, text: Sequence[int]) -> dict[nn.Mo
     return twins
 
 
-def calibrate(target: Target, twins: dict[nn.Module, nn.Module], backend: str, text: Sequence[int]) -> None:
+def calibrate(target: Target, twins: dict[nn.Linear, nn.Module], backend: str, text: Sequence[int]) -> None:
     """Record activation ranges of the twins on `text` (one forward, no cache), then freeze them."""
     variant = build_variant(target.adapter, linear_twins=twins, description="calibration")
     with quantization.calibrating(backend):

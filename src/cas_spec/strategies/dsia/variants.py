@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -56,21 +57,21 @@ class Sublayer:
 class ZeroAttention(nn.Module):
     """A skipped attention sublayer: zero output, no KV written."""
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
         return torch.zeros_like(hidden_states), None
 
 
 class ZeroMLP(nn.Module):
     """A skipped MLP sublayer: zero output."""
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return torch.zeros_like(hidden_states)
 
 
 class PassThroughLayer(nn.Module):
     """A decoder layer with both sublayers skipped."""
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return hidden_states
 
 
@@ -100,7 +101,7 @@ def build_variant(
     *,
     skip: Iterable[Sublayer] = (),
     exit_layer: int | None = None,
-    linear_twins: Mapping[nn.Module, nn.Module] | None = None,
+    linear_twins: Mapping[nn.Linear, nn.Module] | None = None,
     description: str = "",
 ) -> ModelVariant:
     """Build a variant that skips `skip`, exits after `exit_layer` layers and runs the Linear
@@ -115,8 +116,8 @@ def build_variant(
     count = adapter.num_layers if exit_layer is None else exit_layer
     if not 1 <= count <= adapter.num_layers:
         raise ValueError(f"exit_layer must be between 1 and {adapter.num_layers}, got {exit_layer}")
-    twins = linear_twins or {}
-    layers = []
+    twins = cast(Mapping[nn.Module, nn.Module], linear_twins or {})  # looked up by any module
+    layers: list[nn.Module] = []
     for index, layer in enumerate(list(adapter.layers)[:count]):
         skip_attention, skip_mlp = Sublayer(index, ATTENTION) in skip, Sublayer(index, MLP) in skip
         if skip_attention and skip_mlp:

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol, cast
 
 import torch
 from torch import nn
@@ -142,7 +143,8 @@ def twin_bytes(twins: Mapping[nn.Linear, nn.Module]) -> int:
     shared between twins is counted once."""
     from cas_spec.strategies.dsia.quantization import dynamic_int8
 
-    total, seen = 0, set()
+    total = 0
+    seen: set[tuple[int, int]] = set()
     for twin in twins.values():
         if isinstance(twin, dynamic_int8.DynamicLinear):
             total += dynamic_int8.nbytes(twin)
@@ -152,10 +154,14 @@ def twin_bytes(twins: Mapping[nn.Linear, nn.Module]) -> int:
     return total
 
 
-def _tensor_bytes(tensor: torch.Tensor, seen: set) -> int:
+class _Flattenable(Protocol):  # a traceable tensor subclass (quanto's QTensor)
+    def __tensor_flatten__(self) -> tuple[list[str], object]: ...
+
+
+def _tensor_bytes(tensor: torch.Tensor, seen: set[tuple[int, int]]) -> int:
     flatten = getattr(type(tensor), "__tensor_flatten__", None)
     if flatten is not None and type(tensor) not in (torch.Tensor, nn.Parameter):
-        names, _ = tensor.__tensor_flatten__()
+        names, _ = cast(_Flattenable, tensor).__tensor_flatten__()
         return sum(_tensor_bytes(getattr(tensor, name), seen) for name in names)
     if isinstance(tensor, nn.Parameter) and type(tensor.data) is not torch.Tensor:
         return _tensor_bytes(tensor.data, seen)

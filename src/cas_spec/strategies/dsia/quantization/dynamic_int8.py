@@ -159,11 +159,11 @@ def calibrating():
     yield  # activation scales are computed per call
 
 
-def finish(twins) -> None:
+def finish(twins: list[nn.Module]) -> None:
     return None
 
 
-def nbytes(twin: nn.Module) -> int:
+def nbytes(twin: DynamicLinear) -> int:
     """Bytes of one prepacked twin: int8 weight, per-channel (or one) scale and zero point
     (float32 + int32 as fbgemm keeps them), fbgemm's int32 column offsets, float32 bias."""
     with _quiet():

@@ -40,5 +40,5 @@ def calibrating():
     yield  # activation scales are computed per token, per call
 
 
-def finish(twins) -> None:
+def finish(twins: list[nn.Module]) -> None:
     return None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import threading
+from typing import Any
 
 import torch
 from torch import nn
@@ -119,7 +120,7 @@ def calibrating():
         _local.depth -= 1
 
 
-def finish(twins) -> None:
+def finish(twins: list[Any]) -> None:  # QuantoTwin modules (optimum-quanto is untyped)
     cls = twin_class()
     foreign = [t for t in twins if not isinstance(t, cls)]
     if foreign:
