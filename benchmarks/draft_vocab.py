@@ -45,6 +45,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from cas_spec.compat import cache_argument
+
 
 class Capture(nn.Module):
     """An LM head that records its input (the final hidden state) and returns the wrapped head's logits."""
@@ -166,7 +168,7 @@ def main() -> None:
                 model(
                     input_ids=ids,
                     position_ids=positions,
-                    past_key_values=target.cache,
+                    **cache_argument(model, target.cache),
                     use_cache=True,
                     logits_to_keep=1,
                 )
@@ -243,7 +245,7 @@ def main() -> None:
                 for fam, variant in capture_variants.items():
                     with adapter.swapped(variant.layers, variant.lm_head):
                         logits = model(
-                            input_ids=x, position_ids=pos, past_key_values=target.cache, use_cache=True
+                            input_ids=x, position_ids=pos, **cache_argument(model, target.cache), use_cache=True
                         ).logits[0, -1]
                     target.restore()
                     full_tokens[fam] = int(logits.argmax())
@@ -252,7 +254,9 @@ def main() -> None:
                         name = f"{fam}_{label(v)}"
                         head = heads[name]
                         predicted[name] = full_tokens[fam] if head is None else int(head(hidden)[0, -1].argmax())
-                logits = model(input_ids=x, position_ids=pos, past_key_values=target.cache, use_cache=True).logits
+                logits = model(
+                    input_ids=x, position_ids=pos, **cache_argument(model, target.cache), use_cache=True
+                ).logits
                 target.length += 1
                 last = int(logits[0, -1].argmax())
                 for name, token in predicted.items():

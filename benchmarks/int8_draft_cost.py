@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cas_spec.compat import cache_argument
 from cas_spec.hub import load_model
 from cas_spec.strategies.dsia import quantization as qz
 
@@ -99,16 +100,18 @@ def agreement(model, swaps: dict, prompts: list[list[int]], steps: int) -> tuple
     total = 0
     for ids in prompts:
         cache = DynamicCache(config=model.config)
-        model(input_ids=torch.tensor([ids[:-1]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=torch.tensor([ids[:-1]]), **cache_argument(model, cache), use_cache=True, logits_to_keep=1)
         seq = list(ids)
         for _ in range(steps):
             last = torch.tensor([[seq[-1]]])
             drafts = {}
             for name, swap in swaps.items():
                 with swap():
-                    drafts[name] = model(input_ids=last, past_key_values=cache, use_cache=True).logits[0, -1].argmax()
+                    drafts[name] = (
+                        model(input_ids=last, **cache_argument(model, cache), use_cache=True).logits[0, -1].argmax()
+                    )
                 cache.crop(-1)
-            target = model(input_ids=last, past_key_values=cache, use_cache=True).logits[0, -1].argmax().item()
+            target = model(input_ids=last, **cache_argument(model, cache), use_cache=True).logits[0, -1].argmax().item()
             for name in swaps:
                 hits[name] += int(drafts[name].item() == target)
             seq.append(target)

@@ -38,6 +38,8 @@ import time
 import torch
 from torch import nn
 
+from cas_spec.compat import cache_argument
+
 
 class FreeLinear(nn.Module):
     """Stands in for a Linear at no cost (zeros of the output shape): the floor of a draft forward."""
@@ -168,17 +170,17 @@ def main() -> None:
     with torch.inference_mode(), kernels_active(model, calibration):
         for ids in prompts:
             cache = new_cache()
-            model(input_ids=torch.tensor([ids[:-1]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=torch.tensor([ids[:-1]]), **cache_argument(model, cache), use_cache=True, logits_to_keep=1)
             last = ids[-1]
             for _ in range(steps):
                 x = torch.tensor([[last]])
                 drafts = {}
                 for name, variant in variants.items():
                     with adapter.swapped(variant.layers, variant.lm_head):
-                        logits = model(input_ids=x, past_key_values=cache, use_cache=True).logits
+                        logits = model(input_ids=x, **cache_argument(model, cache), use_cache=True).logits
                     drafts[name] = int(logits[0, -1].argmax())
                     cache.crop(-1)
-                last = int(model(input_ids=x, past_key_values=cache, use_cache=True).logits[0, -1].argmax())
+                last = int(model(input_ids=x, **cache_argument(model, cache), use_cache=True).logits[0, -1].argmax())
                 for name in variants:
                     hits[name] += int(drafts[name] == last)
                 total += 1

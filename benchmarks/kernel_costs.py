@@ -34,6 +34,7 @@ import time
 
 import torch
 
+from cas_spec.compat import cache_argument
 from cas_spec.hub import load_model
 from cas_spec.kernels import (
     DEFAULT_NS,
@@ -116,10 +117,12 @@ def exactness(model, tok, plans: dict[str, LinearPlan], attention: str = "cas_sd
             for label, make in (("stock", contextlib.nullcontext), ("plan", config(model, plan, attention))):
                 with make():
                     cache = DynamicCache(config=model.config)
-                    pieces = [model(input_ids=ids, past_key_values=cache).logits]
+                    pieces = [model(input_ids=ids, **cache_argument(model, cache)).logits]
                     start = ids.shape[1]
                     for size in chunks:
-                        pieces.append(model(input_ids=full[:, start : start + size], past_key_values=cache).logits)
+                        pieces.append(
+                            model(input_ids=full[:, start : start + size], **cache_argument(model, cache)).logits
+                        )
                         start += size
                     outs[label] = torch.cat(pieces, dim=1)[0]
             worst = max(worst, (outs["plan"] - outs["stock"]).abs().max().item())

@@ -49,6 +49,8 @@ from collections.abc import Callable
 
 import torch
 
+from cas_spec.compat import cache_argument
+
 CONTEXTS = (64, 300, 1000)
 POINTS = ((64, 1), (300, 1), (1000, 1), (64, 8), (1000, 8))  # (cached tokens, new tokens)
 
@@ -58,7 +60,7 @@ def step(model: torch.nn.Module, cache: object, ids: torch.Tensor, context: int)
     n = ids.shape[1]
     positions = torch.arange(context, context + n)[None]
     start = time.perf_counter()
-    model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
+    model(input_ids=ids, position_ids=positions, **cache_argument(model, cache), use_cache=True)
     cache.crop(-n)  # type: ignore[attr-defined]
     return time.perf_counter() - start
 
@@ -125,7 +127,7 @@ def main() -> None:
         for name, make in makers.items():
             for context in CONTEXTS:
                 cache = make()
-                model(input_ids=prompt[:, :context], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                model(input_ids=prompt[:, :context], **cache_argument(model, cache), use_cache=True, logits_to_keep=1)
                 caches[name, context] = cache
         configs = [(name, context, n) for name in makers for context, n in POINTS]
         times = {c: [] for c in configs}

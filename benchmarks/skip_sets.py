@@ -16,6 +16,7 @@ import argparse
 import torch
 
 from cas_spec import load_pipeline
+from cas_spec.compat import cache_argument
 from cas_spec.data.questions import group_questions, load_questions
 from cas_spec.strategies.dsia.skip_search import load_cached, model_fingerprint
 from cas_spec.strategies.dsia.variants import ATTENTION, MLP, Sublayer, build_variant, skippable_sublayers
@@ -27,9 +28,9 @@ def agreement(pipe, prompt_ids: list[int], generated: list[int], skip) -> float:
     ids = torch.tensor([generated[:-1]])
     positions = torch.arange(len(prompt_ids), len(prompt_ids) + ids.shape[1])[None]
     with torch.inference_mode(), adapter.swapped(build_variant(adapter, skip=skip).layers):
-        logits = pipe.model(input_ids=ids, position_ids=positions, past_key_values=target.cache, use_cache=True).logits[
-            0
-        ]
+        logits = pipe.model(
+            input_ids=ids, position_ids=positions, **cache_argument(pipe.model, target.cache), use_cache=True
+        ).logits[0]
     return float((logits.argmax(-1) == torch.tensor(generated[1:])).float().mean())
 
 

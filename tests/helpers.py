@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from cas_spec.compat import cache_argument
 from cas_spec.plugin import DecodingState, SamplingParams, Scheduler, TreeBuilder
 from cas_spec.testing.exact import target_law
 from cas_spec.testing.models import IdTokenizer, repetitive_prompt, tiny_gemma3, tiny_llama  # noqa: F401
@@ -199,6 +200,8 @@ def cached_logits(model, ids: torch.Tensor, chunks: list[int]) -> list[torch.Ten
     out, start = [], 0
     with torch.inference_mode():
         for size in chunks:
-            out.append(model(input_ids=ids[:, start : start + size], past_key_values=cache, use_cache=True).logits)
+            out.append(
+                model(input_ids=ids[:, start : start + size], **cache_argument(model, cache), use_cache=True).logits
+            )
             start += size
     return out

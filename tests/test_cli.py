@@ -357,10 +357,12 @@ def test_no_progress_bars_when_stderr_is_not_a_terminal(capsys):
     assert hf_logging.is_progress_bar_enabled() == enabled  # transformers' setting is restored
 
 
-def test_progress_bars_on_a_terminal(capsys, monkeypatch):
+def test_the_weight_loading_bar_only_with_verbose(capsys, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     code, _, err = run(capsys, "generate", *MODEL, "-n", "4", "--no-chat", "Once upon a time")
-    assert code == 0 and "Loading weights" in err  # transformers' bar, left on
+    assert code == 0 and "Loading weights" not in err  # every run, a second: not worth a bar
+    code, _, err = run(capsys, "generate", *MODEL, "-n", "4", "--no-chat", "--verbose", "Once upon a time")
+    assert code == 0 and "Loading weights" in err  # transformers' bar, asked for
 
 
 def test_calibrate_prints_its_tables_and_no_progress_bars_off_a_terminal(capsys):
@@ -392,7 +394,19 @@ def test_console_script_in_a_subprocess(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() and "mean acceptance" not in done.stdout
-    assert "mean acceptance" in done.stderr and "Traceback" not in done.stderr
+    # stderr holds the statistics and nothing else: no warning, no bar, no log line
+    labels = ("new tokens", "target forwards", "mean acceptance", "speed", "time", "level ")
+    assert [line for line in done.stderr.splitlines() if not line.startswith(labels)] == [], done.stderr
+
+    done = subprocess.run(
+        [*cas_spec_command(), "generate", *MODEL, "-n", "12", "--no-chat", "Once upon a time"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.strip()
+    assert done.stderr == ""  # without --stats, a quiet console
 
     done = subprocess.run(
         [*cas_spec_command(), "generate", "--model", "smollm9-1t", "hi"],

@@ -1,6 +1,6 @@
 """The package's dependency direction (DESIGN §3), checked on every import, function-level ones too.
 
-Layers, bottom up: the leaves (`paths`, then `kernels`) ← `core` ← `data` and the plugin API
+Layers, bottom up: the leaves (`paths` and `compat`, then `kernels`) ← `core` ← `data` and the plugin API
 (`plugin`) ← the plugins (`adapters`, `strategies`, `schedulers`, `verifiers`) ← `costs` ← the
 composition root (`pipeline`, `hub`) ← the user-facing front ends (`cli`, `bench`, `testing`,
 `docsgen`, the package's `__init__`). A module may import its own package and anything below its
@@ -19,6 +19,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "cas_spec"
 LAYERS = {
     "paths": 0,
+    "compat": 0,
     "kernels": 1,
     "core": 2,
     "data": 3,
@@ -158,10 +159,10 @@ def test_function_level_imports_are_only_where_loading_time_asks_for_them():
     assert sorted(LAZY) == found, f"LAZY lists modules without function-level imports: {sorted(set(LAZY) - set(found))}"
 
 
-@pytest.mark.parametrize("package", ["kernels", "paths"])
+@pytest.mark.parametrize("package", ["kernels", "paths", "compat"])
 def test_the_leaves_import_no_other_package(package):
     known = modules()
-    allowed = {"paths"} if package == "kernels" else set()
+    allowed = {"paths", "compat"} if package == "kernels" else set()
     wrong = [
         f"{name} imports {t}"
         for name, path in known.items()

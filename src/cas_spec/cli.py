@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         help="override one pipeline value (repeatable)",
     )
     gen.add_argument("--stats", action="store_true", help="print statistics on stderr")
+    gen.add_argument("-v", "--verbose", action="store_true", help="also show transformers' weight-loading bar")
     chat = gen.add_mutually_exclusive_group()
     chat.add_argument(
         "--chat",
@@ -108,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--model", help="model alias or local folder (overrides the pipeline's)")
     calibrate.add_argument("--threads", type=int, help="CPU threads (overrides the pipeline's)")
     calibrate.add_argument("--show", action="store_true", help="show the cached table; measure only if none")
+    calibrate.add_argument("-v", "--verbose", action="store_true", help="also show transformers' weight-loading bar")
 
     bench_cli.add_parser(commands)
 
@@ -125,7 +127,8 @@ def _show_progress() -> bool:
 
 @contextlib.contextmanager
 def _progress_bars(show: bool) -> Iterator[None]:
-    """transformers' own bars (loading weights) follow ours: off unless stderr is a terminal."""
+    """transformers' own bars (loading weights: a second or two, every run) only with --verbose;
+    ours (fetching, calibrating: long, first use only) show whenever stderr is a terminal."""
     if show:
         yield
         return
@@ -262,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }[args.command]
     loads_models = args.command in ("generate", "calibrate", "fetch", "bench")
     try:
-        with _progress_bars(_show_progress()) if loads_models else contextlib.nullcontext():
+        with _progress_bars(getattr(args, "verbose", False)) if loads_models else contextlib.nullcontext():
             return command(args)
     except UserError as exc:
         print(f"cas-spec: error: {exc}", file=sys.stderr)

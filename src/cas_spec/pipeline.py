@@ -10,6 +10,8 @@ read-only cost view, and picks the verifier. Nothing below it builds any of thes
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,7 +65,11 @@ def _progress_default(progress: bool | None) -> bool:
 
 class Pipeline:
     """A model, its levels, a scheduler and a verifier, with the calibration they run under. Made
-    by `build_pipeline` (or `load_pipeline`), which gives it everything it holds."""
+    by `build_pipeline` (or `load_pipeline`), which gives it everything it holds.
+
+    Safe to share across threads: one pipeline holds one KV cache and one model state, so
+    concurrent `generate` calls run one after the other (the time a call waited is
+    `stats.wait_seconds`). For parallel generation, build one pipeline per thread."""
 
     def __init__(
         self,
@@ -82,6 +88,8 @@ class Pipeline:
         self._verifiers = dict(verifiers)
         self.calibration = calibration
         self.costs: CostView = calibration.view() if calibration is not None else UNCALIBRATED
+        self._lock = threading.Lock()  # one generation at a time: they share the cache and the model
+        self._generating_thread: int | None = None
 
     # -- inputs ------------------------------------------------------------------------------
     def wants_chat(self, chat: bool | None) -> bool:
@@ -120,9 +128,20 @@ class Pipeline:
         (anything with `put(tensor)` and `end()`, fed as `generate` feeds it) and `output_scores`
         (`GenerationResult.scores`). See `cas_spec.core.interop`.
         """
+        if self._generating_thread == threading.get_ident():
+            raise InputError(
+                "generate was called again from inside a generation on the same pipeline (from on_text "
+                "or a streamer); it would corrupt the running generation's cache: call it after it returns"
+            )
+        waited = 0.0
+        if not self._lock.acquire(blocking=False):  # another thread is generating: wait for it
+            asked = time.perf_counter()
+            self._lock.acquire()
+            waited = time.perf_counter() - asked
+        self._generating_thread = threading.get_ident()
         bridge = StreamerBridge(streamer) if streamer is not None else None
         try:
-            return self._generate(
+            result = self._generate(
                 prompt,
                 max_new_tokens,
                 chat,
@@ -133,8 +152,11 @@ class Pipeline:
                 dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
             )
         finally:
+            self._generating_thread = None
+            self._lock.release()
             if bridge is not None:
                 bridge.end()
+        return replace(result, stats=replace(result.stats, wait_seconds=waited))
 
     def _generate(
         self,

@@ -8,7 +8,8 @@ import torch
 
 from cas_spec import load_pipeline
 from cas_spec.adapters import Gemma3Adapter, resolve_adapter
-from cas_spec.core import kvcache as kv
+from cas_spec.compat import cache_argument
+from cas_spec.core import kvlayers as kv
 from cas_spec.core.engine import generate_tokens
 from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.levels import Level
@@ -42,7 +43,7 @@ def forward(model, cache, ids: list[int], start: int, **kwargs):
     with torch.inference_mode():
         return model(
             torch.tensor([ids]),
-            past_key_values=cache,
+            **cache_argument(model, cache),
             use_cache=True,
             position_ids=torch.arange(start, start + len(ids))[None],
             **kwargs,

@@ -16,7 +16,8 @@ from transformers import DynamicCache
 
 from cas_spec import load_pipeline
 from cas_spec.adapters import resolve_adapter
-from cas_spec.core import kvcache
+from cas_spec.compat import cache_argument
+from cas_spec.core import kvlayers
 from cas_spec.core.kvcache import BLOCK, CacheHistoryError, KVCache
 from cas_spec.core.tree import TreeBuilder, tree_position_ids
 from cas_spec.kernels import attention_kernel
@@ -45,7 +46,7 @@ def forward(model, cache, ids: list[int], start: int, mask=None) -> torch.Tensor
     with torch.inference_mode():
         return model(
             torch.tensor([ids]),
-            past_key_values=cache,
+            **cache_argument(model, cache),
             use_cache=True,
             attention_mask=mask,
             position_ids=torch.arange(start, start + len(ids))[None],
@@ -153,7 +154,7 @@ def test_logits_equal_a_dynamic_cache_run_through_steps_trees_commits_and_rollba
             got, want = (
                 model(
                     tree.tokens[None],
-                    past_key_values=c,
+                    **cache_argument(model, c),
                     use_cache=True,
                     attention_mask=mask,
                     position_ids=tree_position_ids(tree, 17, "cpu"),
@@ -280,7 +281,7 @@ class Run:
         with torch.inference_mode():
             self.model(
                 tree.tokens[None],
-                past_key_values=self.cache,
+                **cache_argument(self.model, self.cache),
                 use_cache=True,
                 attention_mask=mask,
                 position_ids=tree_position_ids(tree, length, "cpu"),
@@ -411,7 +412,7 @@ def test_a_cache_built_under_inference_mode_continues_under_no_grad_and_commits_
     with torch.no_grad():
         model(
             tree.tokens[None],
-            past_key_values=cache,
+            **cache_argument(model, cache),
             use_cache=True,
             position_ids=tree_position_ids(tree, 20, "cpu"),
             attention_mask=resolve_adapter(model).tree_attention_mask(tree, 20, model.dtype, "cpu"),
@@ -437,7 +438,7 @@ def test_time_forwards_runs_on_the_cache_it_is_given():
 
 
 def test_layers_follow_the_config_and_history_is_read_when_built(monkeypatch):
-    monkeypatch.setattr(kvcache, "SLIDING_HISTORY", 7)
+    monkeypatch.setattr(kvlayers, "SLIDING_HISTORY", 7)
     cache = KVCache(model_for("gemma3").config)
     assert [layer.is_sliding for layer in cache.layers] == [True, True, False, True]
     assert {layer.history for layer in cache.layers if layer.is_sliding} == {7}

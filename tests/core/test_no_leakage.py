@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cas_spec import load_pipeline
+from cas_spec.compat import cache_argument
 from cas_spec.core.interfaces import DraftStrategy
 from cas_spec.core.plugins import build_plugins
 from cas_spec.core.types import DraftResult
@@ -35,7 +36,7 @@ class CacheScribbler(DraftStrategy):
         with torch.inference_mode():
             target.model(
                 input_ids=junk,
-                past_key_values=target.cache,
+                **cache_argument(target.model, target.cache),
                 use_cache=True,
                 position_ids=torch.arange(target.length, target.length + 3)[None],
             )
@@ -98,7 +99,9 @@ def test_a_drafter_that_raises_midway_leaves_cache_and_logits_untouched(fail_on_
     committed_ids = PROMPT + produced
     reference = DynamicCache(config=model.config)
     with torch.inference_mode():
-        ref_logits = model(torch.tensor([committed_ids]), past_key_values=reference, use_cache=True).logits[0, -1]
+        ref_logits = model(torch.tensor([committed_ids]), **cache_argument(model, reference), use_cache=True).logits[
+            0, -1
+        ]
     # The failing step's root is the newest token; the cache stops just before it.
     assert target.length == len(committed_ids) - 1
     for got, want in zip(target.cache.layers, reference.layers):
@@ -107,7 +110,7 @@ def test_a_drafter_that_raises_midway_leaves_cache_and_logits_untouched(fail_on_
     with torch.inference_mode():
         next_logits = model(
             torch.tensor([[committed_ids[-1]]]),
-            past_key_values=target.cache,
+            **cache_argument(model, target.cache),
             use_cache=True,
             position_ids=torch.tensor([[target.length]]),
         ).logits[0, -1]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cas_spec.adapters import resolve_adapter
+from cas_spec.compat import cache_argument
 from cas_spec.core.target import Target
 from cas_spec.core.tree import ancestor_matrix, tree_attention_mask
 from cas_spec.core.types import SamplingParams
@@ -30,7 +31,7 @@ def full_forward(model, ids):
 
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        logits = model(torch.tensor([ids]), past_key_values=cache, use_cache=True).logits[0]
+        logits = model(torch.tensor([ids]), **cache_argument(model, cache), use_cache=True).logits[0]
     return logits, cache
 
 

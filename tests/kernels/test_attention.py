@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from cas_spec.compat import cache_argument
 from cas_spec.core.tree import TreeBuilder, tree_attention_mask, tree_position_ids
 from cas_spec.kernels.attention import (
     NAME,
@@ -98,14 +99,14 @@ def tree_forward(model, impl, ids, tree):
 
     cache = DynamicCache(config=model.config)
     with attention_kernel(model, impl), torch.inference_mode():
-        model(input_ids=ids[:, :PROMPT], past_key_values=cache, use_cache=True)
+        model(input_ids=ids[:, :PROMPT], **cache_argument(model, cache), use_cache=True)
         mask = tree_attention_mask(tree, PROMPT, model.dtype)
         positions = tree_position_ids(tree, PROMPT)
         return model(
             input_ids=tree.tokens[None],
             position_ids=positions,
             attention_mask=mask,
-            past_key_values=cache,
+            **cache_argument(model, cache),
             use_cache=True,
         ).logits[0]
 
@@ -161,12 +162,12 @@ def test_a_mask_changed_in_place_between_forwards_is_not_served_stale(model, ids
     def run(impl):
         cache = DynamicCache(config=model.config)
         with attention_kernel(model, impl), torch.inference_mode():
-            model(input_ids=ids[:, :PROMPT], past_key_values=cache)
+            model(input_ids=ids[:, :PROMPT], **cache_argument(model, cache))
             return model(
                 input_ids=ids[:, PROMPT : PROMPT + 4],
                 position_ids=positions,
                 attention_mask=mask,
-                past_key_values=cache,
+                **cache_argument(model, cache),
             ).logits
 
     first = run(NAME)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cas_spec import load_pipeline
+from cas_spec.compat import cache_argument
 from cas_spec.testing.stats import chi2_critical, chi2_goodness
 from tests.helpers import (
     AUTOREGRESSIVE,
@@ -132,12 +133,12 @@ def test_sampling_draft_probs_are_the_distribution_sampled_from(level):
     cache = pipe.adapter.new_cache()
     rows = []
     with torch.no_grad():
-        model(input_ids=torch.tensor([tokens[:-1]]), past_key_values=cache, use_cache=True)
+        model(input_ids=torch.tensor([tokens[:-1]]), **cache_argument(model, cache), use_cache=True)
         with pipe.adapter.swapped(strategy._variant.layers, strategy._variant.lm_head):
             for i, token in enumerate([tokens[-1], *result.tokens[:-1]]):
                 logits = model(
                     input_ids=torch.tensor([[token]]),
-                    past_key_values=cache,
+                    **cache_argument(model, cache),
                     use_cache=True,
                     position_ids=torch.tensor([[len(tokens) - 1 + i]]),
                 ).logits[0, -1]

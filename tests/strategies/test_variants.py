@@ -8,6 +8,7 @@ import torch
 
 from cas_spec import load_pipeline
 from cas_spec.adapters import resolve_adapter
+from cas_spec.compat import cache_argument
 from cas_spec.strategies.dsia.variants import (
     ATTENTION,
     MLP,
@@ -125,7 +126,7 @@ def test_a_draft_pass_that_raises_midway_leaks_nothing(level):
     fresh = adapter.new_cache()
     committed = prompt + plain.token_ids  # greedy: whatever was committed is plain decoding's
     with torch.no_grad():
-        model(input_ids=torch.tensor([committed[: target.length]]), past_key_values=fresh, use_cache=True)
+        model(input_ids=torch.tensor([committed[: target.length]]), **cache_argument(model, fresh), use_cache=True)
     for got, want in zip(target.cache.layers, fresh.layers, strict=True):
         torch.testing.assert_close(got.keys, want.keys, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(got.values, want.values, atol=1e-5, rtol=1e-4)

@@ -54,6 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Speedup of pipelines and transformers baselines over autoregressive decoding, "
         "per Spec-Bench task group, with every output checked against plain decoding.",
     )
+    bench.add_argument("-v", "--verbose", action="store_true", help="also show transformers' weight-loading bar")
     bench.add_argument(
         "--questions", metavar="FILE", help="question JSONL file, or a shipped one: spec_bench (default), mt_bench"
     )

@@ -74,6 +74,8 @@ def format_stats(stats: GenerationStats) -> str:
         + (f"; adaptation {stats.adapt_seconds:.3f}s" if stats.adapt_seconds else "")
         + ")",
     ]
+    if stats.wait_seconds:
+        lines.append(f"waited              {stats.wait_seconds:.3f}s for another thread's generation")
     for name, level in stats.levels.items():
         rate = level.accepted / level.drafted if level.drafted else 0.0
         lines.append(

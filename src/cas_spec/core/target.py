@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 import torch
 from torch import nn
 
+from cas_spec.compat import cache_argument
 from cas_spec.core.adapter import ModelAdapter
 from cas_spec.core.tree import tree_position_ids
 from cas_spec.core.types import TokenTree
@@ -66,7 +67,7 @@ class Target:
         self.length = 0
         if tokens:
             ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
-            self.model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+            self.model(input_ids=ids, **cache_argument(self.model, self.cache), use_cache=True, logits_to_keep=1)
             self.length = len(tokens)
 
     def restore(self) -> None:
@@ -84,7 +85,11 @@ class Target:
         positions = tree_position_ids(tree, self.length, device)
         mask = None if tree.is_chain else self.adapter.tree_attention_mask(tree, self.length, self.dtype, device)
         out = self.model(
-            input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=self.cache, use_cache=True
+            input_ids=ids,
+            position_ids=positions,
+            attention_mask=mask,
+            **cache_argument(self.model, self.cache),
+            use_cache=True,
         )
         return cast(torch.Tensor, out.logits[0].float())
 
@@ -121,7 +126,7 @@ class Target:
         out = self.model(
             input_ids=ids,
             position_ids=positions,
-            past_key_values=self.cache,
+            **cache_argument(self.model, self.cache),
             use_cache=True,
             logits_to_keep=logits_to_keep,
         )
@@ -138,7 +143,7 @@ class Target:
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)
         positions = torch.arange(start, start + len(tokens), device=device)[None]
         with self._running(variant):
-            out = self.model(input_ids=ids, position_ids=positions, past_key_values=view, use_cache=True)
+            out = self.model(input_ids=ids, position_ids=positions, **cache_argument(self.model, view), use_cache=True)
         return cast(torch.Tensor, out.logits[0].float())
 
     @torch.inference_mode()

@@ -154,6 +154,7 @@ class GenerationStats:
     acceptance_lengths: tuple[int, ...] = ()  # tokens committed by each target forward
     scheduling_seconds: float = 0.0  # drafting time outside the levels' draft calls: the scheduler's own work
     adapt_seconds: float = 0.0  # the levels' online adaptation after steps (e.g. a skip-set search)
+    wait_seconds: float = 0.0  # waited for another thread's generation on the same pipeline to end
 
     @property
     def mean_acceptance_length(self) -> float:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import nn
 
+from cas_spec.compat import cache_argument
 from cas_spec.costs.table import CostTable
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def measure(
         for context in contexts:
             cache = adapter.new_cache()
             prompt = torch.randint(0, vocab, (1, context), generator=torch.Generator().manual_seed(seed))
-            model(input_ids=prompt.to(device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=prompt.to(device), **cache_argument(model, cache), use_cache=True, logits_to_keep=1)
             tokens = torch.randint(0, vocab, (1, max(sizes)), generator=torch.Generator().manual_seed(seed + 1))
             tokens = tokens.to(device)
             for n in sizes[:3]:  # warm-up: first calls of a shape pay allocation and kernel set-up
@@ -101,7 +102,7 @@ def _forward(model: nn.Module, adapter: ModelAdapter, cache: KVCache, ids: torch
     positions = torch.arange(context, context + n, device=ids.device)[None]
     _sync(ids.device)
     start = time.perf_counter()
-    model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
+    model(input_ids=ids, position_ids=positions, **cache_argument(model, cache), use_cache=True)
     _sync(ids.device)
     elapsed = time.perf_counter() - start
     adapter.rollback(cache, context)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
+from cas_spec.compat import cache_argument
 from cas_spec.kernels.attention import attention_kernel
 from cas_spec.kernels.linear import (
     KERNELS,
@@ -81,12 +82,12 @@ def time_forwards(
     times: dict[int, dict[str, list[float]]] = {n: {name: [] for name in names} for n in ns}
     with thread_count(threads), torch.inference_mode():
         cache = new_cache() if new_cache is not None else _dynamic_cache(model)
-        model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=prompt, **cache_argument(model, cache), use_cache=True, logits_to_keep=1)
 
         def one(name: str, n: int) -> float:
             with configs[name]():
                 t0 = time.perf_counter()
-                model(input_ids=new[:, :n], past_key_values=cache, use_cache=True)
+                model(input_ids=new[:, :n], **cache_argument(model, cache), use_cache=True)
                 elapsed = time.perf_counter() - t0
             cache.crop(-n)
             return elapsed

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 
 from cas_spec import pipeline as _pipeline
+from cas_spec.compat import cache_argument
 from cas_spec.core.config import load_config
 from cas_spec.core.plugins import ENTRY_POINT_GROUP, Plugins, build_plugins
 from cas_spec.core.sampling import make_generator
@@ -339,7 +340,7 @@ def cache_problems(pipe: Pipeline, committed: Sequence[int], atol: float = 1e-5)
     reference = adapter.new_cache()
     device = target.device
     ids = torch.tensor([list(committed)], dtype=torch.long, device=device)
-    model(input_ids=ids[:, :-1], past_key_values=reference, use_cache=True)
+    model(input_ids=ids[:, :-1], **cache_argument(model, reference), use_cache=True)
     for i, (got, want) in enumerate(zip(cache.layers, reference.layers)):
         got_keys, want_keys = got.keys, want.keys
         assert got_keys is not None and want_keys is not None  # layers of prefilled caches
@@ -358,7 +359,7 @@ def cache_problems(pipe: Pipeline, committed: Sequence[int], atol: float = 1e-5)
     nxt = (
         model(
             input_ids=ids[:, -1:],
-            past_key_values=view,
+            **cache_argument(model, view),
             use_cache=True,
             position_ids=torch.tensor([[target.length]], device=device),
         )
