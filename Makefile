@@ -1,13 +1,14 @@
 # The two commands of the README. Each sets up what it needs and is idempotent.
 #   make demo   generate an answer with the default pipeline on SmolLM2-135M and print statistics
 #   make test   run the test suite
+#   make lint   ruff (lint and format) and mypy, as CI runs them before the tests
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROMPT ?= Summarize in one sentence: The Eiffel Tower is a wrought-iron lattice tower in Paris, France. It was built from 1887 to 1889 as the centerpiece of the 1889 World's Fair. The Eiffel Tower is the most visited monument in the world.
 
-.PHONY: demo test setup clean
+.PHONY: demo test lint setup clean
 
 setup: $(STAMP)
 
@@ -33,6 +34,11 @@ test: setup
 	# the example plugin's own tests, as its own session (its own pytest settings)
 	$(BIN)/python -m pytest examples/retrieval/tests $(PYTEST_ARGS)
 	CAS_SPEC_LOAD_ENTRYPOINTS=1 $(BIN)/cas-spec plugins | grep -q "retrieval"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

@@ -1,6 +1,6 @@
 """Cost and agreement of an int8 draft pass: the target with int8 twins of its Linear layers.
 
-SmolLM2-135M (float32, CPU, 1 thread). Twins (`cas_spec.strategies.quantization`) are built once for
+SmolLM2-135M (float32, CPU, 1 thread). Twins (`cas_spec.strategies.dsia.quantization`) are built once for
 every Linear of the decoder layers plus the LM head (tied to the embedding), for each available
 backend, and swapped in by replacing the modules around a forward (restored in `finally`).
 
@@ -12,7 +12,7 @@ backend, and swapped in by replacing the modules around a forward (restored in `
    on first use; under them the float Linears run the calibrated linear plan, the twins keep
    their own int8 GEMMs, attention runs `cas_sdpa` for both);
 2. agreement: greedy float32 decoding of chat-templated questions from
-   `src/cas_spec/bench/data/spec_bench_question.jsonl` (one per group, not the calibration ones);
+   `src/cas_spec/data/spec_bench_question.jsonl` (one per group, not the calibration ones);
    at every position, a 1-token forward with the twins over the float32 target's cache (the first
    draft token of a self-speculative step) and the float forward's argmax are compared;
 3. memory of the twins (`twin_bytes`) against the float32 weights they stand for.
@@ -41,8 +41,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cas_spec.core.models import load_model
-from cas_spec.strategies import quantization as qz
+from cas_spec.hub import load_model
+from cas_spec.strategies.dsia import quantization as qz
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "cas_spec" / "bench" / "data" / "spec_bench_question.jsonl"
 
@@ -52,8 +52,9 @@ def questions() -> list[dict]:
 
 
 def chat_ids(tok, text: str) -> list[int]:
-    out = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                  tokenize=True, return_dict=True)
+    out = tok.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     return list(out["input_ids"])
 
 
@@ -61,8 +62,12 @@ class Swap:
     """Replace every module that has a twin by it, inside the block."""
 
     def __init__(self, model: nn.Module, twins: dict):
-        self.where = [(parent, name, child) for parent in model.modules()
-                      for name, child in parent.named_children() if child in twins]
+        self.where = [
+            (parent, name, child)
+            for parent in model.modules()
+            for name, child in parent.named_children()
+            if child in twins
+        ]
         self.twins = twins
 
     @contextlib.contextmanager
@@ -78,11 +83,11 @@ class Swap:
 
 def fast_calibration(model):
     from cas_spec.adapters import resolve_adapter
-    from cas_spec.core.calibration import calibrate
     from cas_spec.core.target import Target
+    from cas_spec.costs.calibration import measure_target
 
     target = Target(model, resolve_adapter(model))
-    return calibrate(target, 1, "auto", "auto", quick=True, use_cache=True, progress=False)
+    return measure_target(target, 1, "auto", "auto", quick=True, use_cache=True, progress=False)
 
 
 @torch.inference_mode()
@@ -90,7 +95,7 @@ def agreement(model, swaps: dict, prompts: list[list[int]], steps: int) -> tuple
     """(first-draft-token agreement over the float32 cache per backend, positions)."""
     from transformers import DynamicCache
 
-    hits = {name: 0 for name in swaps}
+    hits = dict.fromkeys(swaps, 0)
     total = 0
     for ids in prompts:
         cache = DynamicCache(config=model.config)
@@ -117,8 +122,12 @@ def main() -> None:
     parser.add_argument("--cache-tokens", type=int, default=300)
     parser.add_argument("--ns", default="1,4")
     parser.add_argument("--positions", type=int, default=200, help="agreement positions (over 5 prompts)")
-    parser.add_argument("--calib-tokens", type=int, default=48,
-                        help="tokens per quanto calibration forward (the last ones of each of 8 questions)")
+    parser.add_argument(
+        "--calib-tokens",
+        type=int,
+        default=48,
+        help="tokens per quanto calibration forward (the last ones of each of 8 questions)",
+    )
     parser.add_argument("--no-fast", action="store_true", help="skip the fast-kernel comparison")
     args = parser.parse_args()
     ns = [int(n) for n in args.ns.split(",")]
@@ -126,12 +135,17 @@ def main() -> None:
     torch.set_num_threads(1)
     start = time.perf_counter()
     model, tok = load_model("smollm2-135m", "cpu", "float32")
-    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, 1 thread")
+    print(
+        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, 1 thread"
+    )
 
     linears = [m for m in model.model.layers.modules() if isinstance(m, nn.Linear)] + [model.lm_head]
-    float_bytes = sum(m.weight.numel() * m.weight.element_size()
-                      + (m.bias.numel() * m.bias.element_size() if m.bias is not None else 0) for m in linears)
+    float_bytes = sum(
+        m.weight.numel() * m.weight.element_size()
+        + (m.bias.numel() * m.bias.element_size() if m.bias is not None else 0)
+        for m in linears
+    )
     status = qz.available_backends()
     backends = [name for name, why in status.items() if why is None]
     for name, why in status.items():
@@ -157,24 +171,28 @@ def main() -> None:
             if qz.needs_calibration(name):
                 with Swap(model, built)(), qz.calibrating(name):
                     for text in calib_texts:
-                        model(input_ids=torch.tensor([chat_ids(tok, text)[-args.calib_tokens:]]))
+                        model(input_ids=torch.tensor([chat_ids(tok, text)[-args.calib_tokens :]]))
             qz.finish(built, name)
             extra = f", engine {qz.dynamic_int8.ENGINE_USED}" if name == "dynamic_int8" else ""
-            print(f"{name}: {len(built)} twins built in {t_build:.1f} s, calibrated/finished in "
-                  f"{time.perf_counter() - t0:.1f} s{extra}; {qz.twin_bytes(built) / 2**20:.1f} MiB "
-                  f"(float32 weights of the same layers: {float_bytes / 2**20:.1f} MiB)")
+            print(
+                f"{name}: {len(built)} twins built in {t_build:.1f} s, calibrated/finished in "
+                f"{time.perf_counter() - t0:.1f} s{extra}; {qz.twin_bytes(built) / 2**20:.1f} MiB "
+                f"(float32 weights of the same layers: {float_bytes / 2**20:.1f} MiB)"
+            )
             twins[name] = built
     swaps = {name: Swap(model, built) for name, built in twins.items()}
 
     calibration = None
     if not args.no_fast:
-        from cas_spec.core.calibration import kernels_active
+        from cas_spec.costs.calibration import kernels_active
 
         t0 = time.perf_counter()
         calibration = fast_calibration(model)
         plan = calibration.linear_plan.describe() if calibration.linear_plan is not None else "stock"
-        print(f"fast kernels ({time.perf_counter() - t0:.0f} s to get the calibration): linear plan {plan}, "
-              f"attention {calibration.attention}")
+        print(
+            f"fast kernels ({time.perf_counter() - t0:.0f} s to get the calibration): linear plan {plan}, "
+            f"attention {calibration.attention}"
+        )
 
     def combo(swap, fast: bool):
         def enter():
@@ -184,6 +202,7 @@ def main() -> None:
             if swap is not None:
                 stack.enter_context(swap())
             return stack
+
         return enter
 
     from cas_spec.kernels import time_forwards
@@ -194,11 +213,14 @@ def main() -> None:
         configs["float32+fast"] = combo(None, True)
         configs.update({f"{name}+fast": combo(swap, True) for name, swap in swaps.items()})
     t0 = time.perf_counter()
-    times = time_forwards(model, configs, ns, cache_tokens=args.cache_tokens, repeats=args.repeats, threads=1,
-                          progress=False)
+    times = time_forwards(
+        model, configs, ns, cache_tokens=args.cache_tokens, repeats=args.repeats, threads=1, progress=False
+    )
     med = {n: {k: statistics.median(v) for k, v in row.items()} for n, row in times.items()}
-    print(f"\ntiming: {args.repeats} interleaved repeats, {args.cache_tokens} cached tokens "
-          f"({time.perf_counter() - t0:.0f} s); medians in ms, c = int8 forward / float32 forward under the same kernels")
+    print(
+        f"\ntiming: {args.repeats} interleaved repeats, {args.cache_tokens} cached tokens "
+        f"({time.perf_counter() - t0:.0f} s); medians in ms, c = int8 forward / float32 forward under the same kernels"
+    )
 
     steps = max(1, args.positions // len(eval_prompts))
     t0 = time.perf_counter()
@@ -207,8 +229,12 @@ def main() -> None:
 
     kernels = ["stock"] + (["fast"] if calibration is not None else [])
     mins = {n: {k: min(v) for k, v in row.items()} for n, row in times.items()}
-    cols = [f"{'backend':<13}"] + [f"c n={n} {k:<5}" for k in kernels for n in ns] + [
-        f"c_min n={n} {k:<5}" for k in kernels for n in ns] + ["agree", "  MiB"]
+    cols = (
+        [f"{'backend':<13}"]
+        + [f"c n={n} {k:<5}" for k in kernels for n in ns]
+        + [f"c_min n={n} {k:<5}" for k in kernels for n in ns]
+        + ["agree", "  MiB"]
+    )
     print("\n| " + " | ".join(cols) + " |")
     print("|" + "|".join("-" * (len(c) + 2) for c in cols) + "|")
     suffix = {"stock": "", "fast": "+fast"}
@@ -216,12 +242,20 @@ def main() -> None:
     cells += [f"{mins[n]['float32' + suffix[k]] * 1e3:>{len(cols[-3])}.1f}" for k in kernels for n in ns]
     print(f"| {'float32 (ms)':<13} | " + " | ".join(cells) + f" | {'-':>5} | {float_bytes / 2**20:>5.0f} |")
     for name in twins:
-        cells = [f"{med[n][name + suffix[k]] / med[n]['float32' + suffix[k]]:>{len(cols[1])}.2f}"
-                 for k in kernels for n in ns]
-        cells += [f"{mins[n][name + suffix[k]] / mins[n]['float32' + suffix[k]]:>{len(cols[-3])}.2f}"
-                  for k in kernels for n in ns]
-        print(f"| {name:<13} | " + " | ".join(cells) + f" | {hits[name] / total:.3f} | "
-              f"{qz.twin_bytes(twins[name]) / 2**20:>5.1f} |")
+        cells = [
+            f"{med[n][name + suffix[k]] / med[n]['float32' + suffix[k]]:>{len(cols[1])}.2f}"
+            for k in kernels
+            for n in ns
+        ]
+        cells += [
+            f"{mins[n][name + suffix[k]] / mins[n]['float32' + suffix[k]]:>{len(cols[-3])}.2f}"
+            for k in kernels
+            for n in ns
+        ]
+        print(
+            f"| {name:<13} | " + " | ".join(cells) + f" | {hits[name] / total:.3f} | "
+            f"{qz.twin_bytes(twins[name]) / 2**20:>5.1f} |"
+        )
     print("\nms:", {n: {k: round(v * 1e3, 1) for k, v in row.items()} for n, row in med.items()})
     print(f"total {time.perf_counter() - start:.0f} s")
 

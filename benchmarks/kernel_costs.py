@@ -30,12 +30,11 @@ import contextlib
 import os
 import resource
 import statistics
-import sys
 import time
 
 import torch
 
-from cas_spec.core.models import load_model
+from cas_spec.hub import load_model
 from cas_spec.kernels import (
     DEFAULT_NS,
     LinearPlan,
@@ -68,6 +67,7 @@ def config(model, plan: LinearPlan | None, attention: str | None, n_threads: int
         if plan is not None:
             stack.enter_context(linear_kernels(model, plan))
         return stack
+
     return enter
 
 
@@ -79,12 +79,16 @@ def spread(values: list[float]) -> float:
 def print_comparison(times, names, threads_label) -> dict[int, dict[str, float]]:
     med = {n: {k: statistics.median(v) for k, v in row.items()} for n, row in times.items()}
     base = med[1]["stock"]
-    print(f"\nms per forward (median), relative to a STOCK 1-token step [relative to the same "
-          f"configuration's 1-token step] {{spread}}; {threads_label}")
+    print(
+        f"\nms per forward (median), relative to a STOCK 1-token step [relative to the same "
+        f"configuration's 1-token step] {{spread}}; {threads_label}"
+    )
     print("  n  " + "".join(f"{name:>30}" for name in names))
     for n, row in med.items():
-        cells = "".join(f"{row[k] * 1e3:8.1f} {row[k] / base:5.2f} [{row[k] / med[1][k]:4.2f}] {{{spread(times[n][k]):4.2f}}}"
-                        for k in names)
+        cells = "".join(
+            f"{row[k] * 1e3:8.1f} {row[k] / base:5.2f} [{row[k] / med[1][k]:4.2f}] {{{spread(times[n][k]):4.2f}}}"
+            for k in names
+        )
         print(f"{n:>3}  {cells}")
     noise = statistics.median(spread(v) for row in times.values() for v in row.values())
     print(f"median spread (p75-p25)/median over all cells: {noise:.2f}")
@@ -100,11 +104,13 @@ def exactness(model, tok, plans: dict[str, LinearPlan], attention: str = "cas_sd
     for name, plan in plans.items():
         worst, agree, total = 0.0, 0, 0
         for prompt in PROMPTS:
-            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                          tokenize=True, return_dict=True)["input_ids"]
+            ids = tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
             ids = torch.tensor([list(ids)])
-            cont = model.generate(ids, max_new_tokens=sum(chunks), do_sample=False,
-                                  attention_mask=torch.ones_like(ids))[:, ids.shape[1]:]
+            cont = model.generate(
+                ids, max_new_tokens=sum(chunks), do_sample=False, attention_mask=torch.ones_like(ids)
+            )[:, ids.shape[1] :]
             full = torch.cat([ids, cont], dim=1)
             outs = {}
             for label, make in (("stock", contextlib.nullcontext), ("plan", config(model, plan, attention))):
@@ -113,7 +119,7 @@ def exactness(model, tok, plans: dict[str, LinearPlan], attention: str = "cas_sd
                     pieces = [model(input_ids=ids, past_key_values=cache).logits]
                     start = ids.shape[1]
                     for size in chunks:
-                        pieces.append(model(input_ids=full[:, start:start + size], past_key_values=cache).logits)
+                        pieces.append(model(input_ids=full[:, start : start + size], past_key_values=cache).logits)
                         start += size
                     outs[label] = torch.cat(pieces, dim=1)[0]
             worst = max(worst, (outs["plan"] - outs["stock"]).abs().max().item())
@@ -134,14 +140,17 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     torch.set_num_threads(1)
     model, tok = load_model("smollm2-135m", "cpu", "float32", progress=False)
-    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+    )
     print("kernels:", {k: ("ok" if why is None else why) for k, why in kernel_status().items()})
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     t0 = time.perf_counter()
-    selection = select_plan(model, ns, cache_tokens=args.cache_tokens, repeats=args.repeats, threads=1,
-                            attention="cas_sdpa", release=False)
+    selection = select_plan(
+        model, ns, cache_tokens=args.cache_tokens, repeats=args.repeats, threads=1, attention="cas_sdpa", release=False
+    )
     print(f"\n== 1. selection ({time.perf_counter() - t0:.0f} s), under cas_sdpa")
     print(selection.format())
     plans = {"best plan": selection.plan}
@@ -157,28 +166,34 @@ def main() -> None:
         configs[f"{name}+cas_sdpa"] = config(model, plan, "cas_sdpa")
     names = list(configs)
     t0 = time.perf_counter()
-    times = time_forwards(model, configs, ns, cache_tokens=args.cache_tokens, repeats=args.repeats, threads=1,
-                          desc="comparing")
+    times = time_forwards(
+        model, configs, ns, cache_tokens=args.cache_tokens, repeats=args.repeats, threads=1, desc="comparing"
+    )
     print(f"\n== 2. comparison ({time.perf_counter() - t0:.0f} s)")
     print_comparison(times, names, "1 thread")
 
     if args.threads_compare:
-        t_configs = {"stock": config(model, None, None),
-                     "best+cas_sdpa": config(model, plans["best plan"], "cas_sdpa"),
-                     "stock @2": config(model, None, None, 2),
-                     "best+cas_sdpa @2": config(model, plans["best plan"], "cas_sdpa", 2)}
+        t_configs = {
+            "stock": config(model, None, None),
+            "best+cas_sdpa": config(model, plans["best plan"], "cas_sdpa"),
+            "stock @2": config(model, None, None, 2),
+            "best+cas_sdpa @2": config(model, plans["best plan"], "cas_sdpa", 2),
+        }
         if "torch-kernels plan" in plans:
             t_configs["torch+cas_sdpa @2"] = config(model, plans["torch-kernels plan"], "cas_sdpa", 2)
-        t_times = time_forwards(model, t_configs, ns, cache_tokens=args.cache_tokens, repeats=args.repeats,
-                                threads=1, desc="threads")
+        t_times = time_forwards(
+            model, t_configs, ns, cache_tokens=args.cache_tokens, repeats=args.repeats, threads=1, desc="threads"
+        )
         print("\n== 2b. threads: '@2' runs the forward with 2 threads (switching from 1 around each forward)")
         print_comparison(t_times, list(t_configs), "1 thread unless '@2'")
 
     if not args.no_exactness:
         exactness(model, tok, plans)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\npeak RSS {rss1:.0f} MiB (after loading the model: {rss0:.0f} MiB; the selection holds every "
-          f"kernel's copies at once)")
+    print(
+        f"\npeak RSS {rss1:.0f} MiB (after loading the model: {rss0:.0f} MiB; the selection holds every "
+        f"kernel's copies at once)"
+    )
 
 
 if __name__ == "__main__":

@@ -78,8 +78,11 @@ def profile_step(model: torch.nn.Module, cache: object, ids: torch.Tensor, conte
     def ms(name: str, total: bool = False) -> float:
         return sum(e.cpu_time_total if total else e.self_cpu_time_total for e in events if e.key == name) / 1e3
 
-    return {"cat": ms("aten::cat"), "copy_": ms("aten::copy_"),
-            "attention": ms("aten::scaled_dot_product_attention", total=True)}
+    return {
+        "cat": ms("aten::cat"),
+        "copy_": ms("aten::copy_"),
+        "attention": ms("aten::scaled_dot_product_attention", total=True),
+    }
 
 
 def main() -> None:
@@ -94,16 +97,18 @@ def main() -> None:
     from transformers import DynamicCache
 
     from cas_spec import load_pipeline
-    from cas_spec.core.calibration import kernels_active
-    from cas_spec.core.models import load_model
+    from cas_spec.costs.calibration import kernels_active
+    from cas_spec.hub import load_model
 
     model, tok = load_model("smollm2-135m", "cpu", "float32")
     pipe = load_pipeline("autoregressive", model=model, tokenizer=tok, progress=False)
     calibration = pipe.calibration
     plan = calibration.linear_plan.describe() if calibration and calibration.linear_plan else "stock"
-    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, 1 thread; kernels: linear plan {plan}, "
-          f"attention {calibration.attention if calibration else None}")
+    print(
+        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, 1 thread; kernels: linear plan {plan}, "
+        f"attention {calibration.attention if calibration else None}"
+    )
 
     def dynamic() -> object:
         return DynamicCache(config=model.config)
@@ -138,10 +143,14 @@ def main() -> None:
                 for name in makers:
                     profiles[name, context, n] = profile_step(model, caches[name, context], new[:, :n], context)
 
-    print(f"\n{args.repeats} interleaved repeats of {len(times)} configurations in {elapsed:.0f} s; "
-          f"load average now {os.getloadavg()[0]:.2f}")
-    print("median ms per step (forward + rollback); IQR in brackets; last column: KVCache / DynamicCache, "
-          "median of per-repeat ratios")
+    print(
+        f"\n{args.repeats} interleaved repeats of {len(times)} configurations in {elapsed:.0f} s; "
+        f"load average now {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        "median ms per step (forward + rollback); IQR in brackets; last column: KVCache / DynamicCache, "
+        "median of per-repeat ratios"
+    )
     for context, n in POINTS:
         cells = []
         for name in makers:
@@ -162,15 +171,19 @@ def main() -> None:
         print(f"  {name:<12} " + "   ".join(row))
     kv = {point: statistics.median(times["KVCache", *point]) for point in POINTS}
     step_ratio, verify_ratio = kv[1000, 1] / kv[64, 1], kv[1000, 8] / kv[64, 1]
-    print(f"\ntargets on KVCache: step@1000 / step@64 = {step_ratio:.3f} (target <= 1.05: "
-          f"{'met' if step_ratio <= 1.05 else 'NOT met'}); verify8@1000 / step@64 = {verify_ratio:.3f} "
-          f"(target <= 1.25: {'met' if verify_ratio <= 1.25 else 'NOT met'})")
+    print(
+        f"\ntargets on KVCache: step@1000 / step@64 = {step_ratio:.3f} (target <= 1.05: "
+        f"{'met' if step_ratio <= 1.05 else 'NOT met'}); verify8@1000 / step@64 = {verify_ratio:.3f} "
+        f"(target <= 1.25: {'met' if verify_ratio <= 1.25 else 'NOT met'})"
+    )
 
     if profiles:
         print("\nprofiled steps (ms of CPU time under the profiler; cat/copy_: self time, attention: with children):")
         for (name, context, n), times_ms in profiles.items():
-            print(f"  {name:<12} {n} new on {context:>4} cached: cat {times_ms['cat']:.2f}, copy_ {times_ms['copy_']:.2f}, "
-                  f"attention {times_ms['attention']:.2f}")
+            print(
+                f"  {name:<12} {n} new on {context:>4} cached: cat {times_ms['cat']:.2f}, copy_ {times_ms['copy_']:.2f}, "
+                f"attention {times_ms['attention']:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -25,13 +25,13 @@ VOCAB = 49152
 
 def texts(length: int, rng: random.Random) -> dict[str, list[int]]:
     sentence = [rng.randrange(VOCAB) for _ in range(37)]
-    repetitive = [sentence[i % len(sentence)] if rng.random() > 0.05 else rng.randrange(VOCAB)
-                  for i in range(length)]
+    repetitive = [sentence[i % len(sentence)] if rng.random() > 0.05 else rng.randrange(VOCAB) for i in range(length)]
     return {"random": [rng.randrange(VOCAB) for _ in range(length)], "repetitive": repetitive}
 
 
-def measure(text: list[int], context: int, calls: int, prefix_len: int, seed: int,
-            steps: int = 32) -> tuple[float, float, float]:
+def measure(
+    text: list[int], context: int, calls: int, prefix_len: int, seed: int, steps: int = 32
+) -> tuple[float, float, float]:
     """(mean µs, median µs per draft call, mean drafted tokens per call) over `calls` decoding steps.
 
     Runs episodes of `steps` calls: each starts from `context` tokens of `text` (random offset),
@@ -46,16 +46,20 @@ def measure(text: list[int], context: int, calls: int, prefix_len: int, seed: in
     done = 0
     while done < calls:
         offset = rng.randrange(len(text) - context - 4 * steps)
-        state = DecodingState(tokens=list(text[offset:offset + context]), prompt_length=context,
-                              sampling=SamplingParams(), generator=None, target=None)
+        state = DecodingState(
+            tokens=list(text[offset : offset + context]),
+            prompt_length=context,
+            sampling=SamplingParams(),
+            generator=None,
+        )
         strategy.start(state)
         strategy.draft(state, (), 7)  # untimed: indexes the prompt
         pos = offset + context
         for _ in range(min(steps, calls - done)):
             step = rng.randint(1, 4)
-            state.tokens.extend(text[pos:pos + step])
+            state.tokens.extend(text[pos : pos + step])
             pos += step
-            prefix = tuple(text[pos:pos + prefix_len])
+            prefix = tuple(text[pos : pos + prefix_len])
             t0 = time.perf_counter()
             result = strategy.draft(state, prefix, 7)
             times.append(time.perf_counter() - t0)

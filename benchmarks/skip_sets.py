@@ -16,9 +16,9 @@ import argparse
 import torch
 
 from cas_spec import load_pipeline
-from cas_spec.bench.questions import group_questions, load_questions
-from cas_spec.strategies.skip_search import load_cached, model_fingerprint
-from cas_spec.strategies.variants import ATTENTION, MLP, Sublayer, build_variant, skippable_sublayers, use_variant
+from cas_spec.data.questions import group_questions, load_questions
+from cas_spec.strategies.dsia.skip_search import load_cached, model_fingerprint
+from cas_spec.strategies.dsia.variants import ATTENTION, MLP, Sublayer, build_variant, skippable_sublayers
 
 
 def agreement(pipe, prompt_ids: list[int], generated: list[int], skip) -> float:
@@ -26,9 +26,10 @@ def agreement(pipe, prompt_ids: list[int], generated: list[int], skip) -> float:
     target.prefill(prompt_ids)
     ids = torch.tensor([generated[:-1]])
     positions = torch.arange(len(prompt_ids), len(prompt_ids) + ids.shape[1])[None]
-    with torch.inference_mode(), use_variant(adapter, build_variant(adapter, skip=skip)):
-        logits = pipe.model(input_ids=ids, position_ids=positions, past_key_values=target.cache,
-                            use_cache=True).logits[0]
+    with torch.inference_mode(), adapter.swapped(build_variant(adapter, skip=skip).layers):
+        logits = pipe.model(input_ids=ids, position_ids=positions, past_key_values=target.cache, use_cache=True).logits[
+            0
+        ]
     return float((logits.argmax(-1) == torch.tensor(generated[1:])).float().mean())
 
 
@@ -48,8 +49,9 @@ def main() -> None:
     sets = {
         "evenly spaced": frozenset(candidates[round(i * (len(candidates) - 1) / (count - 1))] for i in range(count)),
         "last layers": frozenset(sorted(candidates, key=lambda s: (-s.layer, s.kind))[:count]),
-        "every MLP first": frozenset(([s for s in candidates if s.kind == MLP] + [s for s in candidates
-                                                                                  if s.kind == ATTENTION])[:count]),
+        "every MLP first": frozenset(
+            ([s for s in candidates if s.kind == MLP] + [s for s in candidates if s.kind == ATTENTION])[:count]
+        ),
     }
     if cached:
         sets["searched (cached)"] = frozenset(map(Sublayer.parse, cached["skip"]))
@@ -61,8 +63,10 @@ def main() -> None:
         generated = [prompt_ids[-1]] + pipe.generate(prompt_ids, max_new_tokens=args.max_new_tokens).token_ids
         for name, skip in sets.items():
             scores[name].append(agreement(pipe, prompt_ids[:-1], generated, skip))
-    print(f"{args.model}: {count} of {2 * (adapter.num_layers - 2)} sublayers skipped; agreement with the "
-          f"target's greedy tokens over {len(chosen)} prompts × {args.max_new_tokens} tokens")
+    print(
+        f"{args.model}: {count} of {2 * (adapter.num_layers - 2)} sublayers skipped; agreement with the "
+        f"target's greedy tokens over {len(chosen)} prompts × {args.max_new_tokens} tokens"
+    )
     for name, values in scores.items():
         print(f"  {name:<20} {sum(values) / len(values):.2f}")
 

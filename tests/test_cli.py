@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 
 from cas_spec.cli import main
-from cas_spec.core.pipeline import load_pipeline
-from tests.conftest import STORIES
+from cas_spec.pipeline import load_pipeline
+from tests.helpers import STORIES
 
 MODEL = ["--model", str(STORIES)]
-REPETITIVE = ("Lily liked to play with her ball. Lily liked to play with her ball. "
-              "Lily liked to play with her ball. Lily liked")
+REPETITIVE = (
+    "Lily liked to play with her ball. Lily liked to play with her ball. Lily liked to play with her ball. Lily liked"
+)
 PROGRESS = re.compile(r"^Loading weights")  # transformers' progress bar while the model loads
 
 
@@ -38,10 +39,11 @@ def error_lines(err: str) -> list[str]:
 
 def stat(err: str, label: str) -> str:
     (line,) = [line for line in err.splitlines() if line.startswith(label)]
-    return line[len(label):].strip()
+    return line[len(label) :].strip()
 
 
 # -- generate -------------------------------------------------------------------------------------
+
 
 def test_generate_prints_only_text_on_stdout_and_stats_on_stderr(capsys, stories):
     code, out, err = run(capsys, "generate", *MODEL, "-n", "24", "--stats", REPETITIVE)
@@ -65,8 +67,9 @@ def test_generate_without_stats_prints_no_stats(capsys):
 def test_default_pipeline_equals_autoregressive_on_a_repetitive_prompt(capsys):
     code, fast, fast_err = run(capsys, "generate", *MODEL, "-n", "48", "--stats", REPETITIVE)
     assert code == 0
-    code, plain, plain_err = run(capsys, "generate", *MODEL, "-n", "48", "--stats", "--pipeline", "autoregressive",
-                                 REPETITIVE)
+    code, plain, plain_err = run(
+        capsys, "generate", *MODEL, "-n", "48", "--stats", "--pipeline", "autoregressive", REPETITIVE
+    )
     assert code == 0
     assert fast == plain and len(fast.split()) > 10
     # the comparison means something: prompt lookup did accept tokens on the default pipeline
@@ -84,8 +87,23 @@ def test_prompt_from_stdin(capsys, monkeypatch):
 
 
 def test_generate_with_overrides_and_sampling(capsys):
-    argv = ["generate", *MODEL, "-n", "16", "--temperature", "0.8", "--top-k", "40", "--seed", "3",
-            "--set", "levels.0.options.num_tokens=3", "--set", "scheduler.options.k=3", "Once upon a time"]
+    argv = [
+        "generate",
+        *MODEL,
+        "-n",
+        "16",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "40",
+        "--seed",
+        "3",
+        "--set",
+        "levels.0.options.num_tokens=3",
+        "--set",
+        "scheduler.options.k=3",
+        "Once upon a time",
+    ]
     code, first, _ = run(capsys, *argv)
     assert code == 0
     code, second, _ = run(capsys, *argv)
@@ -93,6 +111,7 @@ def test_generate_with_overrides_and_sampling(capsys):
 
 
 # -- errors of the user's making: exit 2, one line, no traceback ----------------------------------
+
 
 def assert_user_error(code: int, out: str, err: str, *fragments: str) -> str:
     assert code == 2
@@ -146,7 +165,12 @@ def test_missing_pipeline_file(capsys, tmp_path):
 
 def test_unknown_plugin_kind(capsys):
     code, out, err = run(capsys, "generate", *MODEL, "--set", "levels.0.kind=prompt_lookpu", "Once upon a time")
-    assert_user_error(code, out, err, "levels.0.kind: unknown strategy 'prompt_lookpu'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation")
+    assert_user_error(
+        code,
+        out,
+        err,
+        "levels.0.kind: unknown strategy 'prompt_lookpu'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation",
+    )
 
 
 def test_unknown_model_alias_names_the_known_aliases(capsys):
@@ -172,6 +196,7 @@ def test_chat_and_no_chat_are_exclusive(capsys):
 
 
 # -- validate ----------------------------------------------------------------------------------
+
 
 def test_validate_good_file(capsys, tmp_path):
     path = tmp_path / "good.yaml"
@@ -202,13 +227,15 @@ sampling: {temperature: -0.5}
     assert code == 2 and out == "" and "Traceback" not in err
     lines = err.splitlines()
     assert lines[0] == f"cas-spec: error: invalid pipeline {path}:"
-    assert sorted(lines[1:]) == sorted([
-        "  max_new_tokens: Input should be greater than or equal to 1",
-        "  sampling.temperature: Input should be greater than or equal to 0",
-        "  levels.0.kind: unknown strategy 'prompt_lookpu'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation",
-        "  levels.1.options.num_tokenz: Extra inputs are not permitted",
-        "  scheduler.options.depth: Extra inputs are not permitted",
-    ])
+    assert sorted(lines[1:]) == sorted(
+        [
+            "  max_new_tokens: Input should be greater than or equal to 1",
+            "  sampling.temperature: Input should be greater than or equal to 0",
+            "  levels.0.kind: unknown strategy 'prompt_lookpu'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation",
+            "  levels.1.options.num_tokenz: Extra inputs are not permitted",
+            "  scheduler.options.depth: Extra inputs are not permitted",
+        ]
+    )
 
 
 def test_validate_unknown_preset(capsys):
@@ -221,15 +248,18 @@ def test_validate_unknown_preset(capsys):
 
 # -- plugins ------------------------------------------------------------------------------------
 
+
 def test_plugins_lists_the_builtins(capsys):
     code, out, err = run(capsys, "plugins")
     assert (code, err) == (0, "")
-    for kind, name, owner in [("strategies", "prompt_lookup", "cas_spec.strategies"),
-                              ("schedulers", "chain", "cas_spec.schedulers"),
-                              ("schedulers", "autoregressive", "cas_spec.schedulers"),
-                              ("verifiers", "greedy", "cas_spec.verifiers"),
-                              ("verifiers", "sampling", "cas_spec.verifiers"),
-                              ("adapters", "llama", "cas_spec.adapters")]:
+    for kind, name, owner in [
+        ("strategies", "prompt_lookup", "cas_spec.strategies"),
+        ("schedulers", "chain", "cas_spec.schedulers"),
+        ("schedulers", "autoregressive", "cas_spec.schedulers"),
+        ("verifiers", "greedy", "cas_spec.verifiers"),
+        ("verifiers", "sampling", "cas_spec.verifiers"),
+        ("adapters", "llama", "cas_spec.adapters"),
+    ]:
         assert f"{kind}:" in out
         assert re.search(rf"^  {name} +\({re.escape(owner)}\)$", out, re.M), name
     assert "broken plugins" not in out
@@ -239,14 +269,20 @@ def test_plugins_json(capsys):
     code, out, _ = run(capsys, "plugins", "--json")
     assert code == 0
     data = json.loads(out)
-    assert data["strategies"] == {name: "cas_spec.strategies" for name in (
-        "early_exit", "layer_sparsity", "max_gram", "prompt_lookup", "quanto_activation")}
-    assert data["schedulers"] == {name: "cas_spec.schedulers" for name in (
-        "autoregressive", "chain", "cs_drafting", "dytc", "lookup_tree", "static_tree")}
+    assert data["strategies"] == dict.fromkeys(
+        ("early_exit", "layer_sparsity", "max_gram", "prompt_lookup", "quanto_activation"), "cas_spec.strategies"
+    )
+    assert data["schedulers"] == dict.fromkeys(
+        ("autoregressive", "chain", "cs_drafting", "dytc", "lookup_tree", "static_tree"), "cas_spec.schedulers"
+    )
     assert data["verifiers"] == {"greedy": "cas_spec.verifiers", "sampling": "cas_spec.verifiers"}
     assert data["adapters"] == {"llama": "cas_spec.adapters", "gemma3": "cas_spec.adapters"}
-    assert data["plugins"][:4] == ["cas_spec.strategies", "cas_spec.schedulers", "cas_spec.verifiers",
-                                   "cas_spec.adapters"]
+    assert data["plugins"][:4] == [
+        "cas_spec.strategies",
+        "cas_spec.schedulers",
+        "cas_spec.verifiers",
+        "cas_spec.adapters",
+    ]
     assert data["broken"] == {}
 
 
@@ -255,19 +291,21 @@ def with_a_broken_plugin(monkeypatch):
     """The process-wide plugin set, plus a third-party plugin that failed to import."""
     import importlib.metadata
 
-    from cas_spec.core import plugins as plugins_module
+    from cas_spec import cli
+    from cas_spec.core.plugins import build_plugins
 
     broken = importlib.metadata.EntryPoint(name="shiny", value="cas_spec_no_such_module_xyz:plugin", group="cas_spec")
-    plugins = plugins_module.build_plugins([broken])
-    monkeypatch.setattr(plugins_module, "get_plugins", lambda: plugins)
+    plugins = build_plugins([broken])
+    monkeypatch.setattr(cli, "get_plugins", lambda: plugins)
     return plugins
 
 
 def test_plugins_lists_broken_plugins(capsys, with_a_broken_plugin):
     code, out, _ = run(capsys, "plugins")
     assert code == 0
-    assert out.endswith("broken plugins:\n  shiny                ModuleNotFoundError: "
-                        "No module named 'cas_spec_no_such_module_xyz'\n")
+    assert out.endswith(
+        "broken plugins:\n  shiny                ModuleNotFoundError: No module named 'cas_spec_no_such_module_xyz'\n"
+    )
     code, out, _ = run(capsys, "plugins", "--json")
     data = json.loads(out)
     assert data["broken"] == {"shiny": "ModuleNotFoundError: No module named 'cas_spec_no_such_module_xyz'"}
@@ -275,6 +313,7 @@ def test_plugins_lists_broken_plugins(capsys, with_a_broken_plugin):
 
 
 # -- help ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("command", ["generate", "plugins", "validate", "calibrate", "bench", "fetch"])
 def test_each_subcommand_help_shows_examples(capsys, command):
@@ -333,6 +372,7 @@ def test_calibrate_prints_its_tables_and_no_progress_bars_off_a_terminal(capsys)
 
 # -- a real process -----------------------------------------------------------------------------
 
+
 def cas_spec_command() -> list[str]:
     script = Path(sys.executable).with_name("cas-spec")
     assert script.exists(), f"the console script is not installed next to {sys.executable}"
@@ -342,14 +382,27 @@ def cas_spec_command() -> list[str]:
 def test_console_script_in_a_subprocess(tmp_path):
     env = {**os.environ, "CAS_SPEC_CACHE": str(tmp_path / "cache")}
     env.pop("CAS_SPEC_DEBUG", None)
-    done = subprocess.run([*cas_spec_command(), "generate", *MODEL, "-n", "12", "--stats", "-"],
-                          input=REPETITIVE, capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [*cas_spec_command(), "generate", *MODEL, "-n", "12", "--stats", "-"],
+        input=REPETITIVE,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() and "mean acceptance" not in done.stdout
     assert "mean acceptance" in done.stderr and "Traceback" not in done.stderr
 
-    done = subprocess.run([*cas_spec_command(), "generate", "--model", "smollm9-1t", "hi"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [*cas_spec_command(), "generate", "--model", "smollm9-1t", "hi"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr == ("cas-spec: error: unknown model 'smollm9-1t': not an alias or an existing folder; "
-                           "known aliases: gemma3-270m, smollm2-135m\n")
+    assert done.stderr == (
+        "cas-spec: error: unknown model 'smollm9-1t': not an alias or an existing folder; "
+        "known aliases: gemma3-270m, smollm2-135m\n"
+    )

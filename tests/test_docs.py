@@ -17,9 +17,9 @@ import yaml
 
 import cas_spec
 from cas_spec.core.config import PipelineConfig, SamplingConfig, load_config
-from cas_spec.core.pipeline import GenerationResult
 from cas_spec.core.plugins import build_plugins
 from cas_spec.core.types import GenerationStats, LevelStats
+from cas_spec.pipeline import GenerationResult
 
 ROOT = Path(__file__).parents[1]
 DOCS = ROOT / "docs"
@@ -77,8 +77,12 @@ def test_the_quickstart_documents_every_result_field_and_statistic():
 
 
 def test_every_repository_path_the_docs_name_exists():
-    missing = [f"docs/{page.relative_to(DOCS)}: {path}" for page in sorted(DOCS.rglob("*.md"))
-               for path in REPO_PATH.findall(page.read_text()) if not (ROOT / path).exists()]
+    missing = [
+        f"docs/{page.relative_to(DOCS)}: {path}"
+        for page in sorted(DOCS.rglob("*.md"))
+        for path in REPO_PATH.findall(page.read_text())
+        if not (ROOT / path).exists()
+    ]
     assert not missing, "named in the docs but not in the repository:\n" + "\n".join(missing)
 
 
@@ -93,8 +97,14 @@ def test_the_navigation_and_the_pages_agree():
 @pytest.mark.slow
 def test_the_site_builds_without_a_warning(tmp_path):
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     assert (tmp_path / "site" / "reference" / "yaml" / "index.html").is_file()
 
@@ -104,5 +114,6 @@ def test_the_quickstart_documents_every_parameter_of_the_python_api():
     for function in (cas_spec.load_pipeline, cas_spec.Pipeline.generate, cas_spec.generate):
         for name in inspect.signature(function).parameters:
             if name != "self":
-                assert re.search(rf"\b{name}\b", text), \
+                assert re.search(rf"\b{name}\b", text), (
                     f"docs/index.md does not document {function.__qualname__}({name})"
+                )

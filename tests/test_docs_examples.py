@@ -28,8 +28,11 @@ import pytest
 ROOT = Path(__file__).parents[1]
 DOCS = ROOT / "docs"
 MARKER = re.compile(r"^[ \t]*<!--\s*docs-test:\s*(?P<action>[\w-]+)(?P<why>[^>]*?)\s*-->[ \t]*$", re.M)
-FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<ticks>`{3,})(?P<lang>[\w+-]*)[^\n]*\n"
-                   r"(?P<code>.*?)^(?P=indent)(?P=ticks)[ \t]*$", re.M | re.S)
+FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<ticks>`{3,})(?P<lang>[\w+-]*)[^\n]*\n"
+    r"(?P<code>.*?)^(?P=indent)(?P=ticks)[ \t]*$",
+    re.M | re.S,
+)
 ACTIONS = {"skip": "python", "run": "bash"}  # marker -> the language of the block it applies to
 
 
@@ -58,10 +61,8 @@ def blocks(path: Path, root: Path | None = None) -> list[Block]:
         before = text[: fence.start()].rstrip().rsplit("\n", 1)[-1]
         marker = MARKER.fullmatch(before)
         line = text.count("\n", 0, fence.start()) + 2
-        code = textwrap.dedent("\n".join(
-            row[len(fence["indent"]):] for row in fence["code"].split("\n")))
-        out.append(Block(str(path.relative_to(root)), line, fence["lang"], code,
-                         marker["action"] if marker else None))
+        code = textwrap.dedent("\n".join(row[len(fence["indent"]) :] for row in fence["code"].split("\n")))
+        out.append(Block(str(path.relative_to(root)), line, fence["lang"], code, marker["action"] if marker else None))
     return out
 
 
@@ -70,15 +71,16 @@ def markers(path: Path) -> list[tuple[int, str, str | None]]:
     text = path.read_text(encoding="utf-8")
     out = []
     for found in MARKER.finditer(text):
-        rest = text[found.end():].lstrip("\n \t")
+        rest = text[found.end() :].lstrip("\n \t")
         fence = FENCE.match(rest)
         out.append((text.count("\n", 0, found.start()) + 1, found["action"], fence["lang"] if fence else None))
     return out
 
 
 def python_pages() -> list[str]:
-    return [str(p.relative_to(DOCS)) for p in pages()
-            if any(b.lang == "python" and b.marker != "skip" for b in blocks(p))]
+    return [
+        str(p.relative_to(DOCS)) for p in pages() if any(b.lang == "python" and b.marker != "skip" for b in blocks(p))
+    ]
 
 
 def bash_blocks() -> list[Block]:
@@ -98,18 +100,23 @@ def test_every_marker_stands_right_before_a_block_of_its_language():
     for path in pages():
         for line, action, lang in markers(path):
             if action not in ACTIONS:
-                problems.append(f"docs/{path.relative_to(DOCS)}:{line}: unknown marker '{action}' "
-                                f"(known: {', '.join(ACTIONS)})")
+                problems.append(
+                    f"docs/{path.relative_to(DOCS)}:{line}: unknown marker '{action}' (known: {', '.join(ACTIONS)})"
+                )
             elif lang != ACTIONS[action] and not (action == "run" and lang == "sh"):
-                problems.append(f"docs/{path.relative_to(DOCS)}:{line}: '{action}' must stand right before a "
-                                f"```{ACTIONS[action]} block, found {f'```{lang}' if lang is not None else 'no block'}")
+                problems.append(
+                    f"docs/{path.relative_to(DOCS)}:{line}: '{action}' must stand right before a "
+                    f"```{ACTIONS[action]} block, found {f'```{lang}' if lang is not None else 'no block'}"
+                )
     assert not problems, "\n".join(problems)
 
 
 def test_the_block_parser_sees_markers_lines_and_indented_fences(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("text\n\n<!-- docs-test: skip (a model) -->\n\n```python\nx = 1\n```\n\n"
-                    "- item\n\n    ```bash\n    echo hi\n    ```\n\n<!-- docs-test: run -->\n````text\n```\n````\n")
+    page.write_text(
+        "text\n\n<!-- docs-test: skip (a model) -->\n\n```python\nx = 1\n```\n\n"
+        "- item\n\n    ```bash\n    echo hi\n    ```\n\n<!-- docs-test: run -->\n````text\n```\n````\n"
+    )
     found = [(b.lang, b.code, b.line, b.marker) for b in blocks(page, root=tmp_path)]
     assert found == [("python", "x = 1\n", 6, "skip"), ("bash", "echo hi\n", 12, None), ("text", "```\n", 17, "run")]
     assert markers(page) == [(3, "skip", "python"), (15, "run", "text")]
@@ -132,7 +139,14 @@ def test_python_examples_run(page, docs_cwd):
 @pytest.mark.parametrize("block", bash_blocks(), ids=lambda b: b.where)
 def test_marked_bash_examples_run(block, docs_cwd):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block.code], cwd=docs_cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, \
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block.code],
+        cwd=docs_cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, (
         f"{block.where} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    )

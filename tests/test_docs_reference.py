@@ -13,11 +13,12 @@ from pydantic import BaseModel, Field
 
 from cas_spec.core.config import PipelineConfig
 from cas_spec.core.plugins import HOOKS
-from cas_spec.docsgen import REGENERATE, pages, stale_pages
+from cas_spec.docsgen import REGENERATE
 from cas_spec.docsgen.__main__ import main as docsgen_main
 from cas_spec.docsgen.diagram import STEPS, draw
 from cas_spec.docsgen.fields import constraints, default, field_table, nested_models, type_name
 from cas_spec.docsgen.hooks_page import BASE_CLASSES, hookspecs_in_order
+from cas_spec.docsgen.pages import pages, stale_pages
 from cas_spec.docsgen.yaml_page import builtin_plugins, summary
 
 DOCS = Path(__file__).parents[1] / "docs"
@@ -36,29 +37,40 @@ def config_models() -> list[type[BaseModel]]:
 
 def option_models() -> dict[str, type[BaseModel]]:
     plugins = builtin_plugins()
-    return {f"{registry.kind} '{name}'": registry.get(name).Options
-            for registry in (plugins.strategies, plugins.schedulers, plugins.verifiers)
-            for name in registry.names()}
+    return {
+        f"{registry.kind} '{name}'": registry.get(name).Options
+        for registry in (plugins.strategies, plugins.schedulers, plugins.verifiers)
+        for name in registry.names()
+    }
 
 
 def test_the_generated_pages_are_current():
     stale = stale_pages(DOCS)
-    assert not stale, (f"stale generated pages: {', '.join('docs/' + p for p in stale)}; regenerate them from "
-                       f"the repository root with `.venv/bin/{REGENERATE}` and commit the result")
+    assert not stale, (
+        f"stale generated pages: {', '.join('docs/' + p for p in stale)}; regenerate them from "
+        f"the repository root with `.venv/bin/{REGENERATE}` and commit the result"
+    )
 
 
 def test_every_config_field_and_builtin_plugin_option_has_a_description():
     models = {f"pipeline model {m.__name__}": m for m in config_models()} | option_models()
-    missing = [f"{owner}: {name}" for owner, model in models.items()
-               for name, field in model.model_fields.items() if not (field.description or "").strip()]
+    missing = [
+        f"{owner}: {name}"
+        for owner, model in models.items()
+        for name, field in model.model_fields.items()
+        if not (field.description or "").strip()
+    ]
     assert not missing, "undocumented (add Field(description=...)):\n" + "\n".join(missing)
 
 
 def test_every_builtin_plugin_has_a_summary():
     plugins = builtin_plugins()
-    missing = [f"{registry.kind} '{name}'" for registry in (plugins.strategies, plugins.schedulers,
-                                                             plugins.verifiers, plugins.adapters)
-               for name in registry.names() if not summary(registry.get(name))]
+    missing = [
+        f"{registry.kind} '{name}'"
+        for registry in (plugins.strategies, plugins.schedulers, plugins.verifiers, plugins.adapters)
+        for name in registry.names()
+        if not summary(registry.get(name))
+    ]
     assert not missing, "no class or module docstring: " + ", ".join(missing)
 
 
@@ -100,11 +112,12 @@ def test_the_hook_reference_has_every_hookspec_and_every_interface_method():
     specs = [spec.__name__ for spec in hookspecs_in_order()]
     assert sorted(specs) == sorted(HOOKS.values())  # the manager calls exactly these
     for name in specs:
-        assert f"### `{name}(registry)`" in text, f"hook {name} is not in the hook reference"
+        assert f"### `{name}(registry: Registry[" in text, f"hook {name} is not in the hook reference"
     for cls in BASE_CLASSES:
         for definer, name in _members(cls):
-            assert f"#### `{definer.__name__}.{name}`" in text, \
+            assert f"#### `{definer.__name__}.{name}`" in text, (
                 f"{definer.__name__}.{name} is not in the hook reference"
+            )
         for name in getattr(cls, "__abstractmethods__", ()):
             assert f"*abstract method* `{name}(" in text, f"{cls.__name__}.{name} is not marked abstract"
 
@@ -130,7 +143,13 @@ def test_field_rendering_spells_types_defaults_and_constraints_as_yaml():
     assert type_name(fields["items"].annotation, lambda m: f"[{m.__name__}]") == "list of [_Inner]"
     assert constraints(fields["rate"]) == "> 0.0, ≤ 1.0" and constraints(fields["mode"]) == ""
     assert [default(fields[n]) for n in ("mode", "rate", "sizes", "inner", "items", "name")] == [
-        "auto", "null", "[1, 2]", "{a: 1}", "[]", None]
+        "auto",
+        "null",
+        "[1, 2]",
+        "{a: 1}",
+        "[]",
+        None,
+    ]
     assert nested_models(_Toy) == [_Inner]
     table = field_table(_Toy)
     assert "| `name` | string | required |  | Required. |" in table

@@ -11,11 +11,13 @@ import pytest
 
 from cas_spec import load_pipeline
 from cas_spec.core.config import preset_names
-from tests.adapters.test_gemma3 import LONG_PROMPT
+from tests.helpers import LONG_PROMPT
 
 PRESETS = [name for name in preset_names() if name != "autoregressive"]
-SPEC_BENCH = [json.loads(line) for line in
-              (Path(__file__).parent / "data" / "spec_bench_one_per_group.jsonl").read_text().splitlines()]
+SPEC_BENCH = [
+    json.loads(line)
+    for line in (Path(__file__).parent / "data" / "spec_bench_one_per_group.jsonl").read_text().splitlines()
+]
 STORY_PROMPT = "Tom had a big red ball. Tom had a big red ball. He"
 
 
@@ -62,8 +64,10 @@ def test_preset_equals_plain_greedy_on_gemma3_past_the_window(gemma3, preset):
     model, tokenizer = gemma3
     overrides = ["model=gemma3-270m"]
     want = load_pipeline("autoregressive", model=model, tokenizer=tokenizer, overrides=overrides).generate(
-        LONG_PROMPT, max_new_tokens=24, chat=False)
+        LONG_PROMPT, max_new_tokens=24, chat=False
+    )
     assert len(want.prompt_token_ids) > 600
     got = load_pipeline(preset, model=model, tokenizer=tokenizer, overrides=overrides).generate(
-        LONG_PROMPT, max_new_tokens=24, chat=False)
+        LONG_PROMPT, max_new_tokens=24, chat=False
+    )
     assert got.token_ids == want.token_ids

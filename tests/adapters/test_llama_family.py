@@ -9,7 +9,7 @@ import pytest
 
 from cas_spec.adapters import Gemma3Adapter, LlamaAdapter, resolve_adapter
 from cas_spec.core.errors import UnsupportedModelError
-from tests.conftest import tiny_gemma3, tiny_llama
+from tests.helpers import tiny_gemma3, tiny_llama
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])

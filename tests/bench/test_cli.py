@@ -19,7 +19,7 @@ import pytest
 from cas_spec.bench import cli
 from cas_spec.bench.cli import add_parser
 from cas_spec.core.errors import UserError
-from tests.conftest import STORIES
+from tests.helpers import STORIES
 
 PNG = b"\x89PNG\r\n\x1a\n"
 GROUPS = ["mt_bench", "translation"]
@@ -55,9 +55,19 @@ def table_rows(text: str, table: int = 0) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "run"
-    code, stdout, stderr = bench("--model", str(STORIES), "--methods", "default,hf:greedy,hf:prompt_lookup",
-                                 "--groups", ",".join(GROUPS), "--quick", "--max-new-tokens", "16",
-                                 "--out", str(out))
+    code, stdout, stderr = bench(
+        "--model",
+        str(STORIES),
+        "--methods",
+        "default,hf:greedy,hf:prompt_lookup",
+        "--groups",
+        ",".join(GROUPS),
+        "--quick",
+        "--max-new-tokens",
+        "16",
+        "--out",
+        str(out),
+    )
     assert code == 0, stderr
     return out, stdout, stderr
 
@@ -79,8 +89,10 @@ def test_the_table_has_every_group_and_method(quick):
             assert vs_hf == "–" and all(s.endswith("%") for s in split) and float(accept) >= 1.0
             milliseconds, share = scheduling.split(" ms (")
             assert float(milliseconds) >= 0.0 and share.endswith("%)")
-    assert "identity vs transformers: the engine's autoregressive output equals greedy `generate` " \
-           "token for token on 2/2 prompts" in stdout
+    assert (
+        "identity vs transformers: the engine's autoregressive output equals greedy `generate` "
+        "token for token on 2/2 prompts" in stdout
+    )
     assert "bench" in stderr and "100%" in stderr  # the progress bar, on stderr
     assert "| group |" not in stderr
 
@@ -89,7 +101,7 @@ def test_the_level_table_gives_acceptance_and_cost_of_each_level(quick):
     _, stdout, _ = quick
     rows = table_rows(stdout, table=1)
     assert [r[:2] for r in rows] == [["default", "pld"]]  # engine methods only, one row per level
-    method, level, alpha, cost, proposed, drafted = rows[0]
+    _method, _level, alpha, cost, proposed, drafted = rows[0]
     assert 0.0 <= float(alpha) <= 1.0
     assert 0.0 <= float(cost) < 0.5  # prompt lookup costs next to nothing against a target forward
     assert int(proposed) >= int(drafted) > 0
@@ -114,8 +126,18 @@ def test_results_json_has_records_and_environment(quick):
     # interleaved: the second prompt runs the methods in reverse order
     assert [r["position"] for r in records if r["question_id"] == 161] == [3, 2, 1, 0]
     env = results["environment"]
-    for key in ("python", "torch", "transformers", "cas_spec", "cpu", "threads", "load_average_start",
-                "load_average_end", "command", "date"):
+    for key in (
+        "python",
+        "torch",
+        "transformers",
+        "cas_spec",
+        "cpu",
+        "threads",
+        "load_average_start",
+        "load_average_end",
+        "command",
+        "date",
+    ):
         assert env[key] not in (None, ""), key
     assert env["threads"] == 1 and env["torch_threads"] == 1
     assert results["settings"]["chat_template"] is False and results["settings"]["max_new_tokens"] == 16
@@ -134,7 +156,7 @@ def test_report_redraws_the_table_and_plots_from_a_saved_folder(quick, tmp_path)
     shutil.copytree(out, copy)
     for png in copy.glob("*.png"):
         png.unlink()
-    code, redrawn, stderr = bench("--report", str(copy))
+    code, redrawn, _stderr = bench("--report", str(copy))
     assert code == 0 and redrawn == stdout
     assert sorted(p.name for p in copy.glob("*.png")) == ["acceptance.png", "speedup.png", "time_split.png"]
     code, again, _ = bench("--report", str(copy), "--no-plots")
@@ -162,19 +184,49 @@ def test_report_of_a_folder_without_results(tmp_path):
 def test_yaml_method_and_early_exit_are_identical_to_autoregressive(tmp_path):
     pipeline = tmp_path / "pld3.yaml"
     pipeline.write_text("extends: default\nscheduler: {options: {k: 3}}\n")
-    code, stdout, _ = bench("--model", str(STORIES), "--methods", f"{pipeline},hf:early_exit:2", "--groups", "qa",
-                            "--prompts-per-group", "2", "-n", "12", "--out", str(tmp_path / "o"), "--no-plots")
+    code, stdout, _ = bench(
+        "--model",
+        str(STORIES),
+        "--methods",
+        f"{pipeline},hf:early_exit:2",
+        "--groups",
+        "qa",
+        "--prompts-per-group",
+        "2",
+        "-n",
+        "12",
+        "--out",
+        str(tmp_path / "o"),
+        "--no-plots",
+    )
     assert code == 0
     rows = {(r[0].strip("*"), r[1]): r for r in table_rows(stdout)}
-    assert set(rows) == {(g, m) for g in ("qa", "overall") for m in
-                         ("autoregressive", "pld3", "hf:greedy", "hf:early_exit:2")}
+    assert set(rows) == {
+        (g, m) for g in ("qa", "overall") for m in ("autoregressive", "pld3", "hf:greedy", "hf:early_exit:2")
+    }
     assert rows["overall", "pld3"][6] == "0/2" and rows["overall", "hf:early_exit:2"][6] == "0/2"
     assert not list((tmp_path / "o").glob("*.png"))
 
 
 def test_sampling_reports_without_expecting_identity(tmp_path):
-    code, stdout, _ = bench("--model", str(STORIES), "--methods", "default", "--groups", "qa", "--quick", "-n", "8",
-                            "--temperature", "0.8", "--seed", "3", "--out", str(tmp_path), "--no-plots")
+    code, stdout, _ = bench(
+        "--model",
+        str(STORIES),
+        "--methods",
+        "default",
+        "--groups",
+        "qa",
+        "--quick",
+        "-n",
+        "8",
+        "--temperature",
+        "0.8",
+        "--seed",
+        "3",
+        "--out",
+        str(tmp_path),
+        "--no-plots",
+    )
     assert code == 0
     assert "temperature 0.8: sampled outputs are not expected to be identical" in stdout
     assert "temperature 0.8, seed 3" in stdout
@@ -184,10 +236,28 @@ def test_sampling_reports_without_expecting_identity(tmp_path):
 def test_prompts_too_long_for_the_context_are_passed_over(tmp_path):
     questions = tmp_path / "q.jsonl"
     long = "Once upon a time there was a little girl. " * 80
-    questions.write_text("\n".join(json.dumps({"question_id": i, "category": "story", "turns": [t]})
-                                   for i, t in enumerate([long, "Once upon a time", "Lily and Tom"])) + "\n")
-    code, stdout, _ = bench("--model", str(STORIES), "--questions", str(questions), "--methods", "default",
-                            "--prompts-per-group", "2", "-n", "8", "--out", str(tmp_path / "o"), "--no-plots")
+    questions.write_text(
+        "\n".join(
+            json.dumps({"question_id": i, "category": "story", "turns": [t]})
+            for i, t in enumerate([long, "Once upon a time", "Lily and Tom"])
+        )
+        + "\n"
+    )
+    code, stdout, _ = bench(
+        "--model",
+        str(STORIES),
+        "--questions",
+        str(questions),
+        "--methods",
+        "default",
+        "--prompts-per-group",
+        "2",
+        "-n",
+        "8",
+        "--out",
+        str(tmp_path / "o"),
+        "--no-plots",
+    )
     assert code == 0
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     assert [r["question_id"] for r in results["records"] if r["method"] == "default"] == [1, 2]
@@ -197,8 +267,18 @@ def test_prompts_too_long_for_the_context_are_passed_over(tmp_path):
 
 def test_a_group_with_no_prompt_that_fits_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no question of group rag fits the model's context of 512 tokens"):
-        bench("--model", str(STORIES), "--groups", "rag", "--methods", "default", "--quick",
-              "--out", str(tmp_path), "--no-plots")
+        bench(
+            "--model",
+            str(STORIES),
+            "--groups",
+            "rag",
+            "--methods",
+            "default",
+            "--quick",
+            "--out",
+            str(tmp_path),
+            "--no-plots",
+        )
 
 
 def test_an_early_exit_beyond_the_model_is_a_user_error(tmp_path):
@@ -206,16 +286,19 @@ def test_an_early_exit_beyond_the_model_is_a_user_error(tmp_path):
         bench("--model", str(STORIES), "--methods", "hf:early_exit:5", "--quick", "--out", str(tmp_path))
 
 
-@pytest.mark.parametrize("argv,fragment", [
-    (["--methods", "default,nosuchpreset"], "--methods entry 'nosuchpreset'"),
-    (["--methods", "hf:early_exit:two"], "--methods entry 'hf:early_exit:two'"),
-    (["--groups", "qa,poetry"], "unknown group 'poetry'"),
-    (["--threads", "0"], "--threads must be at least 1, got 0"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
-    (["--prompts-per-group", "-1"], "--prompts-per-group must be at least 1, got -1"),
-    (["--temperature", "-0.5"], "--temperature must be 0 or more"),
-    (["--questions", "nope.jsonl"], "no question file 'nope.jsonl'"),
-])
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["--methods", "default,nosuchpreset"], "--methods entry 'nosuchpreset'"),
+        (["--methods", "hf:early_exit:two"], "--methods entry 'hf:early_exit:two'"),
+        (["--groups", "qa,poetry"], "unknown group 'poetry'"),
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
+        (["--prompts-per-group", "-1"], "--prompts-per-group must be at least 1, got -1"),
+        (["--temperature", "-0.5"], "--temperature must be 0 or more"),
+        (["--questions", "nope.jsonl"], "no question file 'nope.jsonl'"),
+    ],
+)
 def test_user_errors_before_any_model_loads(argv, fragment, tmp_path):
     with pytest.raises(UserError) as info:
         bench("--model", "no-such-model", "--out", str(tmp_path), *argv)
@@ -241,8 +324,19 @@ def test_help_has_examples():
 
 
 def test_autoregressive_alone_still_plots(tmp_path):
-    code, stdout, _ = bench("--model", str(STORIES), "--methods", "autoregressive", "--groups", "qa", "--quick",
-                            "-n", "6", "--out", str(tmp_path))
+    code, stdout, _ = bench(
+        "--model",
+        str(STORIES),
+        "--methods",
+        "autoregressive",
+        "--groups",
+        "qa",
+        "--quick",
+        "-n",
+        "6",
+        "--out",
+        str(tmp_path),
+    )
     assert code == 0
     assert [r[1] for r in table_rows(stdout)] == ["autoregressive", "autoregressive"]
     for name in ("speedup.png", "time_split.png", "acceptance.png"):

@@ -14,8 +14,12 @@ def names(text: str) -> list[str]:
 
 def test_default_methods_with_autoregressive_first():
     specs = parse_methods(DEFAULT_METHODS)
-    assert [(s.name, s.kind) for s in specs] == [("autoregressive", "engine"), ("default", "engine"),
-                                                 ("hf:greedy", "hf"), ("hf:prompt_lookup", "hf")]
+    assert [(s.name, s.kind) for s in specs] == [
+        ("autoregressive", "engine"),
+        ("default", "engine"),
+        ("hf:greedy", "hf"),
+        ("hf:prompt_lookup", "hf"),
+    ]
     assert specs[3].hf_kwargs == {"prompt_lookup_num_tokens": 10}
 
 
@@ -27,24 +31,41 @@ def test_hf_greedy_joins_any_transformers_baseline_and_autoregressive_is_not_rep
 
 def test_a_yaml_file_is_named_after_its_stem(tmp_path):
     path = tmp_path / "pld3.yaml"
-    path.write_text("extends: default\nscheduler: {options: {k: 3}}\nlevels:\n"
-                    "  - {name: pld, kind: prompt_lookup, options: {num_tokens: 3}}\n")
+    path.write_text(
+        "extends: default\nscheduler: {options: {k: 3}}\nlevels:\n"
+        "  - {name: pld, kind: prompt_lookup, options: {num_tokens: 3}}\n"
+    )
     (spec,) = parse_methods(str(path))[1:]
     assert (spec.name, spec.kind, spec.source) == ("pld3", "engine", str(path))
 
 
-@pytest.mark.parametrize("text,fragments", [
-    ("default,defualt", ["--methods entry 'defualt'", "no file or preset named 'defualt'",
-                         "presets: autoregressive, cas-spec, cs-drafting, default"]),
-    ("hf:early_exit:x", ["--methods entry 'hf:early_exit:x'", "positive integer"]),
-    ("hf:early_exit:0", ["--methods entry 'hf:early_exit:0'", "positive integer"]),
-    ("hf:early_exit:", ["--methods entry 'hf:early_exit:'", "positive integer"]),
-    ("hf:prompt-lookup", ["--methods entry 'hf:prompt-lookup'", "unknown transformers baseline",
-                          "hf:greedy, hf:prompt_lookup, hf:early_exit:E"]),
-    ("missing.yaml", ["--methods entry 'missing.yaml'", "no such pipeline file"]),
-    ("default,,hf:greedy", ["empty entry"]),
-    ("default,default", ["--methods entry 'default'", "the name 'default' is taken"]),
-])
+@pytest.mark.parametrize(
+    "text,fragments",
+    [
+        (
+            "default,defualt",
+            [
+                "--methods entry 'defualt'",
+                "no file or preset named 'defualt'",
+                "presets: autoregressive, cas-spec, cs-drafting, default",
+            ],
+        ),
+        ("hf:early_exit:x", ["--methods entry 'hf:early_exit:x'", "positive integer"]),
+        ("hf:early_exit:0", ["--methods entry 'hf:early_exit:0'", "positive integer"]),
+        ("hf:early_exit:", ["--methods entry 'hf:early_exit:'", "positive integer"]),
+        (
+            "hf:prompt-lookup",
+            [
+                "--methods entry 'hf:prompt-lookup'",
+                "unknown transformers baseline",
+                "hf:greedy, hf:prompt_lookup, hf:early_exit:E",
+            ],
+        ),
+        ("missing.yaml", ["--methods entry 'missing.yaml'", "no such pipeline file"]),
+        ("default,,hf:greedy", ["empty entry"]),
+        ("default,default", ["--methods entry 'default'", "the name 'default' is taken"]),
+    ],
+)
 def test_a_malformed_entry_is_a_user_error_naming_it(text, fragments):
     with pytest.raises(MethodError) as info:
         parse_methods(text)
@@ -69,7 +90,14 @@ def test_the_ablation_method_set_stands_for_the_papers_seven_schedulers_over_one
 
     configs = [load_config(spec.source) for spec in specs[1:]]
     assert len({tuple((lv.name, lv.kind) for lv in config.levels) for config in configs}) == 1
-    assert [c.scheduler.kind for c in configs] == ["chain", "cs_drafting", "cs_drafting", "cs_drafting",
-                                                   "static_tree", "cs_drafting", "dytc"]
+    assert [c.scheduler.kind for c in configs] == [
+        "chain",
+        "cs_drafting",
+        "cs_drafting",
+        "cs_drafting",
+        "static_tree",
+        "cs_drafting",
+        "dytc",
+    ]
     assert [c.scheduler.options.get("cascade") for c in configs[1:4]] == ["vertical", "horizontal", "both"]
     assert configs[5].scheduler.options["tree"] is True

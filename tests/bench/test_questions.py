@@ -6,11 +6,19 @@ import json
 
 import pytest
 
-from cas_spec.bench.questions import (
-    MT_BENCH_CATEGORIES, GroupError, Question, QuestionFileError, group_of, group_questions,
-    load_questions, parse_groups, parse_questions, select,
-)
 from cas_spec.core.errors import UserError
+from cas_spec.data.questions import (
+    MT_BENCH_CATEGORIES,
+    GroupError,
+    Question,
+    QuestionFileError,
+    group_of,
+    group_questions,
+    load_questions,
+    parse_groups,
+    parse_questions,
+    select,
+)
 
 SPEC_BENCH_GROUPS = ["mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag"]
 
@@ -30,13 +38,20 @@ def test_shipped_spec_bench_file_has_six_groups_of_eighty():
 
 
 def test_shipped_mt_bench_file_is_one_group():
-    label, questions = load_questions("mt_bench")
+    _label, questions = load_questions("mt_bench")
     assert len(questions) == 80 and list(group_questions(questions)) == ["mt_bench"]
 
 
-@pytest.mark.parametrize("category,group", [("writing", "mt_bench"), ("humanities", "mt_bench"),
-                                            ("math", "mt_bench"), ("math_reasoning", "math_reasoning"),
-                                            ("my_task", "my_task")])
+@pytest.mark.parametrize(
+    "category,group",
+    [
+        ("writing", "mt_bench"),
+        ("humanities", "mt_bench"),
+        ("math", "mt_bench"),
+        ("math_reasoning", "math_reasoning"),
+        ("my_task", "my_task"),
+    ],
+)
 def test_group_of(category, group):
     assert group_of(category) == group
 
@@ -50,22 +65,25 @@ def test_a_file_of_my_own_with_extra_fields_and_blank_lines(tmp_path):
     assert list(group_questions(questions)) == ["qa", "poetry"]
 
 
-@pytest.mark.parametrize("bad,fragment", [
-    ('{"question_id": 1, "category": "qa", "turns": ["x"]', "bad JSON"),
-    ('[1, 2]', "expected a JSON object, got list"),
-    ('{"category": "qa", "turns": ["x"]}', "field 'question_id' is missing"),
-    ('{"question_id": 7, "turns": ["x"]}', "field 'category' is missing"),
-    ('{"question_id": 7, "category": "qa"}', "field 'turns' is missing"),
-    (line(True), "field 'question_id' must be an integer or a string, got bool"),
-    (line(7.5), "field 'question_id' must be an integer or a string, got float"),
-    (line(7, category=3), "field 'category' must be a non-empty string, got int"),
-    (line(7, category=" "), "field 'category' must be a non-empty string"),
-    ('{"question_id": 7, "category": "qa", "turns": "x"}', "field 'turns' must be a list of strings, got str"),
-    (line(7, turns=()), "field 'turns' is empty"),
-    (line(7, turns=("x", None)), "field 'turns.1' must be a string, got null"),
-    (line(7, turns=("  ",)), "field 'turns.0' is blank"),
-    (line(1), "field 'question_id' 1 repeats line 1"),
-])
+@pytest.mark.parametrize(
+    "bad,fragment",
+    [
+        ('{"question_id": 1, "category": "qa", "turns": ["x"]', "bad JSON"),
+        ("[1, 2]", "expected a JSON object, got list"),
+        ('{"category": "qa", "turns": ["x"]}', "field 'question_id' is missing"),
+        ('{"question_id": 7, "turns": ["x"]}', "field 'category' is missing"),
+        ('{"question_id": 7, "category": "qa"}', "field 'turns' is missing"),
+        (line(True), "field 'question_id' must be an integer or a string, got bool"),
+        (line(7.5), "field 'question_id' must be an integer or a string, got float"),
+        (line(7, category=3), "field 'category' must be a non-empty string, got int"),
+        (line(7, category=" "), "field 'category' must be a non-empty string"),
+        ('{"question_id": 7, "category": "qa", "turns": "x"}', "field 'turns' must be a list of strings, got str"),
+        (line(7, turns=()), "field 'turns' is empty"),
+        (line(7, turns=("x", None)), "field 'turns.1' must be a string, got null"),
+        (line(7, turns=("  ",)), "field 'turns.0' is blank"),
+        (line(1), "field 'question_id' 1 repeats line 1"),
+    ],
+)
 def test_a_malformed_line_names_its_number_and_field(tmp_path, bad, fragment):
     path = tmp_path / "q.jsonl"
     path.write_text(line(1) + "\n\n" + bad + "\n" + line(99) + "\n")

@@ -52,6 +52,25 @@ class TestQuantoActivationAuto(StrategyContract):
     invalid_options = [{"backend": "int4"}]
 
 
+class TestQuantoActivationDraftVocab(StrategyContract):
+    """An int8 level drafting over a frequency-ranked subset of the vocabulary (FR-Spec,
+    `strategies/dsia/draft_head.py`): 4 tokens (the test tokenizer ranks by id) plus the context's,
+    smaller than the tiny models' 96 and the sampling model's 10, so tokens outside the subset have
+    q = 0 and the verifier must still reproduce the target exactly."""
+
+    plugin_name = "quanto_activation"
+    options = {"backend": "auto", "draft_vocab": 4}
+    invalid_options = [{"draft_vocab": 0}]
+
+
+class TestLayerSparsityDraftVocab(StrategyContract):
+    """A float32 level (skipped sublayers) with the subset head of `draft_vocab` 4."""
+
+    plugin_name = "layer_sparsity"
+    options = {"skip": ["1.attention", "2.mlp"], "stop_below": 0.0, "draft_vocab": 4}
+    invalid_options = [{"draft_vocab": -3}]
+
+
 # -- schedulers ---------------------------------------------------------------------------------------
 class TestChain(SchedulerContract):
     plugin_name = "chain"

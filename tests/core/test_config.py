@@ -33,6 +33,7 @@ def problems_of(source, overrides=()) -> list[str]:
 
 # -- presets --------------------------------------------------------------------------------------
 
+
 def test_presets_are_shipped():
     assert {"default", "autoregressive"} <= set(preset_names())
 
@@ -75,19 +76,26 @@ def test_a_mapping_source_is_loaded_like_a_file():
 
 # -- extends --------------------------------------------------------------------------------------
 
+
 def test_extends_a_relative_file_with_deep_merge(tmp_path):
-    write(tmp_path / "base" / "base.yaml", """\
+    write(
+        tmp_path / "base" / "base.yaml",
+        """\
 model: tests/fixtures/stories260K
 scheduler: {kind: chain, options: {level: pld, k: 4}}
 levels:
   - {name: pld, kind: prompt_lookup, options: {max_ngram: 3}}
 sampling: {temperature: 0.7, top_k: 20, seed: 1}
-""")
-    child = write(tmp_path / "child.yaml", """\
+""",
+    )
+    child = write(
+        tmp_path / "child.yaml",
+        """\
 extends: base/base.yaml
 scheduler: {options: {k: 2}}
 sampling: {temperature: 0.5}
-""")
+""",
+    )
     config = load_config(child)
     assert config.model == "tests/fixtures/stories260K"
     assert config.scheduler.kind == "chain"
@@ -107,13 +115,16 @@ def test_extends_is_relative_to_the_extending_file_not_the_cwd(tmp_path, monkeyp
 
 
 def test_extends_a_preset_with_deep_merge(tmp_path):
-    path = write(tmp_path / "p.yaml", """\
+    path = write(
+        tmp_path / "p.yaml",
+        """\
 extends: default
 levels:
   - {name: pld, kind: prompt_lookup, options: {num_tokens: 3}}
 scheduler: {options: {k: 3}}
 sampling: {temperature: 0.8, seed: 4}
-""")
+""",
+    )
     raw, source = load_raw(path)
     assert source == str(path) and "extends" not in raw
     config = validate(raw)
@@ -161,6 +172,7 @@ def test_unknown_source_names_the_presets(tmp_path):
 
 # -- overrides ------------------------------------------------------------------------------------
 
+
 def test_override_list_item_option():
     config = load_config("default", ["levels.0.options.num_tokens=5"])
     assert config.levels[0].options["num_tokens"] == 5
@@ -168,8 +180,9 @@ def test_override_list_item_option():
 
 
 def test_override_scalars_are_parsed_as_yaml():
-    config = load_config("default", ["sampling.temperature=0.5", "chat=false", "model=some/folder",
-                                     "sampling.top_k=null"])
+    config = load_config(
+        "default", ["sampling.temperature=0.5", "chat=false", "model=some/folder", "sampling.top_k=null"]
+    )
     assert config.sampling.temperature == 0.5
     assert config.chat is False and config.model == "some/folder" and config.sampling.top_k is None
 
@@ -185,18 +198,22 @@ def test_later_override_wins():
 
 def test_override_is_validated():
     assert problems_of("default", ["sampling.temperature=-1"]) == [
-        "sampling.temperature: Input should be greater than or equal to 0"]
+        "sampling.temperature: Input should be greater than or equal to 0"
+    ]
     (problem,) = problems_of("default", ["levels.0.options.num_tokens=0"])
     assert problem.startswith("levels.0.options.num_tokens:")
 
 
-@pytest.mark.parametrize("item, expected", [
-    ("levels.3.name=x", "--set levels.3.name=x: 'levels.3' is not an index of a list of 1"),
-    ("levels.x.name=y", "--set levels.x.name=y: 'levels.x' is not an index of a list of 1"),
-    ("model.x=1", "--set model.x=1: 'model' is not a mapping or list"),
-    ("novalue", "--set novalue: expected key.path=value"),
-    ("a..b=1", "--set a..b=1: empty key in 'a..b'"),
-])
+@pytest.mark.parametrize(
+    "item, expected",
+    [
+        ("levels.3.name=x", "--set levels.3.name=x: 'levels.3' is not an index of a list of 1"),
+        ("levels.x.name=y", "--set levels.x.name=y: 'levels.x' is not an index of a list of 1"),
+        ("model.x=1", "--set model.x=1: 'model' is not a mapping or list"),
+        ("novalue", "--set novalue: expected key.path=value"),
+        ("a..b=1", "--set a..b=1: empty key in 'a..b'"),
+    ],
+)
 def test_bad_override_is_reported(item, expected):
     assert problems_of("default", [item]) == [expected]
 
@@ -227,14 +244,16 @@ def test_bad_file_reports_every_problem_at_once(tmp_path):
         load_config(path)
     error = info.value
     assert isinstance(error, UserError) and error.source == str(path)
-    assert sorted(error.problems) == sorted([
-        "max_new_tokens: Input should be a valid integer, unable to parse string as an integer",
-        "sampling.temperature: Input should be greater than or equal to 0",
-        "levels.0.kind: unknown strategy 'prompt_lookpu'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation",
-        "levels.1.options.num_tokenz: Extra inputs are not permitted",
-        "levels.1.options.max_ngram: Input should be a valid integer, unable to parse string as an integer",
-        "scheduler.options.depth: Extra inputs are not permitted",
-    ])
+    assert sorted(error.problems) == sorted(
+        [
+            "max_new_tokens: Input should be a valid integer, unable to parse string as an integer",
+            "sampling.temperature: Input should be greater than or equal to 0",
+            "levels.0.kind: unknown strategy 'prompt_lookpu'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation",
+            "levels.1.options.num_tokenz: Extra inputs are not permitted",
+            "levels.1.options.max_ngram: Input should be a valid integer, unable to parse string as an integer",
+            "scheduler.options.depth: Extra inputs are not permitted",
+        ]
+    )
     message = str(error)
     assert message.startswith(f"invalid pipeline {path}:\n")
     for problem in error.problems:
@@ -242,12 +261,15 @@ def test_bad_file_reports_every_problem_at_once(tmp_path):
 
 
 def test_plugin_problems_only(tmp_path):
-    path = write(tmp_path / "bad.yaml", """\
+    path = write(
+        tmp_path / "bad.yaml",
+        """\
 levels:
   - {name: a, kind: prompt_lookpu}
   - {name: b, kind: prompt_lookup, options: {min_ngram: 3, max_ngram: 2}}
 verifier: exact
-""")
+""",
+    )
     assert problems_of(path) == [
         "levels.0.kind: unknown strategy 'prompt_lookpu'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation",
         "levels.1.options: Value error, min_ngram (3) must not exceed max_ngram (2)",
@@ -259,20 +281,27 @@ def test_single_problem_message_is_one_line(tmp_path):
     path = write(tmp_path / "one.yaml", "levels: [{name: a, kind: prompt_lookpu}]\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert str(info.value) == (f"invalid pipeline {path}: levels.0.kind: unknown strategy 'prompt_lookpu'; "
-                               "available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation")
+    assert str(info.value) == (
+        f"invalid pipeline {path}: levels.0.kind: unknown strategy 'prompt_lookpu'; "
+        "available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation"
+    )
 
 
 def test_structural_problems_have_dotted_locations():
-    problems = sorted(problems_of({"levels": [{"name": "a"}, {"name": "b", "kind": 3, "color": 1}],
-                                   "device": "tpu", "sampling": {"top_p": 2}}))
-    assert problems == sorted([
-        "levels.0.kind: Field required",
-        "levels.1.kind: Input should be a valid string",
-        "levels.1.color: Extra inputs are not permitted",
-        "device: Input should be 'auto', 'cpu' or 'cuda'",
-        "sampling.top_p: Input should be less than or equal to 1",
-    ])
+    problems = sorted(
+        problems_of(
+            {"levels": [{"name": "a"}, {"name": "b", "kind": 3, "color": 1}], "device": "tpu", "sampling": {"top_p": 2}}
+        )
+    )
+    assert problems == sorted(
+        [
+            "levels.0.kind: Field required",
+            "levels.1.kind: Input should be a valid string",
+            "levels.1.color: Extra inputs are not permitted",
+            "device: Input should be 'auto', 'cpu' or 'cuda'",
+            "sampling.top_p: Input should be less than or equal to 1",
+        ]
+    )
 
 
 def test_unknown_top_level_key():
@@ -280,26 +309,37 @@ def test_unknown_top_level_key():
 
 
 def test_duplicate_level_names():
-    data = {"scheduler": {"kind": "chain"},
-            "levels": [{"name": "pld", "kind": "prompt_lookup"}, {"name": "x", "kind": "prompt_lookup"},
-                       {"name": "pld", "kind": "prompt_lookup"}]}
+    data = {
+        "scheduler": {"kind": "chain"},
+        "levels": [
+            {"name": "pld", "kind": "prompt_lookup"},
+            {"name": "x", "kind": "prompt_lookup"},
+            {"name": "pld", "kind": "prompt_lookup"},
+        ],
+    }
     assert problems_of(data) == ["levels.2.name: duplicate level name 'pld'"]
 
 
 def test_chain_scheduler_naming_a_missing_level():
-    data = {"scheduler": {"kind": "chain", "options": {"level": "nope"}},
-            "levels": [{"name": "pld", "kind": "prompt_lookup"}]}
+    data = {
+        "scheduler": {"kind": "chain", "options": {"level": "nope"}},
+        "levels": [{"name": "pld", "kind": "prompt_lookup"}],
+    }
     assert problems_of(data) == ["scheduler.options.level: no level named 'nope'; levels: pld"]
 
 
 def test_chain_scheduler_without_levels():
     assert problems_of({"scheduler": {"kind": "chain"}}) == [
-        "levels: the chain scheduler needs one level to draft with"]
+        "levels: the chain scheduler needs one level to draft with"
+    ]
 
 
 def test_unknown_scheduler():
     (problem,) = problems_of({"scheduler": {"kind": "tree"}})
-    assert problem == "scheduler.kind: unknown scheduler 'tree'; available: autoregressive, chain, cs_drafting, dytc, lookup_tree, static_tree"
+    assert (
+        problem
+        == "scheduler.kind: unknown scheduler 'tree'; available: autoregressive, chain, cs_drafting, dytc, lookup_tree, static_tree"
+    )
 
 
 def test_yaml_syntax_error_reports_a_line(tmp_path):
@@ -323,14 +363,24 @@ def test_empty_file_is_the_empty_pipeline(tmp_path):
 
 # -- safety of inputs -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("tag", ["!!python/object/apply:os.system", "!!python/object/new:os.system",
-                                 "!!python/name:os.system", "!!python/object:collections.OrderedDict"])
+
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "!!python/object/apply:os.system",
+        "!!python/object/new:os.system",
+        "!!python/name:os.system",
+        "!!python/object:collections.OrderedDict",
+    ],
+)
 def test_a_python_tag_is_rejected_and_nothing_is_constructed(tmp_path, tag):
     flag = tmp_path / "constructed"
-    path = write(tmp_path / "evil.yaml", f"model: x\nlevels: {tag} [\"touch {flag}\"]\n")
+    path = write(tmp_path / "evil.yaml", f'model: x\nlevels: {tag} ["touch {flag}"]\n')
     (problem,) = problems_of(path)
-    assert problem == (f"<yaml> line 2: tag '{tag}' is not allowed: a pipeline is plain data "
-                       "(mappings, lists, strings, numbers, booleans, null)")
+    assert problem == (
+        f"<yaml> line 2: tag '{tag}' is not allowed: a pipeline is plain data "
+        "(mappings, lists, strings, numbers, booleans, null)"
+    )
     assert not flag.exists()
 
 
@@ -342,11 +392,20 @@ def test_a_python_tag_in_an_override_is_rejected(tmp_path):
     assert not flag.exists()
 
 
-@pytest.mark.parametrize("parent", [
-    "http://example.com/p.yaml", "https://example.com/p.yaml", "file:///etc/p.yaml", "ftp://example.com/p.yaml",
-    "HTTPS://example.com/p.yaml", "file:/etc/p.yaml", "//host/share/p.yaml", "\\\\host\\share\\p.yaml",
-    "s3://bucket/p.yaml",
-])
+@pytest.mark.parametrize(
+    "parent",
+    [
+        "http://example.com/p.yaml",
+        "https://example.com/p.yaml",
+        "file:///etc/p.yaml",
+        "ftp://example.com/p.yaml",
+        "HTTPS://example.com/p.yaml",
+        "file:/etc/p.yaml",
+        "//host/share/p.yaml",
+        "\\\\host\\share\\p.yaml",
+        "s3://bucket/p.yaml",
+    ],
+)
 def test_extends_cannot_reach_a_url_or_a_network_path(tmp_path, parent):
     path = write(tmp_path / "u.yaml", f"extends: '{parent}'\n")
     (problem,) = problems_of(path)
@@ -371,9 +430,13 @@ def test_a_problem_in_an_extended_file_names_that_file_and_line(tmp_path):
 
 
 def test_a_bad_field_names_the_file_and_the_dotted_location(tmp_path):
-    path = write(tmp_path / "bad.yaml", "scheduler: {kind: chain, options: {k: many}}\n"
-                                        "levels: [{name: pld, kind: prompt_lookup}]\n")
+    path = write(
+        tmp_path / "bad.yaml",
+        "scheduler: {kind: chain, options: {k: many}}\nlevels: [{name: pld, kind: prompt_lookup}]\n",
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert str(info.value) == (f"invalid pipeline {path}: scheduler.options.k: "
-                               "Input should be a valid integer, unable to parse string as an integer")
+    assert str(info.value) == (
+        f"invalid pipeline {path}: scheduler.options.k: "
+        "Input should be a valid integer, unable to parse string as an integer"
+    )

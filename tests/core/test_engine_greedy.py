@@ -6,26 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from cas_spec import load_pipeline
 from cas_spec.testing.models import repetitive_prompt
-from tests.conftest import IdTokenizer, tiny_llama
-
-CHAIN_PLD = {
-    "scheduler": {"kind": "chain", "options": {"level": "pld", "k": 6}},
-    "levels": [{"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "min_ngram": 1,
-                                                                     "num_tokens": 6}}],
-}
-AUTOREGRESSIVE = {"scheduler": {"kind": "autoregressive"}}
-
-
-def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-    with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
-    return out[0, len(prompt_ids):].tolist()
-
+from tests.helpers import AUTOREGRESSIVE, CHAIN_PLD, STORY_PROMPTS, IdTokenizer, hf_greedy, tiny_llama
 
 SHAPES = [
     dict(family="llama"),
@@ -53,14 +37,8 @@ def test_chain_pld_equals_plain_greedy_on_tiny_models(seed, shape):
     stats = got.stats  # the scheduler's own work is the draft time outside the levels' calls
     assert 0.0 <= stats.scheduling_seconds <= stats.draft_seconds
     assert stats.scheduling_seconds == pytest.approx(
-        max(stats.draft_seconds - sum(lv.seconds for lv in stats.levels.values()), 0.0))
-
-
-STORY_PROMPTS = [
-    "Once upon a time, there was a little girl named Lily.",
-    "Tom had a big red ball. Tom had a big red ball. He",
-    "The cat sat on the mat. The dog sat on the mat. The bird",
-]
+        max(stats.draft_seconds - sum(lv.seconds for lv in stats.levels.values()), 0.0)
+    )
 
 
 @pytest.mark.parametrize("prompt", STORY_PROMPTS)
@@ -100,8 +78,10 @@ def test_context_limit_stops_generation(stories):
     assert result.token_ids == plain.token_ids
 
 
-SPEC_BENCH = [json.loads(line) for line in
-              (Path(__file__).parents[1] / "data" / "spec_bench_one_per_group.jsonl").read_text().splitlines()]
+SPEC_BENCH = [
+    json.loads(line)
+    for line in (Path(__file__).parents[1] / "data" / "spec_bench_one_per_group.jsonl").read_text().splitlines()
+]
 
 
 @pytest.mark.real_model

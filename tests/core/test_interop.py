@@ -12,14 +12,8 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 
 import cas_spec
 from cas_spec import InputError, load_pipeline
-from tests.conftest import IdTokenizer, tiny_llama
+from tests.helpers import AUTOREGRESSIVE, CHAIN_PLD, IdTokenizer, tiny_llama
 
-CHAIN_PLD = {
-    "scheduler": {"kind": "chain", "options": {"level": "pld", "k": 6}},
-    "levels": [{"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "min_ngram": 1,
-                                                                     "num_tokens": 6}}],
-}
-AUTOREGRESSIVE = {"scheduler": {"kind": "autoregressive"}}
 PIPELINES = {"chain-pld": CHAIN_PLD, "autoregressive": AUTOREGRESSIVE}
 TINY_PROMPT = [9, 31, 44, 5, 17, 60, 23, 9, 31, 44, 5, 17, 60, 23, 9, 31, 44]
 STORY = "Tom had a big red ball. Tom had a big red ball. He"
@@ -28,8 +22,14 @@ STORY = "Tom had a big red ball. Tom had a big red ball. He"
 def hf_generate(model, prompt_ids: list[int], **kwargs):
     with torch.inference_mode():
         ids = torch.tensor([prompt_ids])
-        return model.generate(ids, attention_mask=torch.ones_like(ids),
-                              pad_token_id=0, output_scores=True, return_dict_in_generate=True, **kwargs)
+        return model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            pad_token_id=0,
+            output_scores=True,
+            return_dict_in_generate=True,
+            **kwargs,
+        )
 
 
 def assert_same_scores(ours, theirs, atol=1e-4):
@@ -44,6 +44,7 @@ def assert_same_scores(ours, theirs, atol=1e-4):
 
 
 # -- output_scores and sequences -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", PIPELINES)
 def test_greedy_scores_equal_generate_on_a_tiny_model(name):
@@ -78,8 +79,9 @@ def test_scores_are_none_unless_asked_and_stop_at_eos():
     assert plain.sequences.tolist() == [TINY_PROMPT + plain.token_ids]
     eos = plain.token_ids[5]  # stop where that token first appears, as EOS
     cut = plain.token_ids.index(eos) + 1
-    result = pipe.generate(TINY_PROMPT, max_new_tokens=12, output_scores=True,
-                           generation_config=GenerationConfig(eos_token_id=eos))
+    result = pipe.generate(
+        TINY_PROMPT, max_new_tokens=12, output_scores=True, generation_config=GenerationConfig(eos_token_id=eos)
+    )
     assert result.token_ids == plain.token_ids[:cut] and result.stats.stop_reason == "eos"
     assert len(result.scores) == cut
     assert [int(s.argmax()) for s in result.scores] == result.token_ids
@@ -98,7 +100,7 @@ def test_sampled_scores_are_the_warped_target_logits_of_a_speculative_pipeline()
     config = GenerationConfig(do_sample=True, temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=24)
     result = pipe.generate(TINY_PROMPT, generation_config=config, seed=1, output_scores=True)
     with torch.inference_mode():  # the target's logits at each new position, by teacher forcing
-        logits = model(result.sequences).logits[0, len(TINY_PROMPT) - 1:-1].float()
+        logits = model(result.sequences).logits[0, len(TINY_PROMPT) - 1 : -1].float()
     expected = [transformers_warp(row[None], 0.7, 20, 0.9) for row in logits]
     assert_same_scores(result.scores, expected)
     assert all(torch.isfinite(s[0, t]) for s, t in zip(result.scores, result.token_ids))
@@ -107,7 +109,7 @@ def test_sampled_scores_are_the_warped_target_logits_of_a_speculative_pipeline()
 def test_sampling_with_a_generation_config_is_model_generate_under_the_same_seed(stories):
     """Plain decoding through the engine draws exactly what `generate` draws from torch's RNG."""
     model, tokenizer = stories
-    pipe = load_pipeline({**AUTOREGRESSIVE, "calibration": "off"}, model=model, tokenizer=tokenizer)
+    pipe = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer)
     config = GenerationConfig(do_sample=True, temperature=0.8, top_p=0.9, max_new_tokens=32)  # top_k: 50
     prompt_ids = tokenizer("Once upon a time")["input_ids"]
     for seed in (0, 1):
@@ -120,6 +122,7 @@ def test_sampling_with_a_generation_config_is_model_generate_under_the_same_seed
 
 
 # -- generation_config ----------------------------------------------------------------------------
+
 
 def test_generation_config_sampling_equals_the_same_keywords():
     pipe = load_pipeline(CHAIN_PLD, model=tiny_llama(6), tokenizer=IdTokenizer())
@@ -135,8 +138,10 @@ def test_keywords_override_the_generation_config():
     pipe = load_pipeline(CHAIN_PLD, model=model, tokenizer=IdTokenizer())
     config = GenerationConfig(do_sample=True, temperature=0.7, max_new_tokens=20)
     greedy = pipe.generate(TINY_PROMPT, generation_config=config, temperature=0, max_new_tokens=7)
-    assert greedy.token_ids == hf_generate(model, TINY_PROMPT, max_new_tokens=7, do_sample=False).sequences[
-        0, len(TINY_PROMPT):].tolist()
+    assert (
+        greedy.token_ids
+        == hf_generate(model, TINY_PROMPT, max_new_tokens=7, do_sample=False).sequences[0, len(TINY_PROMPT) :].tolist()
+    )
     greedy_config = GenerationConfig(do_sample=False, max_new_tokens=9)
     sampled = pipe.generate(TINY_PROMPT, generation_config=greedy_config, temperature=0.9, seed=2)
     assert sampled.token_ids == pipe.generate(TINY_PROMPT, max_new_tokens=9, temperature=0.9, seed=2).token_ids
@@ -146,9 +151,16 @@ def test_generation_config_length_and_the_models_own_config():
     model = tiny_llama(6)
     pipe = load_pipeline(CHAIN_PLD, model=model, tokenizer=IdTokenizer())
     assert len(pipe.generate(TINY_PROMPT, generation_config=GenerationConfig(max_length=25)).token_ids) == 25 - len(
-        TINY_PROMPT)
-    assert len(pipe.generate(TINY_PROMPT, generation_config=GenerationConfig(pad_token_id=0, max_new_tokens=4,
-                                                                             use_cache=True)).token_ids) == 4
+        TINY_PROMPT
+    )
+    assert (
+        len(
+            pipe.generate(
+                TINY_PROMPT, generation_config=GenerationConfig(pad_token_id=0, max_new_tokens=4, use_cache=True)
+            ).token_ids
+        )
+        == 4
+    )
     # unset fields come from model.generation_config, as in `generate`
     model.generation_config.do_sample, model.generation_config.top_k = True, 3
     config = GenerationConfig(max_new_tokens=10)
@@ -164,9 +176,11 @@ def test_generation_config_options_that_cannot_be_honoured_are_named():
     message = str(info.value)
     for fragment in ("num_beams=2", "repetition_penalty=1.2", "num_return_sequences=2", "no_repeat_ngram_size=3"):
         assert fragment in message
-    for config, fragment in [(GenerationConfig(do_sample=True, temperature=0.0), "temperature > 0"),
-                             (GenerationConfig(max_length=5), "max_length=5 leaves no room"),
-                             (GenerationConfig(bad_words_ids=[[3]], min_p=0.1), "bad_words_ids=[[3]], min_p=0.1")]:
+    for config, fragment in [
+        (GenerationConfig(do_sample=True, temperature=0.0), "temperature > 0"),
+        (GenerationConfig(max_length=5), "max_length=5 leaves no room"),
+        (GenerationConfig(bad_words_ids=[[3]], min_p=0.1), "bad_words_ids=[[3]], min_p=0.1"),
+    ]:
         with pytest.raises(InputError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
             pipe.generate(TINY_PROMPT, generation_config=config)
     # neutral values of the same options are fine
@@ -175,6 +189,7 @@ def test_generation_config_options_that_cannot_be_honoured_are_named():
 
 
 # -- streamer -------------------------------------------------------------------------------------
+
 
 class Recorder:
     def __init__(self, fail_on: int | None = None):
@@ -254,6 +269,7 @@ def test_text_iterator_streamer_streams_what_generate_streams(stories):
 
 
 # -- prompts as tensors, and cas_spec.generate ------------------------------------------------------
+
 
 def test_prompt_as_tensor_or_tokenizer_output(stories):
     model, tokenizer = stories

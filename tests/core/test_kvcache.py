@@ -21,7 +21,7 @@ from cas_spec.core.kvcache import BLOCK, CacheHistoryError, KVCache
 from cas_spec.core.tree import TreeBuilder, tree_position_ids
 from cas_spec.kernels import attention_kernel
 from cas_spec.testing.models import ARCHITECTURES, IdTokenizer, repetitive_prompt, tiny_gemma3, tiny_llama
-from tests.core.test_engine_greedy import AUTOREGRESSIVE, CHAIN_PLD, hf_greedy
+from tests.helpers import AUTOREGRESSIVE, CHAIN_PLD, hf_greedy
 
 ATTENTIONS = ("eager", "sdpa", "cas_sdpa")
 VOCAB = 96
@@ -43,8 +43,13 @@ def random_tokens(seed: int, n: int) -> list[int]:
 def forward(model, cache, ids: list[int], start: int, mask=None) -> torch.Tensor:
     """[len(ids), V] logits of `ids` at positions start... through `cache`."""
     with torch.inference_mode():
-        return model(torch.tensor([ids]), past_key_values=cache, use_cache=True, attention_mask=mask,
-                     position_ids=torch.arange(start, start + len(ids))[None]).logits[0]
+        return model(
+            torch.tensor([ids]),
+            past_key_values=cache,
+            use_cache=True,
+            attention_mask=mask,
+            position_ids=torch.arange(start, start + len(ids))[None],
+        ).logits[0]
 
 
 def recording_cache(model) -> DynamicCache:
@@ -92,15 +97,22 @@ def assert_holds(cache: KVCache, model, tokens: list[int]) -> None:
         else:
             assert layer.held == len(tokens)
         n = layer.held
-        torch.testing.assert_close(layer.keys, want.keys[..., want.keys.shape[-2] - n:, :], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(layer.values, want.values[..., want.values.shape[-2] - n:, :], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer.keys, want.keys[..., want.keys.shape[-2] - n :, :], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer.values, want.values[..., want.values.shape[-2] - n :, :], atol=1e-5, rtol=1e-5)
 
 
 def snapshot(cache: KVCache) -> list[tuple]:
     """Lengths and the raw bits of every buffer, spare capacity included."""
-    return [(layer.length, layer.first, None if layer.buffers is None else
-             (layer.buffers.keys.clone().view(torch.int32), layer.buffers.values.clone().view(torch.int32)))
-            for layer in cache.layers]
+    return [
+        (
+            layer.length,
+            layer.first,
+            None
+            if layer.buffers is None
+            else (layer.buffers.keys.clone().view(torch.int32), layer.buffers.values.clone().view(torch.int32)),
+        )
+        for layer in cache.layers
+    ]
 
 
 def assert_unchanged(cache: KVCache, before: list[tuple]) -> None:
@@ -128,7 +140,7 @@ def test_logits_equal_a_dynamic_cache_run_through_steps_trees_commits_and_rollba
 
         both(ids[:12], 0)  # prefill past the window of 8 (Gemma 3)
         for i in range(12, 15):  # one-token steps
-            both(ids[i:i + 1], i)
+            both(ids[i : i + 1], i)
         both(ids[15:19], 15)  # a 4-token chunk, 3 of it rolled back
         ours.rollback(16)
         theirs.crop(-3)
@@ -138,14 +150,22 @@ def test_logits_equal_a_dynamic_cache_run_through_steps_trees_commits_and_rollba
         tree = build_tree(root, [(0, 5), (1, 6), (0, ids[18]), (3, 7), (3, ids[19]), (5, ids[20]), (6, 8)])
         mask = adapter.tree_attention_mask(tree, 17, model.dtype, "cpu")
         with torch.inference_mode():
-            got, want = (model(tree.tokens[None], past_key_values=c, use_cache=True, attention_mask=mask,
-                               position_ids=tree_position_ids(tree, 17, "cpu")).logits[0] for c in (ours, theirs))
+            got, want = (
+                model(
+                    tree.tokens[None],
+                    past_key_values=c,
+                    use_cache=True,
+                    attention_mask=mask,
+                    position_ids=tree_position_ids(tree, 17, "cpu"),
+                ).logits[0]
+                for c in (ours, theirs)
+            )
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         ours.keep(17, torch.tensor([0, 3, 5, 6]))  # commit root, ids[18], ids[19], ids[20]
         assert_holds(ours, model, ids[:21])
         theirs = rebuilt(model, ids[:21])  # transformers has no tree commit: recompute
         for i in range(21, 30):
-            both(ids[i:i + 1], i)
+            both(ids[i : i + 1], i)
         ours.rollback(25)  # a verification rolled back to its committed length
         theirs.crop(-5)
         both(ids[25:27], 25)
@@ -154,11 +174,13 @@ def test_logits_equal_a_dynamic_cache_run_through_steps_trees_commits_and_rollba
 
 # -- greedy identity -----------------------------------------------------------------------------
 DSIA_TREE = {
-    "scheduler": {"kind": "dytc"}, "calibration": "off",
-    "levels": [{"name": "skip", "kind": "layer_sparsity", "options": {"skip": ["1.attention", "2.mlp"],
-                                                                     "stop_below": 0.0}},
-               {"name": "exit", "kind": "early_exit", "options": {"exit_layer": 2}},
-               {"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "min_ngram": 1}}],
+    "scheduler": {"kind": "dytc"},
+    "calibration": "off",
+    "levels": [
+        {"name": "skip", "kind": "layer_sparsity", "options": {"skip": ["1.attention", "2.mlp"], "stop_below": 0.0}},
+        {"name": "exit", "kind": "early_exit", "options": {"exit_layer": 2}},
+        {"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "min_ngram": 1}},
+    ],
 }
 
 
@@ -175,13 +197,17 @@ def test_engine_greedy_output_equals_plain_decoding_on_every_architecture(archit
 
 
 # -- random operations against recomputation -----------------------------------------------------
-operations = st.lists(st.one_of(
-    st.tuples(st.just("append"), st.integers(1, 6)),
-    st.tuples(st.just("rollback"), st.integers(0, 9)),
-    st.tuples(st.just("scribble"), st.integers(1, 5), st.lists(st.booleans(), min_size=4, max_size=4)),
-    st.tuples(st.just("tree"), st.lists(st.integers(0, 20), min_size=1, max_size=9), st.integers(0, 20)),
-    st.tuples(st.just("view"), st.integers(0, 14), st.integers(1, 4)),
-), min_size=1, max_size=10)
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(1, 6)),
+        st.tuples(st.just("rollback"), st.integers(0, 9)),
+        st.tuples(st.just("scribble"), st.integers(1, 5), st.lists(st.booleans(), min_size=4, max_size=4)),
+        st.tuples(st.just("tree"), st.lists(st.integers(0, 20), min_size=1, max_size=9), st.integers(0, 20)),
+        st.tuples(st.just("view"), st.integers(0, 14), st.integers(1, 4)),
+    ),
+    min_size=1,
+    max_size=10,
+)
 
 
 class Run:
@@ -252,8 +278,13 @@ class Run:
         mask = resolve_adapter(self.model).tree_attention_mask(tree, length, self.model.dtype, "cpu")
         self.updated()
         with torch.inference_mode():
-            self.model(tree.tokens[None], past_key_values=self.cache, use_cache=True, attention_mask=mask,
-                       position_ids=tree_position_ids(tree, length, "cpu"))
+            self.model(
+                tree.tokens[None],
+                past_key_values=self.cache,
+                use_cache=True,
+                attention_mask=mask,
+                position_ids=tree_position_ids(tree, length, "cpu"),
+            )
         keep = [0, *path_to(tree, pick % tree.size)]
         self.cache.keep(length, torch.tensor(keep))
         self.tokens += [int(tree.tokens[i]) for i in keep]
@@ -378,8 +409,13 @@ def test_a_cache_built_under_inference_mode_continues_under_no_grad_and_commits_
     forward(model, cache, ids[:20], 0)  # inference mode: inference-tensor buffers
     tree = build_tree(ids[20], [(0, 5), (0, ids[21]), (2, ids[22])])
     with torch.no_grad():
-        model(tree.tokens[None], past_key_values=cache, use_cache=True, position_ids=tree_position_ids(tree, 20, "cpu"),
-              attention_mask=resolve_adapter(model).tree_attention_mask(tree, 20, model.dtype, "cpu"))
+        model(
+            tree.tokens[None],
+            past_key_values=cache,
+            use_cache=True,
+            position_ids=tree_position_ids(tree, 20, "cpu"),
+            attention_mask=resolve_adapter(model).tree_attention_mask(tree, 20, model.dtype, "cpu"),
+        )
     cache.keep(20, torch.tensor([0, 2, 3]))  # outside any mode, as `Target.commit` runs
     assert_holds(cache, model, ids[:23])
 
@@ -394,8 +430,9 @@ def test_time_forwards_runs_on_the_cache_it_is_given():
         made.append(resolve_adapter(model).new_cache())
         return made[-1]
 
-    times = time_forwards(model, {"a": contextlib.nullcontext}, ns=(1, 3), cache_tokens=12, repeats=2,
-                          progress=False, new_cache=new_cache)
+    times = time_forwards(
+        model, {"a": contextlib.nullcontext}, ns=(1, 3), cache_tokens=12, repeats=2, progress=False, new_cache=new_cache
+    )
     assert len(times[3]["a"]) == 2 and len(made) == 1 and made[0].lengths() == [12] * 4
 
 

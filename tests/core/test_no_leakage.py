@@ -10,7 +10,7 @@ from cas_spec import load_pipeline
 from cas_spec.core.interfaces import DraftStrategy
 from cas_spec.core.plugins import build_plugins
 from cas_spec.core.types import DraftResult
-from tests.conftest import IdTokenizer, tiny_llama
+from tests.helpers import IdTokenizer, tiny_llama
 
 
 class DraftError(RuntimeError):
@@ -22,9 +22,10 @@ class CacheScribbler(DraftStrategy):
 
     name = "cache_scribbler"
     raise_on_call = None  # set per test
+    runs_target = True
 
-    def setup(self, target):
-        self.target = target
+    def setup(self, context):
+        self.target = context.target
         self.calls = 0
 
     def draft(self, state, prefix, max_tokens):
@@ -32,8 +33,12 @@ class CacheScribbler(DraftStrategy):
         target = self.target
         junk = torch.tensor([[7, 8, 9]])
         with torch.inference_mode():
-            target.model(input_ids=junk, past_key_values=target.cache, use_cache=True,
-                         position_ids=torch.arange(target.length, target.length + 3)[None])
+            target.model(
+                input_ids=junk,
+                past_key_values=target.cache,
+                use_cache=True,
+                position_ids=torch.arange(target.length, target.length + 3)[None],
+            )
         if self.raise_on_call is not None and self.calls >= self.raise_on_call:
             raise DraftError("drafter failed midway")
         return DraftResult(tokens=(11, 12, 13)[:max_tokens])
@@ -49,11 +54,16 @@ def pipeline(model):
 
     plugins = build_plugins(entry_points=(), extra=[Plugin()])
     from cas_spec.core.config import load_config
-    from cas_spec.core.pipeline import Pipeline
+    from cas_spec.pipeline import build_pipeline
 
-    config = load_config({"scheduler": {"kind": "chain", "options": {"k": 3, "adaptive": False}},
-                          "levels": [{"name": "junk", "kind": "cache_scribbler"}]}, plugins=plugins)
-    return Pipeline(config, model, IdTokenizer(), plugins=plugins)
+    config = load_config(
+        {
+            "scheduler": {"kind": "chain", "options": {"k": 3, "adaptive": False}},
+            "levels": [{"name": "junk", "kind": "cache_scribbler"}],
+        },
+        plugins=plugins,
+    )
+    return build_pipeline(config, model, IdTokenizer(), plugins=plugins)
 
 
 PROMPT = [4, 9, 16, 25, 36, 49, 64, 81, 3, 5]
@@ -95,8 +105,12 @@ def test_a_drafter_that_raises_midway_leaves_cache_and_logits_untouched(fail_on_
         torch.testing.assert_close(got.keys, want.keys[..., :-1, :], atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(got.values, want.values[..., :-1, :], atol=1e-6, rtol=1e-6)
     with torch.inference_mode():
-        next_logits = model(torch.tensor([[committed_ids[-1]]]), past_key_values=target.cache, use_cache=True,
-                            position_ids=torch.tensor([[target.length]])).logits[0, -1]
+        next_logits = model(
+            torch.tensor([[committed_ids[-1]]]),
+            past_key_values=target.cache,
+            use_cache=True,
+            position_ids=torch.tensor([[target.length]]),
+        ).logits[0, -1]
     torch.testing.assert_close(next_logits, ref_logits, atol=1e-5, rtol=1e-5)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key

@@ -18,7 +18,7 @@ from cas_spec.core.interfaces import DraftStrategy, Scheduler
 from cas_spec.core.plugins import build_plugins, get_plugins
 from cas_spec.core.registry import Registry
 from cas_spec.strategies.prompt_lookup import PromptLookup
-from tests.conftest import IdTokenizer, tiny_llama
+from tests.helpers import IdTokenizer, tiny_llama
 
 BUILTINS = {
     "strategy": ["early_exit", "layer_sparsity", "max_gram", "prompt_lookup", "quanto_activation"],
@@ -29,7 +29,7 @@ BUILTINS = {
 BUILTIN_MODULES = ["cas_spec.strategies", "cas_spec.schedulers", "cas_spec.verifiers", "cas_spec.adapters"]
 
 # A third-party plugin module: a strategy `NAME` that repeats the newest token `times` times.
-STRATEGY_PLUGIN = '''
+STRATEGY_PLUGIN = """
 from pydantic import BaseModel, ConfigDict, Field
 
 from cas_spec.core.hookspecs import hookimpl
@@ -61,7 +61,7 @@ class plugin:
 @hookimpl
 def register_strategies(registry):  # the module itself is a plugin too
     registry.add(RepeatLast)
-'''
+"""
 
 _counter = itertools.count()
 
@@ -103,6 +103,7 @@ def _no_allow_list(monkeypatch):
 
 # -- built-ins ------------------------------------------------------------------------------------
 
+
 def test_builtins_are_registered():
     plugins = build_plugins()
     assert names(plugins) == BUILTINS
@@ -121,9 +122,15 @@ def test_get_plugins_is_built_once():
 
 def test_unknown_names_list_the_available_ones():
     plugins = build_plugins()
-    with pytest.raises(UnknownPluginError, match=r"^unknown strategy 'nope'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation$"):
+    with pytest.raises(
+        UnknownPluginError,
+        match=r"^unknown strategy 'nope'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation$",
+    ):
         plugins.strategies.get("nope")
-    with pytest.raises(UnknownPluginError, match=r"^unknown scheduler 'tree'; available: autoregressive, chain, cs_drafting, dytc, lookup_tree, static_tree$"):
+    with pytest.raises(
+        UnknownPluginError,
+        match=r"^unknown scheduler 'tree'; available: autoregressive, chain, cs_drafting, dytc, lookup_tree, static_tree$",
+    ):
         plugins.schedulers.get("tree")
     with pytest.raises(UnknownPluginError, match=r"^unknown adapter 'gpt2'; available: gemma3, llama$"):
         plugins.registry("adapter").get("gpt2")
@@ -133,9 +140,12 @@ def test_unknown_names_list_the_available_ones():
 
 # -- third-party plugins --------------------------------------------------------------------------
 
+
 def pipeline_using(kind: str, **options) -> dict:
-    return {"scheduler": {"kind": "chain", "options": {"level": "third", "k": 4}},
-            "levels": [{"name": "third", "kind": kind, "options": options}]}
+    return {
+        "scheduler": {"kind": "chain", "options": {"level": "third", "k": 4}},
+        "levels": [{"name": "third", "kind": kind, "options": options}],
+    }
 
 
 def test_entry_point_plugin_registers_a_strategy_that_validates(make_module):
@@ -149,10 +159,15 @@ def test_entry_point_plugin_registers_a_strategy_that_validates(make_module):
     assert config.levels[0].kind == "repeat_last"
     with pytest.raises(ConfigError) as info:
         validate(pipeline_using("repeat_last", times=0, color=1), plugins=plugins)
-    assert sorted(info.value.problems) == ["levels.0.options.color: Extra inputs are not permitted",
-                                           "levels.0.options.times: Input should be greater than or equal to 1"]
+    assert sorted(info.value.problems) == [
+        "levels.0.options.color: Extra inputs are not permitted",
+        "levels.0.options.times: Input should be greater than or equal to 1",
+    ]
     # the process-wide plugin set (no third-party plugin) does not know it
-    with pytest.raises(ConfigError, match="unknown strategy 'repeat_last'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation"):
+    with pytest.raises(
+        ConfigError,
+        match="unknown strategy 'repeat_last'; available: early_exit, layer_sparsity, max_gram, prompt_lookup, quanto_activation",
+    ):
         validate(pipeline_using("repeat_last"))
 
 
@@ -164,15 +179,19 @@ def test_a_module_can_be_the_plugin(make_module):
 
 def test_third_party_strategy_runs_in_a_pipeline_losslessly(make_module):
     from cas_spec.core.config import PipelineConfig
-    from cas_spec.core.pipeline import Pipeline
+    from cas_spec.pipeline import build_pipeline
 
     module = strategy_plugin(make_module)
     plugins = build_plugins([entry_point("repeat", f"{module}:plugin")])
     model, tokenizer = tiny_llama(3), IdTokenizer()
     prompt = [5, 6, 7, 7, 7, 8]
-    spec = Pipeline(validate({**pipeline_using("repeat_last", times=3), "threads": None}, plugins=plugins),
-                    model, tokenizer, plugins=plugins)
-    plain = Pipeline(PipelineConfig(scheduler={"kind": "autoregressive"}, threads=None), model, tokenizer)
+    spec = build_pipeline(
+        validate({**pipeline_using("repeat_last", times=3), "threads": None}, plugins=plugins),
+        model,
+        tokenizer,
+        plugins=plugins,
+    )
+    plain = build_pipeline(PipelineConfig(scheduler={"kind": "autoregressive"}, threads=None), model, tokenizer)
     got = spec.generate(prompt, max_new_tokens=24)
     assert got.token_ids == plain.generate(prompt, max_new_tokens=24).token_ids
     assert got.stats.levels["third"].calls > 0 and got.stats.levels["third"].drafted > 0
@@ -188,8 +207,13 @@ def test_extra_objects_are_plugins(make_module):
 def test_plugin_that_fails_to_import_is_recorded_as_broken(make_module):
     good = strategy_plugin(make_module)
     bad = make_module("import cas_spec_no_such_dependency_xyz\n")
-    plugins = build_plugins([entry_point("bad", f"{bad}:plugin"), entry_point("good", f"{good}:plugin"),
-                             entry_point("missing", f"{good}:no_such_attribute")])
+    plugins = build_plugins(
+        [
+            entry_point("bad", f"{bad}:plugin"),
+            entry_point("good", f"{good}:plugin"),
+            entry_point("missing", f"{good}:no_such_attribute"),
+        ]
+    )
     assert plugins.broken == {
         "bad": "ModuleNotFoundError: No module named 'cas_spec_no_such_dependency_xyz'",
         "missing": f"AttributeError: module '{good}' has no attribute 'no_such_attribute'",
@@ -202,13 +226,13 @@ def test_plugin_that_fails_to_import_is_recorded_as_broken(make_module):
 
 def test_plugin_whose_hook_raises_is_recorded_as_broken(make_module):
     good = strategy_plugin(make_module)
-    raising = make_module('''
+    raising = make_module("""
         from cas_spec.core.hookspecs import hookimpl
 
         @hookimpl
         def register_schedulers(registry):
             raise RuntimeError("boom")
-    ''')
+    """)
     plugins = build_plugins([entry_point("raising", raising), entry_point("good", f"{good}:plugin")])
     assert plugins.broken == {"raising": "RuntimeError: boom"}
     assert "raising" not in plugins.loaded and "good" in plugins.loaded
@@ -216,13 +240,13 @@ def test_plugin_whose_hook_raises_is_recorded_as_broken(make_module):
 
 
 def test_plugin_with_a_bad_hook_signature_is_recorded_as_broken(make_module):
-    bad = make_module('''
+    bad = make_module("""
         from cas_spec.core.hookspecs import hookimpl
 
         @hookimpl
         def register_strategies(reg):
             pass
-    ''')
+    """)
     plugins = build_plugins([entry_point("bad", bad)])
     assert list(plugins.broken) == ["bad"]
     assert plugins.broken["bad"].startswith("PluginValidationError:")
@@ -231,13 +255,13 @@ def test_plugin_with_a_bad_hook_signature_is_recorded_as_broken(make_module):
 
 def test_plugin_with_a_misspelt_hook_is_broken_not_fatal(make_module):
     good = strategy_plugin(make_module)
-    typo = make_module('''
+    typo = make_module("""
         from cas_spec.core.hookspecs import hookimpl
 
         @hookimpl
         def register_stratgies(registry):
             pass
-    ''')
+    """)
     plugins = build_plugins([entry_point("typo", typo), entry_point("good", f"{good}:plugin")])
     assert list(plugins.broken) == ["typo"]
     assert "register_stratgies" in plugins.broken["typo"]
@@ -256,7 +280,8 @@ def test_plugin_cannot_take_over_a_builtin_name(make_module):
     module = strategy_plugin(make_module, "prompt_lookup")
     plugins = build_plugins([entry_point("usurper", f"{module}:plugin")])
     assert plugins.broken == {
-        "usurper": "ValueError: strategy 'prompt_lookup' registered twice: by cas_spec.strategies and by usurper"}
+        "usurper": "ValueError: strategy 'prompt_lookup' registered twice: by cas_spec.strategies and by usurper"
+    }
     assert plugins.strategies.get("prompt_lookup") is PromptLookup
 
 
@@ -276,6 +301,7 @@ def test_registry_rejects_duplicates_and_non_plugins():
 
 
 # -- the allow-list and entry-point discovery -----------------------------------------------------
+
 
 def test_allow_list_empty_loads_no_entry_point(make_module, monkeypatch):
     module = strategy_plugin(make_module)

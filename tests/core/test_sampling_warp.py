@@ -84,8 +84,10 @@ def warp_problems(draw):
         values = st.integers(-3, 3).map(float)
     else:
         values = st.one_of(st.integers(-2, 2).map(float), st.floats(-5, 5, allow_nan=False, width=32))
-    logits = torch.tensor(draw(st.lists(st.lists(values, min_size=vocab, max_size=vocab),
-                                        min_size=rows, max_size=rows)), dtype=torch.float32)
+    logits = torch.tensor(
+        draw(st.lists(st.lists(values, min_size=vocab, max_size=vocab), min_size=rows, max_size=rows)),
+        dtype=torch.float32,
+    )
     if rows == 1 and draw(st.booleans()):
         logits = logits[0]  # a single [V] row
     temperature = draw(st.sampled_from([1.0, 0.5, 2.0]) | st.floats(0.05, 5.0))

@@ -12,7 +12,7 @@ from cas_spec.core.tree import ancestor_matrix, tree_attention_mask
 from cas_spec.core.types import SamplingParams
 from cas_spec.testing.exact import tree_from_branches as build_tree
 from cas_spec.verifiers.greedy import GreedyVerifier
-from tests.conftest import tiny_llama
+from tests.helpers import tiny_llama
 
 PROMPT = [5, 17, 33, 8, 41, 12, 9, 27, 30, 14, 6, 21]
 
@@ -22,7 +22,7 @@ def greedy_continuation(model, prompt, n):
     with torch.inference_mode():
         for _ in range(n):
             ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 def full_forward(model, ids):
@@ -66,14 +66,19 @@ def test_verdict_and_cache_equal_a_plain_forward_over_the_accepted_path(seed):
     wrong = [(t + 1) % model.config.vocab_size for t in greedy]
     # The correct path sits on a later branch, below a wrong sibling, with a wrong leaf beside
     # its last accepted node, so the accepted nodes are not a contiguous prefix of the tree.
-    tree = build_tree(PROMPT[-1], [
-        (0, wrong[0]), (1, greedy[1]),          # wrong first token: a dead branch
-        (0, greedy[0]),                          # node 3
-        (3, wrong[1]),                           # node 4: wrong sibling first
-        (3, greedy[1]),                          # node 5
-        (5, greedy[2]), (5, wrong[2]),           # nodes 6, 7
-        (6, wrong[3]),                           # node 8: rejected leaf
-    ])
+    tree = build_tree(
+        PROMPT[-1],
+        [
+            (0, wrong[0]),
+            (1, greedy[1]),  # wrong first token: a dead branch
+            (0, greedy[0]),  # node 3
+            (3, wrong[1]),  # node 4: wrong sibling first
+            (3, greedy[1]),  # node 5
+            (5, greedy[2]),
+            (5, wrong[2]),  # nodes 6, 7
+            (6, wrong[3]),  # node 8: rejected leaf
+        ],
+    )
     target = prefilled_target(model)
     prefix = target.length
     verdict = GreedyVerifier().verify(tree, target.forward_tree(tree), SamplingParams(), None)
@@ -83,7 +88,7 @@ def test_verdict_and_cache_equal_a_plain_forward_over_the_accepted_path(seed):
 
     target.commit(tree, verdict.accepted_nodes)
     assert target.length == prefix + 4
-    expected_logits, expected_cache = full_forward(model, PROMPT + greedy[:3])
+    _expected_logits, expected_cache = full_forward(model, PROMPT + greedy[:3])
     for got, want in zip(target.cache.layers, expected_cache.layers):
         torch.testing.assert_close(got.keys, want.keys, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got.values, want.values, atol=1e-5, rtol=1e-5)

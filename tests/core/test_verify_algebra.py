@@ -50,8 +50,12 @@ def sibling_problems(draw):
             # Same q as an earlier sampled sibling (i.i.d. multi-draft), p itself, or a fresh q.
             earlier = [s[1] for s in specs if s[0] == "sampled"]
             choice = draw(st.sampled_from(["fresh", "p", "earlier"] if earlier else ["fresh", "p"]))
-            q = {"fresh": lambda: draw(distributions(vocab)), "p": lambda: p.clone(),
-                 "earlier": lambda: draw(st.sampled_from(earlier))}[choice]()
+            if choice == "fresh":
+                q = draw(distributions(vocab))
+            elif choice == "p":
+                q = p.clone()
+            else:
+                q = draw(st.sampled_from(earlier))
             specs.append(("sampled", q))
             sampled += 1
         else:
@@ -185,8 +189,9 @@ def step_distribution(world: World, slots: tuple, path: tuple[int, ...] = (), me
         for i, (x, w) in zip(sampled_at, draws):
             drawn[i] = x
             weight *= w
-        candidates = [(drawn[i], world.q(path, s.qid)) if s.sampled else (world.det(path, i), None)
-                      for i, s in enumerate(slots)]
+        candidates = [
+            (drawn[i], world.q(path, s.qid)) if s.sampled else (world.det(path, i), None) for i, s in enumerate(slots)
+        ]
         steps = verify.sibling_steps(p, candidates)
         reach = weight
         residual = p
@@ -351,8 +356,11 @@ def test_wrong_residual_rule_is_detected(monkeypatch, wrong):
 
 def test_accepting_sampled_drafts_unconditionally_is_detected(monkeypatch):
     """Wrong rule: accept a sampled draft whatever p says (i.e. output the draft's q)."""
-    monkeypatch.setattr(verify, "candidate_step",
-                        lambda r, t, q: SiblingStep(1.0, r) if q is not None else _correct_candidate_step(r, t, q))
+    monkeypatch.setattr(
+        verify,
+        "candidate_step",
+        lambda r, t, q: SiblingStep(1.0, r) if q is not None else _correct_candidate_step(r, t, q),
+    )
     assert _fixed_sibling_error() > 1e-2
     assert _fixed_tree_error() > 1e-2
 
@@ -384,8 +392,9 @@ def brute_force_greedy(parents, tokens, argmax):
         ok = True
         for c in path:
             par = parents[c]
-            first = min((s for s in range(1, len(parents)) if parents[s] == par and tokens[s] == argmax[par]),
-                        default=None)
+            first = min(
+                (s for s in range(1, len(parents)) if parents[s] == par and tokens[s] == argmax[par]), default=None
+            )
             ok &= tokens[c] == argmax[par] and first == c
         if ok:
             assert len(path) != len(best), "two followed paths of the same length cannot exist"

@@ -7,7 +7,7 @@ import pytest
 
 from cas_spec import load_pipeline
 from cas_spec.costs import draft_costs as dc
-from tests.conftest import IdTokenizer, tiny_llama
+from tests.helpers import STORIES, IdTokenizer, tiny_llama
 
 
 def test_the_fit_splits_a_call_cost_from_a_token_cost():
@@ -24,8 +24,11 @@ def test_calibration_drafts_each_length_in_full_although_the_level_stops_early()
     """A level that would stop after one token (stop_below 1.0) still drafts 1, 3 and 6 tokens
     while its cost is measured, so the fit sees three lengths, not one."""
     model = tiny_llama(33, layers=4, vocab=96, max_positions=512)
-    config = {"scheduler": {"kind": "chain"}, "calibration": "off",
-              "levels": [{"name": "exit1", "kind": "early_exit", "options": {"exit_layer": 1, "stop_below": 1.0}}]}
+    config = {
+        "scheduler": {"kind": "chain"},
+        "calibration": "off",
+        "levels": [{"name": "exit1", "kind": "early_exit", "options": {"exit_layer": 1, "stop_below": 1.0}}],
+    }
     pipe = load_pipeline(config, model=model, tokenizer=IdTokenizer())
     proposed = []
     draft = pipe.levels[0].strategy.draft
@@ -52,9 +55,13 @@ def test_cache_round_trip_and_signatures_follow_the_options(tmp_path, monkeypatc
     assert a != dc.level_signature("layer_sparsity", LayerSparsityOptions(sparsity=0.6))
 
 
-CONFIG = {"scheduler": {"kind": "dytc"},
-          "levels": [{"name": "exit1", "kind": "early_exit", "options": {"exit_layer": 1}},
-                     {"name": "pld", "kind": "prompt_lookup"}]}
+CONFIG = {
+    "scheduler": {"kind": "dytc"},
+    "levels": [
+        {"name": "exit1", "kind": "early_exit", "options": {"exit_layer": 1}},
+        {"name": "pld", "kind": "prompt_lookup"},
+    ],
+}
 
 
 def test_a_pipeline_measures_its_levels_once_and_reuses_the_cache(monkeypatch, tmp_path):
@@ -70,16 +77,17 @@ def test_a_pipeline_measures_its_levels_once_and_reuses_the_cache(monkeypatch, t
     model = tiny_llama(31, layers=4, vocab=96, max_positions=512)
     pipe = load_pipeline(CONFIG, model=model, tokenizer=IdTokenizer())
     assert calls == [["exit1", "pld"]]  # quick, on first use
-    costs = pipe.target.draft_costs
+    costs = pipe.calibration.drafts
     assert set(costs) == {"exit1", "pld"} and costs["exit1"].context_lengths == (300,)
+    assert pipe.costs.draft("exit1") is costs["exit1"]  # what the scheduler is handed
     for cost in costs.values():
         assert min(cost.per_call + cost.per_token) >= 0.0
     load_pipeline(CONFIG, model=model, tokenizer=IdTokenizer())
     assert len(calls) == 1  # cached
-    full = pipe.calibrate_drafts(quick=False, use_cache=True, progress=False)
+    full = load_pipeline(CONFIG, model=model, tokenizer=IdTokenizer(), calibration="full").calibration.drafts
     assert len(calls) == 2 and full["exit1"].context_lengths == (64, 300)  # 1,000 does not fit 512
-    assert pipe.calibrate_drafts(quick=True, use_cache=True, progress=False) == full  # full serves quick
-    assert len(calls) == 2
+    quick = load_pipeline(CONFIG, model=model, tokenizer=IdTokenizer(), calibration="quick").calibration.drafts
+    assert quick == full and len(calls) == 2  # the full measurement serves a quick one
     shown = dc.format_draft_costs(full, {"exit1": "early_exit", "pld": "prompt_lookup"})
     assert "exit1" in shown and "early_exit" in shown and "per token" in shown
 
@@ -87,13 +95,11 @@ def test_a_pipeline_measures_its_levels_once_and_reuses_the_cache(monkeypatch, t
 def test_without_calibration_no_draft_costs_are_measured():
     config = dict(CONFIG, calibration="off")
     pipe = load_pipeline(config, model=tiny_llama(32, layers=4), tokenizer=IdTokenizer())
-    assert pipe.target.draft_costs == {} and pipe.calibrate_drafts() == {}
+    assert pipe.calibration is None and pipe.costs.draft("exit1") is None and not pipe.costs.measured
 
 
 def test_calibration_text_is_real_text_or_seeded_ids_for_a_tokenizer_that_cannot_encode_it():
     from transformers import AutoTokenizer
-
-    from tests.conftest import STORIES
 
     ids = dc.calibration_text_ids(AutoTokenizer.from_pretrained(STORIES), 300, vocab_size=512)
     assert len(ids) >= 300 and len(set(ids)) > 50

@@ -15,7 +15,7 @@ from cas_spec.kernels.attention import (
     register_attention,
     sdpa_gqa_attention,
 )
-from tests.kernels.conftest import cached_logits, tiny
+from tests.helpers import cached_logits, gqa_llama
 
 PROMPT = 20
 
@@ -45,8 +45,15 @@ def test_without_the_mask_registration_logits_are_silently_wrong(model, ids):
 
     def unmasked(module, query, key, value, attention_mask, scaling=None, **kwargs):
         square = attention_mask is None and query.shape[2] == key.shape[2] > 1  # prefill stays causal
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
-                                             is_causal=square, enable_gqa=query.shape[1] != key.shape[1])
+        out = F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=attention_mask,
+            scale=scaling,
+            is_causal=square,
+            enable_gqa=query.shape[1] != key.shape[1],
+        )
         return out.transpose(1, 2), None
 
     AttentionInterface.register("cas_test_unmasked", unmasked)
@@ -74,7 +81,7 @@ def test_prefill_and_cached_steps_match_stock(model, ids, chunks):
 
 
 def test_padding_mask_is_honoured():
-    model = tiny(seed=3)
+    model = gqa_llama(seed=3)
     ids = torch.randint(3, 256, (2, 12))
     mask = torch.ones(2, 12, dtype=torch.long)
     mask[1, :5] = 0  # left padding in the second row
@@ -94,8 +101,13 @@ def tree_forward(model, impl, ids, tree):
         model(input_ids=ids[:, :PROMPT], past_key_values=cache, use_cache=True)
         mask = tree_attention_mask(tree, PROMPT, model.dtype)
         positions = tree_position_ids(tree, PROMPT)
-        return model(input_ids=tree.tokens[None], position_ids=positions, attention_mask=mask,
-                     past_key_values=cache, use_cache=True).logits[0]
+        return model(
+            input_ids=tree.tokens[None],
+            position_ids=positions,
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=True,
+        ).logits[0]
 
 
 def test_token_tree_with_an_additive_mask_matches_stock_and_each_path(model, ids):
@@ -127,8 +139,9 @@ def test_attention_kernel_restores_under_an_exception(model):
             assert model.config._attn_implementation == NAME
             raise RuntimeError("boom")
     assert model.config._attn_implementation == "sdpa"
-    assert all(getattr(m.config, "_attn_implementation", "sdpa") == "sdpa"
-               for m in model.modules() if hasattr(m, "config"))
+    assert all(
+        getattr(m.config, "_attn_implementation", "sdpa") == "sdpa" for m in model.modules() if hasattr(m, "config")
+    )
 
 
 def test_registration_is_idempotent_and_none_is_a_no_op(model):
@@ -149,8 +162,12 @@ def test_a_mask_changed_in_place_between_forwards_is_not_served_stale(model, ids
         cache = DynamicCache(config=model.config)
         with attention_kernel(model, impl), torch.inference_mode():
             model(input_ids=ids[:, :PROMPT], past_key_values=cache)
-            return model(input_ids=ids[:, PROMPT:PROMPT + 4], position_ids=positions, attention_mask=mask,
-                         past_key_values=cache).logits
+            return model(
+                input_ids=ids[:, PROMPT : PROMPT + 4],
+                position_ids=positions,
+                attention_mask=mask,
+                past_key_values=cache,
+            ).logits
 
     first = run(NAME)
     assert (first - run("sdpa")).abs().max().item() < 1e-5

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cas_spec.kernels import LinearPlan, attention_kernel, linear_kernels
-from tests.kernels.conftest import cached_logits, tied_tiny, tiny
+from tests.helpers import cached_logits, gqa_llama, tied_llama
 
 CHUNKS = [20, 1, 3, 8, 1, 3, 8]
 PLANS = {
@@ -18,7 +18,7 @@ PLANS = {
 
 @pytest.mark.parametrize("attention", [None, "cas_sdpa"])
 @pytest.mark.parametrize("plan", list(PLANS))
-@pytest.mark.parametrize("build", [tiny, tied_tiny], ids=["untied", "tied"])
+@pytest.mark.parametrize("build", [gqa_llama, tied_llama], ids=["untied", "tied"])
 def test_cached_steps_equal_stock(build, plan, attention):
     model = build()
     ids = torch.randint(0, 256, (1, sum(CHUNKS)), generator=torch.Generator().manual_seed(5))

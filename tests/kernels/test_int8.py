@@ -26,12 +26,13 @@ def keep_kernel_state():
     int8._why, int8._fn, int8._packed_fn, int8._quantize_fn = saved
 
 
-def exact(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-          n_in: int) -> torch.Tensor:
+def exact(
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, n_in: int
+) -> torch.Tensor:
     """The quantized product with exact integer sums and the kernel's float32 epilogue."""
     x2 = x.reshape(-1, n_in)
     xq, sx = int8.quantize_rows_reference(x2)
-    wq = int8.unpack(qweight)[:scale.shape[0], :n_in]
+    wq = int8.unpack(qweight)[: scale.shape[0], :n_in]
     acc = (xq.to(torch.int64) @ wq.to(torch.int64).t()).to(torch.float32)
     out = acc * (sx[:, None] * scale[None, :])
     if bias is not None:
@@ -54,7 +55,7 @@ def test_pack_unpack_round_trip():
     assert packed.shape == (16, 64)
     assert torch.equal(int8.unpack(packed)[:13], q) and not int8.unpack(packed)[13:].any()
     # group 0, k-step 1 starts with row 0's bytes 32..63
-    assert torch.equal(packed.view(-1)[8 * 32:9 * 32], q[0, 32:64])
+    assert torch.equal(packed.view(-1)[8 * 32 : 9 * 32], q[0, 32:64])
 
 
 def test_weight_quantization_is_symmetric_per_channel():
@@ -154,10 +155,12 @@ def test_zero_rows_and_outliers():
 def test_kernel_takes_views_and_leading_dims():
     qweight, scale, b, gen = quantized(20, 48, 3)
     wide = torch.randn(5, 80, generator=gen)
-    for x in (wide[:, 10:58],  # row stride 80: passed through without a copy
-              torch.randn(48, 6, generator=gen).t(),  # transposed: copied
-              torch.randn(2, 3, 48, generator=gen).transpose(0, 1),  # [3, 2, 48], not contiguous
-              torch.randn(48, generator=gen)):  # 1-D
+    for x in (
+        wide[:, 10:58],  # row stride 80: passed through without a copy
+        torch.randn(48, 6, generator=gen).t(),  # transposed: copied
+        torch.randn(2, 3, 48, generator=gen).transpose(0, 1),  # [3, 2, 48], not contiguous
+        torch.randn(48, generator=gen),
+    ):  # 1-D
         got = int8.linear(x, qweight, scale, b, 48)
         ref = exact(x.contiguous(), qweight, scale, b, 48)
         assert got.shape == (*x.shape[:-1], 20) and torch.equal(got, ref)
@@ -210,7 +213,7 @@ def test_twin_quantizes_each_row_on_its_own():
     """Per-token scales: a batch of rows gives what each row gives alone (unlike one scale per call)."""
     twin = int8.Int8Linear.from_float(linear_module())
     x = torch.randn(6, 100) * torch.tensor([1e-2, 1.0, 1e2, 3.0, 1e3, 0.1])[:, None]
-    rows = torch.cat([twin(x[i:i + 1]) for i in range(6)])
+    rows = torch.cat([twin(x[i : i + 1]) for i in range(6)])
     assert torch.allclose(twin(x), rows, rtol=1e-6, atol=1e-6)
 
 

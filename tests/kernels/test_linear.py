@@ -17,7 +17,7 @@ from cas_spec.kernels.linear import (
     linear_kernels,
     release_copies,
 )
-from tests.kernels.conftest import cached_logits, tied_tiny, tiny
+from tests.helpers import cached_logits, gqa_llama, tied_llama
 
 PROMPT = 20
 ONEDNN = pytest.mark.skipif("onednn" not in available_kernels(), reason="oneDNN linear ops unavailable here")
@@ -46,8 +46,19 @@ def spy(monkeypatch):
 
 def test_plan_lookup_is_a_step_function_with_a_default_above_the_table():
     plan = LinearPlan.from_mapping({1: "xwt", 2: "wxt", 4: "onednn", 8: "stock"}, default="wxt")
-    assert [plan.kernel_for(r) for r in range(0, 11)] == [
-        "stock", "xwt", "wxt", "wxt", "onednn", "onednn", "onednn", "onednn", "stock", "wxt", "wxt"]
+    assert [plan.kernel_for(r) for r in range(11)] == [
+        "stock",
+        "xwt",
+        "wxt",
+        "wxt",
+        "onednn",
+        "onednn",
+        "onednn",
+        "onednn",
+        "stock",
+        "wxt",
+        "wxt",
+    ]
     assert plan.kernels == {"xwt", "wxt", "onednn", "stock"}
     assert LinearPlan.from_mapping({1: "xwt", 3: "onednn"}).default == "onednn"
     assert LinearPlan.uniform("wxt").kernel_for(1000) == "wxt"
@@ -75,9 +86,9 @@ def test_stock_xwt_wxt_are_always_available():
 def test_every_kernel_matches_stock_for_1_to_10_new_tokens(model, kernel, spy):
     ids = torch.randint(0, 256, (1, PROMPT + 10), generator=torch.Generator().manual_seed(1))
     for n in range(1, 11):
-        reference = cached_logits(model, ids[:, :PROMPT + n], [PROMPT, n])[1]
+        reference = cached_logits(model, ids[:, : PROMPT + n], [PROMPT, n])[1]
         with linear_kernels(model, LinearPlan.uniform(kernel)):
-            got = cached_logits(model, ids[:, :PROMPT + n], [PROMPT, n])[1]
+            got = cached_logits(model, ids[:, : PROMPT + n], [PROMPT, n])[1]
         assert (got - reference).abs().max().item() < 1e-4, (kernel, n)
         assert torch.equal(got.argmax(-1), reference.argmax(-1)), (kernel, n)
     used = {k for _, k in spy}
@@ -117,7 +128,7 @@ def test_kernels_handle_bias_and_flat_inputs(kernel):
 
 
 def test_parameters_state_dict_and_tying_are_unchanged():
-    model = tied_tiny()
+    model = tied_llama()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     params = [id(p) for p in model.parameters()]
     buffers = [name for name, _ in model.named_buffers()]
@@ -218,7 +229,7 @@ def test_copies_are_cached_across_activations_and_released(model):
 
 
 def test_other_dtypes_run_stock_and_build_nothing(spy):
-    model = tiny().to(torch.float64)
+    model = gqa_llama().to(torch.float64)
     ids = torch.randint(0, 256, (1, 24))
     reference = cached_logits(model, ids, [20, 4])[1]
     with linear_kernels(model, LinearPlan.uniform("xwt")):
@@ -251,14 +262,18 @@ def test_onednn_marked_unavailable_runs_stock(model, spy):
     assert extra_memory_bytes(model, LinearPlan.uniform("onednn")) == 0
 
 
-NATIVE = pytest.mark.skipif("native" not in available_kernels(),
-                            reason=f"native kernel unavailable: {kernel_status().get('native')}")
+NATIVE = pytest.mark.skipif(
+    "native" not in available_kernels(), reason=f"native kernel unavailable: {kernel_status().get('native')}"
+)
 
 
-@pytest.mark.parametrize("kernel,function,error", [
-    pytest.param("onednn", "_onednn_linear", RuntimeError("simulated onednn failure"), marks=ONEDNN),
-    pytest.param("native", "_native_linear", OSError("simulated native failure"), marks=NATIVE),
-])
+@pytest.mark.parametrize(
+    "kernel,function,error",
+    [
+        pytest.param("onednn", "_onednn_linear", RuntimeError("simulated onednn failure"), marks=ONEDNN),
+        pytest.param("native", "_native_linear", OSError("simulated native failure"), marks=NATIVE),
+    ],
+)
 def test_a_kernel_failing_on_use_falls_back_and_says_so(model, monkeypatch, kernel, function, error):
     def broken(*args):
         raise error

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from cas_spec.kernels import native
 from cas_spec.kernels.linear import available_kernels, kernel_status
 
-NATIVE = pytest.mark.skipif("native" not in available_kernels(),
-                            reason=f"native kernel unavailable: {kernel_status().get('native')}")
+NATIVE = pytest.mark.skipif(
+    "native" not in available_kernels(), reason=f"native kernel unavailable: {kernel_status().get('native')}"
+)
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def test_native_matches_f_linear_for_odd_shapes(rows, n_in, n_out):
     for bias in (None, b):
         got, ref = native.linear(x, w, bias), F.linear(x, w, bias)
         assert got.shape == ref.shape
-        assert torch.allclose(got, ref, atol=1e-5 * max(1.0, n_in ** 0.5), rtol=1e-5), (rows, n_in, n_out)
+        assert torch.allclose(got, ref, atol=1e-5 * max(1.0, n_in**0.5), rtol=1e-5), (rows, n_in, n_out)
 
 
 @NATIVE
@@ -40,7 +41,6 @@ def test_native_takes_views_and_leading_dims():
     w = torch.randn(24, 40).t()  # [40, 24], not contiguous
     assert torch.allclose(native.linear(x, w), F.linear(x, w), atol=1e-5)
     assert native.linear(torch.randn(0, 24), w).shape == (0, 40)
-
 
 
 def test_native_can_be_switched_off(monkeypatch, keep_native_state):

@@ -13,8 +13,9 @@ from cas_spec.kernels.threads import threads
 
 def test_select_plan_times_every_kernel_and_picks_the_fastest(model):
     before = torch.get_num_threads()
-    selection = select_plan(model, ns=(1, 2, 4), cache_tokens=24, repeats=2, threads=1, progress=False,
-                            attention="cas_sdpa", tolerance=0.0)
+    selection = select_plan(
+        model, ns=(1, 2, 4), cache_tokens=24, repeats=2, threads=1, progress=False, attention="cas_sdpa", tolerance=0.0
+    )
     assert isinstance(selection, Selection)
     assert set(selection.timings) == {1, 2, 4}
     for n, row in selection.timings.items():
@@ -33,8 +34,9 @@ def test_select_plan_times_every_kernel_and_picks_the_fastest(model):
 
 
 def test_select_plan_with_tolerance_prefers_kernels_without_copies(model):
-    selection = select_plan(model, ns=(1, 3), kernels=("stock", "xwt"), cache_tokens=16, repeats=1,
-                            progress=False, tolerance=100.0)
+    selection = select_plan(
+        model, ns=(1, 3), kernels=("stock", "xwt"), cache_tokens=16, repeats=1, progress=False, tolerance=100.0
+    )
     assert selection.plan == LinearPlan.from_mapping({1: "stock", 3: "stock"})
     assert cached_copy_bytes(model) == 0
 
@@ -66,7 +68,9 @@ def test_time_forwards_leaves_every_repeat_and_rolls_the_cache_back(model):
 
     times = time_forwards(model, {"a": Probe, "b": Probe}, ns=(1, 3), cache_tokens=10, repeats=3, progress=False)
     assert {n: {k: len(v) for k, v in row.items()} for n, row in times.items()} == {
-        1: {"a": 3, "b": 3}, 3: {"a": 3, "b": 3}}
+        1: {"a": 3, "b": 3},
+        3: {"a": 3, "b": 3},
+    }
     assert len(entered) == 4 * 2 * 2  # one warm-up pass plus 3 repeats
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
+from cas_spec.core.cost_model import CostView
 from cas_spec.core.interfaces import DraftStrategy
 from cas_spec.core.levels import Level
 from cas_spec.core.state import DecodingState
 from cas_spec.core.types import DraftResult, SamplingParams, StepTimings, Verdict
-from cas_spec.schedulers.acceptance import AcceptanceEstimate, best_draft_length
 from cas_spec.schedulers.chain import ChainScheduler
+from cas_spec.schedulers.estimators.acceptance import AcceptanceEstimate, best_draft_length
 
 
 class Flat:
@@ -52,9 +51,15 @@ def fake_clock(monkeypatch):
 def make(k: int = 6):
     level = Level("echo", Echo())
     scheduler = ChainScheduler(ChainScheduler.Options(k=k, probe_interval=4), [level])
-    target = SimpleNamespace(costs=Flat(), length=50)
-    state = DecodingState(tokens=[1] * 51, prompt_length=51, sampling=SamplingParams(), generator=None,
-                          target=target, max_depth=k)
+    state = DecodingState(
+        tokens=[1] * 51,
+        prompt_length=51,
+        sampling=SamplingParams(),
+        generator=None,
+        costs=CostView(Flat()),
+        context_length=50,
+        max_depth=k,
+    )
     scheduler.start(state)
     return scheduler, level, state
 
@@ -91,7 +96,7 @@ def test_a_costly_level_is_asked_only_for_what_pays_before_it_drafts():
 
 
 def test_a_level_that_costs_more_than_it_brings_is_switched_off_and_probed():
-    scheduler, level, state = make()
+    scheduler, _level, state = make()
     step(scheduler, state, accepted=0, draft_seconds_per_token=0.3)  # c = 3 forwards per token
     drafted = [step(scheduler, state, accepted=0, draft_seconds_per_token=0.3) for _ in range(8)]
     assert drafted.count(0) >= 6  # plain steps ...

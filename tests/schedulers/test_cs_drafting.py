@@ -6,7 +6,6 @@ lenient intermediate reviews, greedy identity on tiny models and stories, and se
 from __future__ import annotations
 
 from collections import Counter
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,10 +20,9 @@ from cas_spec.core.levels import Level
 from cas_spec.core.state import DecodingState
 from cas_spec.core.types import DraftResult, SamplingParams
 from cas_spec.schedulers.cs_drafting import CSDraftingScheduler, default_k_matrix, increments, lenient_step
+from cas_spec.testing.stats import chi2_critical, chi2_goodness
 from cas_spec.verifiers.sampling import SamplingVerifier
-from tests.conftest import IdTokenizer, tiny_llama
-from tests.core.test_engine_greedy import repetitive_prompt
-from tests.verifiers.test_sampling_verifier import chi2_critical, chi2_goodness
+from tests.helpers import AUTOREGRESSIVE, IdTokenizer, repetitive_prompt, tiny_llama
 
 V = 16
 MAG_TOKEN = 3
@@ -53,6 +51,7 @@ class FakeModel(DraftStrategy):
 
     name = "fake_model"
     deterministic = False
+    can_review = True
 
     def __init__(self, own: int, p_draft: float = 0.1):
         super().__init__()
@@ -79,8 +78,9 @@ def cascade(max_depth: int = 100, p_draft: float = 0.1, **options):
     levels = [Level(name, s) for name, s in strategies.items()]
     options.setdefault("k_matrix", PAPER_K)
     scheduler = CSDraftingScheduler(CSDraftingScheduler.Options(**options), levels)
-    state = DecodingState(tokens=[1, 2], prompt_length=2, sampling=SamplingParams(), generator=None,
-                          target=SimpleNamespace(length=1), max_depth=max_depth)
+    state = DecodingState(
+        tokens=[1, 2], prompt_length=2, sampling=SamplingParams(), generator=None, context_length=1, max_depth=max_depth
+    )
     scheduler.start(state)
     tree = scheduler.build_tree(state)
     return tree, strategies, {level.name: level for level in levels}
@@ -170,7 +170,7 @@ def test_max_depth_is_respected(mode, max_depth):
         free, _, _ = cascade(cascade=mode, p_draft=p_draft)
         tree, s, _ = cascade(max_depth=max_depth, cascade=mode, p_draft=p_draft)
         assert tree.size - 1 == min(max_depth, free.size - 1)
-        assert torch.equal(tree.tokens, free.tokens[:tree.size])  # with these fakes: a cut of the free chain
+        assert torch.equal(tree.tokens, free.tokens[: tree.size])  # with these fakes: a cut of the free chain
         assert all(asked <= max_depth for asked in s["mag"].asked)
         assert all(n <= max_depth for n in s["base"].reviewed + s["small"].reviewed)
 
@@ -183,10 +183,12 @@ def test_a_lookup_that_finds_nothing_hands_over_to_the_next_entry():
             return DraftResult(tokens=())
 
     levels = [Level("model", FakeModel(5, 0.9)), Level("pld", Empty()), Level("mag", FakeMaG())]
-    scheduler = CSDraftingScheduler(CSDraftingScheduler.Options(
-        k_matrix=[[2, 3, 4], [0, 3, 4], [0, 0, 4]], lookup_tokens=None), levels)
-    state = DecodingState(tokens=[1, 2], prompt_length=2, sampling=SamplingParams(), generator=None,
-                          target=SimpleNamespace(length=1), max_depth=50)
+    scheduler = CSDraftingScheduler(
+        CSDraftingScheduler.Options(k_matrix=[[2, 3, 4], [0, 3, 4], [0, 0, 4]], lookup_tokens=None), levels
+    )
+    state = DecodingState(
+        tokens=[1, 2], prompt_length=2, sampling=SamplingParams(), generator=None, context_length=1, max_depth=50
+    )
     tree = scheduler.build_tree(state)
     # model's call: pld (nothing) → MaG up to 3 + 4 = 7; model reviews, + bonus = 8 ≥ 2; pld nothing;
     # MaG up to 2 + 3 + 4 = 9.
@@ -195,24 +197,33 @@ def test_a_lookup_that_finds_nothing_hands_over_to_the_next_entry():
 
 # -- options ------------------------------------------------------------------------------------
 def config(**options):
-    return {"model": "smollm2-135m", "calibration": "off",
-            "scheduler": {"kind": "cs_drafting", "options": options},
-            "levels": [{"name": "a", "kind": "prompt_lookup"}, {"name": "b", "kind": "max_gram"}]}
+    return {
+        "model": "smollm2-135m",
+        "calibration": "off",
+        "scheduler": {"kind": "cs_drafting", "options": options},
+        "levels": [{"name": "a", "kind": "prompt_lookup"}, {"name": "b", "kind": "max_gram"}],
+    }
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"k_matrix": [[1, 2, 3], [0, 1, 1], [0, 0, 1]]}, "scheduler.options.k_matrix: expected 2 × 2"),
-    ({"k_matrix": [[1, 2], [0]]}, "k_matrix must be square"),
-    ({"k_matrix": [[1, 2], [1, 1]]}, "row 1: entries left of the diagonal are unused and must be 0"),
-    ({"k_matrix": [[1, -2], [0, 1]]}, "row 0 has a negative entry"),
-    ({"k_matrix": [[3, 2], [0, 1]], "k_form": "cumulative"}, "cumulative entries must not decrease"),
-    ({"order": ["a", "c"]}, "scheduler.options.order: no level named 'c'; levels: a, b"),
-    ({"order": ["a", "a"]}, "scheduler.options.order: level 'a' is listed more than once"),
-    ({"order": ["b"], "k_matrix": [[1, 2], [0, 1]]}, "expected 1 × 1 (one row and one column per level in order: b)"),
-    ({"leniency": 0.5}, "scheduler.options.leniency: Input should be greater than or equal to 1"),
-    ({"cascade": "diagonal"}, "scheduler.options.cascade: Input should be 'both', 'vertical' or 'horizontal'"),
-    ({"lookup_tokens": 0}, "scheduler.options.lookup_tokens: Input should be greater than or equal to 1"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"k_matrix": [[1, 2, 3], [0, 1, 1], [0, 0, 1]]}, "scheduler.options.k_matrix: expected 2 × 2"),
+        ({"k_matrix": [[1, 2], [0]]}, "k_matrix must be square"),
+        ({"k_matrix": [[1, 2], [1, 1]]}, "row 1: entries left of the diagonal are unused and must be 0"),
+        ({"k_matrix": [[1, -2], [0, 1]]}, "row 0 has a negative entry"),
+        ({"k_matrix": [[3, 2], [0, 1]], "k_form": "cumulative"}, "cumulative entries must not decrease"),
+        ({"order": ["a", "c"]}, "scheduler.options.order: no level named 'c'; levels: a, b"),
+        ({"order": ["a", "a"]}, "scheduler.options.order: level 'a' is listed more than once"),
+        (
+            {"order": ["b"], "k_matrix": [[1, 2], [0, 1]]},
+            "expected 1 × 1 (one row and one column per level in order: b)",
+        ),
+        ({"leniency": 0.5}, "scheduler.options.leniency: Input should be greater than or equal to 1"),
+        ({"cascade": "diagonal"}, "scheduler.options.cascade: Input should be 'both', 'vertical' or 'horizontal'"),
+        ({"lookup_tokens": 0}, "scheduler.options.lookup_tokens: Input should be greater than or equal to 1"),
+    ],
+)
 def test_option_problems_name_their_location(options, message):
     with pytest.raises(ConfigError) as info:
         load_config(config(**options))
@@ -274,13 +285,20 @@ def test_tree_mode_adds_the_strongest_reviewers_runners_up_as_siblings():
 def test_leniency_also_loosens_sampling_reviews():
     """At temperature 1 a reviewer accepts a MaG token (a point mass) with probability
     min(1, l · p_R(x)): with p_R = 0.1, three times as often at l = 3 as at l = 1."""
+
     def kept(leniency: float) -> float:
         strategies = {"base": FakeModel(5, 0.1), "small": FakeModel(6, 0.1), "mag": FakeMaG()}
         levels = [Level(name, strategy) for name, strategy in strategies.items()]
         scheduler = CSDraftingScheduler(CSDraftingScheduler.Options(k_matrix=PAPER_K, leniency=leniency), levels)
         generator = torch.Generator().manual_seed(0)
-        state = DecodingState(tokens=[1, 2], prompt_length=2, sampling=SamplingParams(temperature=1.0),
-                              generator=generator, target=SimpleNamespace(length=1), max_depth=100)
+        state = DecodingState(
+            tokens=[1, 2],
+            prompt_length=2,
+            sampling=SamplingParams(temperature=1.0),
+            generator=generator,
+            context_length=1,
+            max_depth=100,
+        )
         scheduler.start(state)
         trees = [scheduler.build_tree(state) for _ in range(200)]
         # MaG tokens that survived a review: beyond the last, unreviewed MaG segment of 10
@@ -302,7 +320,7 @@ class Markov(DraftStrategy):
 
     def review(self, state, prefix, tokens):
         context = [state.tokens[-1], *prefix, *tokens]
-        return self.table[torch.tensor(context[len(prefix):])]
+        return self.table[torch.tensor(context[len(prefix) :])]
 
     def draft(self, state, prefix, max_tokens):
         raise AssertionError("model levels only review in the full cascade")
@@ -334,14 +352,17 @@ def test_fake_cascade_sampling_gives_the_target_distribution(leniency, pass_laws
     target, big, small = table(2.0), table(2.0), table(2.0)
     big = 0.5 * big + 0.5 * target  # drafters that agree with the target often enough
     levels = [Level("big", Markov(big)), Level("small", Markov(small)), Level("cycle", Cycle())]
-    scheduler = CSDraftingScheduler(CSDraftingScheduler.Options(
-        k_matrix=[[2, 1, 1], [0, 1, 2], [0, 0, 2]], leniency=leniency, pass_laws=pass_laws), levels)
+    scheduler = CSDraftingScheduler(
+        CSDraftingScheduler.Options(k_matrix=[[2, 1, 1], [0, 1, 2], [0, 0, 2]], leniency=leniency, pass_laws=pass_laws),
+        levels,
+    )
     verifier, sampling = SamplingVerifier(), SamplingParams(temperature=1.0)
     runs_, counts, drafted = 10000, Counter(), 0
     generator = torch.Generator().manual_seed(1)
     for _ in range(runs_):
-        state = DecodingState(tokens=[0], prompt_length=1, sampling=sampling, generator=generator,
-                              target=SimpleNamespace(length=0), max_depth=1)
+        state = DecodingState(
+            tokens=[0], prompt_length=1, sampling=sampling, generator=generator, context_length=0, max_depth=1
+        )
         out: list[int] = []
         while len(out) < 2:
             state.max_depth = 2 - len(out)  # the engine's budget for 3 new tokens; 2 are counted
@@ -359,7 +380,6 @@ def test_fake_cascade_sampling_gives_the_target_distribution(leniency, pass_laws
 
 
 # -- greedy identity on tiny models and stories -------------------------------------------------
-AUTOREGRESSIVE = {"scheduler": {"kind": "autoregressive"}, "calibration": "off"}
 TINY_LEVELS = [
     {"name": "skip", "kind": "layer_sparsity", "options": {"skip": ["1.mlp", "2.attention"], "stop_below": 0.0}},
     {"name": "exit", "kind": "early_exit", "options": {"exit_layer": 2}},
@@ -370,15 +390,25 @@ K4 = [[2, 2, 3, 3], [0, 1, 3, 2], [0, 0, 4, 2], [0, 0, 0, 4]]
 
 
 def cs_config(levels, **options):
-    return {"scheduler": {"kind": "cs_drafting", "options": {"k_matrix": K4, **options}},
-            "levels": levels, "calibration": "off"}
+    return {
+        "scheduler": {"kind": "cs_drafting", "options": {"k_matrix": K4, **options}},
+        "levels": levels,
+        "calibration": "off",
+    }
 
 
-@pytest.mark.parametrize("options", [
-    dict(leniency=1.0), dict(leniency=3.0), dict(leniency=3.0, lookup_tokens=None),
-    dict(leniency=3.0, cascade="vertical"), dict(leniency=1.0, cascade="horizontal"),
-    dict(leniency=3.0, cascade="vertical", tree=True),
-], ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()))
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(leniency=1.0),
+        dict(leniency=3.0),
+        dict(leniency=3.0, lookup_tokens=None),
+        dict(leniency=3.0, cascade="vertical"),
+        dict(leniency=1.0, cascade="horizontal"),
+        dict(leniency=3.0, cascade="vertical", tree=True),
+    ],
+    ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()),
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_greedy_output_equals_plain_decoding_on_tiny_models(seed, options):
     model = tiny_llama(seed, layers=4)
@@ -395,10 +425,16 @@ def test_greedy_output_equals_plain_decoding_on_tiny_models(seed, options):
 @pytest.mark.parametrize("leniency", [1.0, 3.0])
 def test_greedy_output_equals_plain_decoding_on_stories(stories, leniency):
     model, tokenizer = stories
-    levels = [{"name": "skip", "kind": "layer_sparsity", "options": {"skip": ["1.mlp", "2.attention", "3.mlp"], "stop_below": 0.0}},
-              {"name": "exit", "kind": "early_exit", "options": {"exit_layer": 3}},
-              {"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "num_tokens": 6}},
-              {"name": "mag", "kind": "max_gram"}]
+    levels = [
+        {
+            "name": "skip",
+            "kind": "layer_sparsity",
+            "options": {"skip": ["1.mlp", "2.attention", "3.mlp"], "stop_below": 0.0},
+        },
+        {"name": "exit", "kind": "early_exit", "options": {"exit_layer": 3}},
+        {"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "num_tokens": 6}},
+        {"name": "mag", "kind": "max_gram"},
+    ]
     prompt = "Once upon a time, there was a little girl named Lily. She"
     plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer)
     speculative = load_pipeline(cs_config(levels, leniency=leniency), model=model, tokenizer=tokenizer)
@@ -418,8 +454,10 @@ def test_seeded_sampling_matches_the_target_distribution(leniency):
     prompt = PROMPT
     exact = two_token_distribution(model, prompt)
     levels = [TINY_LEVELS[0], TINY_LEVELS[1], {"name": "mag", "kind": "max_gram"}]
-    config = {**cs_config(levels, leniency=leniency, k_matrix=[[1, 1, 1], [0, 1, 1], [0, 0, 2]]),
-              "sampling": {"temperature": 1.0}}
+    config = {
+        **cs_config(levels, leniency=leniency, k_matrix=[[1, 1, 1], [0, 1, 1], [0, 0, 2]]),
+        "sampling": {"temperature": 1.0},
+    }
     pipe = load_pipeline(config, model=model, tokenizer=IdTokenizer())
     runs_, counts, accepted = 2500, Counter(), 0
     for seed in range(runs_):

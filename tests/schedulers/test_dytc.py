@@ -4,12 +4,14 @@ never-slower gate on real (tiny) models. Exact sampling: `test_dytc_sampling.py`
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
 from cas_spec import load_pipeline
-from cas_spec.schedulers.acceptance import WindowedAcceptance
 from cas_spec.schedulers.dytc import DytcScheduler
+from cas_spec.schedulers.estimators.acceptance import WindowedAcceptance
 from cas_spec.testing.models import IdTokenizer, repetitive_prompt, tiny_llama
 from cas_spec.testing.simulation import FlatCosts, Scripted, simulate
 from tests.helpers import AUTOREGRESSIVE, SELF_DRAFT_LEVELS
@@ -20,8 +22,10 @@ SEEDS = range(16)  # paired simulations on the same texts: single runs differ by
 
 def relative_rate(specs, reference, steps=300, since=50) -> float:
     """Mean over `SEEDS` of the tokens per simulated second of `specs` over those of `reference`."""
+
     def rate(levels, seed):
         return simulate(DytcScheduler, {}, levels, steps, seed=seed).tokens_per_second(since)
+
     return sum(rate(specs, seed) / rate(reference, seed) for seed in SEEDS) / len(SEEDS)
 
 
@@ -46,9 +50,11 @@ def test_a_good_lookup_takes_the_lead_and_the_model_stays_out_of_its_way():
 def test_a_cheap_level_extends_a_model_draft():
     lookup = Scripted("pld", alpha=0.3, lookup=True)
     result = simulate(DytcScheduler, {}, [MODEL, lookup], 200)
-    extended = [tree for tree in result.trees[50:]
-                if any(tree.levels[i] == "pld" and tree.levels[tree.parents[i]] == "model"
-                       for i in range(1, tree.size))]
+    extended = [
+        tree
+        for tree in result.trees[50:]
+        if any(tree.levels[i] == "pld" and tree.levels[tree.parents[i]] == "model" for i in range(1, tree.size))
+    ]
     assert len(extended) > 50
 
 
@@ -82,7 +88,7 @@ def test_a_level_that_never_pays_is_probed_ever_less_often():
     level = Scripted("model", alpha=0.0, per_token=0.4)
     result = simulate(DytcScheduler, {"probe_interval": 8, "max_probe_interval": 64}, [level], 400)
     probes = [i for i, t in enumerate(result.trees) if t.size > 1]
-    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
     assert all(t.size <= 2 for t in result.trees[20:])  # a probe drafts one token
     assert gaps == sorted(gaps) and gaps[-1] == 64 and gaps[0] <= 16
 
@@ -170,10 +176,11 @@ def test_windowed_acceptance_worked_example():
 def test_dytc_greedy_output_equals_plain_decoding(seed):
     model = tiny_llama(seed, layers=4)
     prompt = repetitive_prompt(seed, model.config.vocab_size)
-    config = {"scheduler": {"kind": "dytc", "options": {"warmup": 2, "probe_interval": 4}},
-              "levels": [{"name": n, **SELF_DRAFT_LEVELS[n]} for n in ("quanto_activation", "layer_sparsity",
-                                                                       "early_exit")]
-              + [{"name": "pld", "kind": "prompt_lookup"}]}
+    config = {
+        "scheduler": {"kind": "dytc", "options": {"warmup": 2, "probe_interval": 4}},
+        "levels": [{"name": n, **SELF_DRAFT_LEVELS[n]} for n in ("quanto_activation", "layer_sparsity", "early_exit")]
+        + [{"name": "pld", "kind": "prompt_lookup"}],
+    }
     plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=48)
     pipe = load_pipeline(config, model=model, tokenizer=IdTokenizer())
     got = pipe.generate(prompt, max_new_tokens=48)
@@ -184,13 +191,20 @@ def test_dytc_greedy_output_equals_plain_decoding(seed):
 def test_dytc_on_stories_with_branching_trees(stories):
     """Probes of the early-exit level every other step open branches beside the lookup's chain."""
     model, tokenizer = stories
-    config = {"scheduler": {"kind": "dytc", "options": {"siblings": 3, "sibling_min_prob": 0.01,
-                                                        "probe_interval": 2, "max_probe_interval": 2}},
-              "levels": [{"name": "exit3", "kind": "early_exit", "options": {"exit_layer": 3}},
-                         {"name": "pld", "kind": "prompt_lookup"}]}
+    config = {
+        "scheduler": {
+            "kind": "dytc",
+            "options": {"siblings": 3, "sibling_min_prob": 0.01, "probe_interval": 2, "max_probe_interval": 2},
+        },
+        "levels": [
+            {"name": "exit3", "kind": "early_exit", "options": {"exit_layer": 3}},
+            {"name": "pld", "kind": "prompt_lookup"},
+        ],
+    }
     prompt = "Once upon a time, there was a little girl named Lily. She loved to play. Once upon a time"
-    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(prompt, max_new_tokens=60,
-                                                                                      chat=False)
+    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(
+        prompt, max_new_tokens=60, chat=False
+    )
     pipe = load_pipeline(config, model=model, tokenizer=tokenizer)
     trees = []
     real = pipe.target.forward_tree
@@ -222,8 +236,10 @@ def test_the_gate_keeps_useless_drafting_near_one_forward_per_token(monkeypatch)
     try:
         results = {}
         for gate in (False, True):
-            config = {"scheduler": {"kind": "chain", "options": {"k": 4, "adaptive": False}, "gate": gate},
-                      "levels": [{"name": "exit1", "kind": "early_exit", "options": {"exit_layer": 1}}]}
+            config = {
+                "scheduler": {"kind": "chain", "options": {"k": 4, "adaptive": False}, "gate": gate},
+                "levels": [{"name": "exit1", "kind": "early_exit", "options": {"exit_layer": 1}}],
+            }
             pipe = load_pipeline(config, model=model, tokenizer=IdTokenizer())
             passes["n"] = 0
             got = pipe.generate(prompt, max_new_tokens=400)

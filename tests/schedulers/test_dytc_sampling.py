@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import copy
 import random
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from cas_spec.core.cost_model import CostView
 from cas_spec.core.interfaces import DraftStrategy
 from cas_spec.core.levels import Level
 from cas_spec.core.state import DecodingState
@@ -72,8 +72,12 @@ class SampledModel(DraftStrategy):
     def draft(self, state, prefix, max_tokens):
         tokens = tuple(self.draws.draw(DRAFT) for _ in range(max_tokens))
         alternatives = tuple(tuple((t, float(DRAFT[t])) for t in range(3) if t != x) for x in tokens)
-        return DraftResult(tokens=tokens, confidence=tuple(float(DRAFT[t]) for t in tokens),
-                           draft_probs=DRAFT.float().repeat(max_tokens, 1), alternatives=alternatives)
+        return DraftResult(
+            tokens=tokens,
+            confidence=tuple(float(DRAFT[t]) for t in tokens),
+            draft_probs=DRAFT.float().repeat(max_tokens, 1),
+            alternatives=alternatives,
+        )
 
 
 class Lookup(DraftStrategy):
@@ -88,6 +92,8 @@ class Lookup(DraftStrategy):
 class Calibrated:
     """Calibrated draft costs: the model level 0.05 per token, the lookup free."""
 
+    agreement = None  # not measured: the scheduler starts from its prior
+
     def __init__(self, per_token):
         self.per_token = per_token
 
@@ -98,12 +104,25 @@ class Calibrated:
 def make_scheduler(draws: Draws, lookup: bool, **options):
     levels = [Level("model", SampledModel(draws))] + ([Level("pld", Lookup())] if lookup else [])
     costs = {"model": Calibrated(0.05)} | ({"pld": Calibrated(0.0)} if lookup else {})
-    options = {"max_draft": 3, "max_nodes": 7, "siblings": 2, "sibling_min_prob": 0.0, "warmup": 0,
-               "probe_interval": 1000, **options}
+    options = {
+        "max_draft": 3,
+        "max_nodes": 7,
+        "siblings": 2,
+        "sibling_min_prob": 0.0,
+        "warmup": 0,
+        "probe_interval": 1000,
+        **options,
+    }
     scheduler = DytcScheduler(DytcScheduler.Options(**options), levels)
-    state = DecodingState(tokens=[0] * 11, prompt_length=11, sampling=SamplingParams(temperature=1.0),
-                          generator=None, target=SimpleNamespace(costs=Steep(), length=10, draft_costs=costs),
-                          max_depth=3)
+    state = DecodingState(
+        tokens=[0] * 11,
+        prompt_length=11,
+        sampling=SamplingParams(temperature=1.0),
+        generator=None,
+        costs=CostView(Steep(), costs),
+        context_length=10,
+        max_depth=3,
+    )
     scheduler.start(state)
     return scheduler, state
 
@@ -199,13 +218,17 @@ def test_seeded_sampling_on_a_tiny_model_with_a_model_level_and_prompt_lookup():
     from tests.helpers import PROMPT, peaked_tiny_model, record_trees, two_token_distribution
 
     model = peaked_tiny_model()
-    config = {"scheduler": {"kind": "dytc", "options": {"siblings": 2, "sibling_min_prob": 0.0}},
-              "levels": [{"name": "exit2", "kind": "early_exit", "options": {"exit_layer": 2}},
-                         {"name": "pld", "kind": "prompt_lookup"}],
-              "sampling": {"temperature": 1.0}, "calibration": "off"}
+    config = {
+        "scheduler": {"kind": "dytc", "options": {"siblings": 2, "sibling_min_prob": 0.0}},
+        "levels": [
+            {"name": "exit2", "kind": "early_exit", "options": {"exit_layer": 2}},
+            {"name": "pld", "kind": "prompt_lookup"},
+        ],
+        "sampling": {"temperature": 1.0},
+        "calibration": "off",
+    }
     pipe = load_pipeline(config, model=model, tokenizer=IdTokenizer())
-    pipe.target.costs = SlopedCosts(0.1)
-    pipe.target.draft_costs = {"exit2": PriorCost(0.0, 0.05), "pld": PriorCost(0.0, 0.0)}
+    pipe.costs = CostView(SlopedCosts(0.1), {"exit2": PriorCost(0.0, 0.05), "pld": PriorCost(0.0, 0.0)})
     runs, counts = 3000, {}
     with frozen_clock(pipe):  # the costs above decide, not this machine's timings
         for seed in range(30):  # warm: what DyTC learns carries over between generations

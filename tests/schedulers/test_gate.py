@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
+from cas_spec.core.cost_model import CostView
 from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import StepTimings, Verdict
@@ -34,14 +36,13 @@ class Costs:
         return 1.0 + 0.2 * (n - 1)  # a two-node tree costs 1.2 plain steps
 
 
-TARGET = SimpleNamespace(costs=Costs(), length=50)
+COSTS = CostView(Costs())
 
 
-def run(gate: NeverSlowerGate, speculative_step, steps: int, target=None) -> list[bool]:
+def run(gate: NeverSlowerGate, speculative_step, steps: int, costs=None) -> list[bool]:
     """Drive `gate` through one generation of `steps` steps; `speculative_step(i)` gives (tokens,
     seconds) of a speculative step i. Returns, per step, whether it was speculative."""
-    target = target or SimpleNamespace(costs=Costs(), length=50)
-    state = SimpleNamespace(root_token=1, step=0, target=target)
+    state = SimpleNamespace(root_token=1, step=0, costs=costs or CostView(Costs()), context_length=50)
     gate.start(state)
     spoke = []
     for i in range(steps):
@@ -69,7 +70,7 @@ def test_a_drafter_slower_than_plain_decoding_is_switched_off_and_probed_ever_le
     spoke = run(gate, lambda i: (1, 2.0 * FORWARD), 1000)
     assert sum(spoke) < 45  # under 5 % of the steps: the first ones and short probes
     starts = [i for i in range(1, 1000) if spoke[i] and not spoke[i - 1]]
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert gaps == sorted(gaps) and len(gaps) >= 3
 
 
@@ -86,10 +87,10 @@ def test_a_drafter_that_stops_paying_is_caught_and_one_that_recovers_is_taken_ba
 
 def test_what_the_gate_learned_carries_over_to_the_next_generation_of_the_pipeline():
     gate = NeverSlowerGate(Inner())
-    first = run(gate, lambda i: (1, 2.0 * FORWARD), 40, target=TARGET)
+    first = run(gate, lambda i: (1, 2.0 * FORWARD), 40, costs=COSTS)
     assert first[:3] == [True] * 3 and gate.plain_until > 40  # switched off, holding past the end
     left = gate.plain_until - 40
-    second = run(gate, lambda i: (1, 2.0 * FORWARD), 40, target=TARGET)
+    second = run(gate, lambda i: (1, 2.0 * FORWARD), 40, costs=COSTS)
     assert not any(second[:left])  # the next prompt does not pay for finding out again
     fresh = run(NeverSlowerGate(Inner()), lambda i: (1, 2.0 * FORWARD), 5)
     assert all(fresh)  # a new pipeline starts by speculating

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from cas_spec.core.cost_model import UNCALIBRATED, CostView
 from cas_spec.core.types import StepTimings
-from cas_spec.schedulers.latency import UNMEASURED_TOKEN_COST, LatencyModel, LevelCost
+from cas_spec.schedulers.estimators.latency import UNMEASURED_TOKEN_COST, LatencyModel, LevelCost
 
 
 def test_per_call_and_per_token_costs_are_recovered_from_mixed_steps():
@@ -38,7 +39,7 @@ class FakeLevel:
 
 def test_draft_costs_are_in_units_of_a_one_token_target_forward():
     level = FakeLevel("int8")
-    model = LatencyModel(Table(), [level], decay=0.5)
+    model = LatencyModel(CostView(Table()), [level], decay=0.5)
     assert model.draft("int8", 1, 3) == 3 * UNMEASURED_TOKEN_COST  # unmeasured: priced conservatively, never free
     for _ in range(4):
         level.calls, level.proposed, level.seconds = level.calls + 1, level.proposed + 3, level.seconds + 0.15
@@ -46,7 +47,7 @@ def test_draft_costs_are_in_units_of_a_one_token_target_forward():
     assert model.forward_seconds == pytest.approx(0.2)  # 0.4 s for 5 tokens, which cost 2 forwards
     assert model.draft("int8", 1, 3) == pytest.approx(0.75)  # 0.15 s / 0.2 s
     assert model.verify(9, 100) == 3.0
-    assert LatencyModel(None).verify(11, 0) == pytest.approx(2.0)
+    assert LatencyModel(UNCALIBRATED).verify(11, 0) == pytest.approx(2.0)
 
 
 def test_calibrated_draft_costs_price_a_level_until_it_is_measured_online():
@@ -54,7 +55,7 @@ def test_calibrated_draft_costs_price_a_level_until_it_is_measured_online():
 
     level = FakeLevel("skip")
     prior = LevelDraftCost(context_lengths=(64, 1000), per_call=(0.1, 0.3), per_token=(0.5, 0.7))
-    model = LatencyModel(Table(), [level], decay=0.5, draft_costs={"skip": prior})
+    model = LatencyModel(CostView(Table(), {"skip": prior}), [level], decay=0.5)
     assert model.draft("skip", 1, 2, context=64) == pytest.approx(1.1)
     assert model.draft("skip", 1, 2, context=532) == pytest.approx(0.2 + 2 * 0.6)  # interpolated
     assert model.draft("skip", 1, 2, context=5000) == pytest.approx(1.7)  # the last context holds beyond

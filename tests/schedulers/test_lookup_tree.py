@@ -5,17 +5,16 @@ stories fixture."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cas_spec import load_pipeline
+from cas_spec.core.cost_model import UNCALIBRATED, CostView
 from cas_spec.core.interfaces import DraftStrategy
 from cas_spec.core.levels import Level
 from cas_spec.core.state import DecodingState
-from cas_spec.core.types import DraftResult, SamplingParams, StepTimings, Verdict
+from cas_spec.core.types import Candidate, DraftResult, SamplingParams, StepTimings, Verdict
 from cas_spec.schedulers.lookup_tree import (
     LookupTreeOptions,
     LookupTreeScheduler,
@@ -25,13 +24,10 @@ from cas_spec.schedulers.lookup_tree import (
     merged_tree,
 )
 from cas_spec.strategies.prompt_lookup import Match, NgramIndex, PromptLookup, PromptLookupOptions
-from tests.conftest import IdTokenizer, tiny_llama
-from tests.core.test_engine_greedy import repetitive_prompt
-from tests.helpers import record_trees
-from tests.strategies.test_self_draft import AUTOREGRESSIVE
-
+from tests.helpers import AUTOREGRESSIVE, IdTokenizer, record_trees, repetitive_prompt, tiny_llama
 
 # -- the index: several matches --------------------------------------------------------------------
+
 
 def oracle_candidates(tokens: list[int], min_ngram: int, max_ngram: int, occurrences: int, count: int) -> list[Match]:
     """Longest n first; per n the `occurrences` latest ends e (n ≤ e ≤ len − 1) whose n-gram equals
@@ -41,7 +37,7 @@ def oracle_candidates(tokens: list[int], min_ngram: int, max_ngram: int, occurre
     for n in range(max_ngram, min_ngram - 1, -1):
         if L <= n:
             continue
-        ends = sorted((e for e in range(n, L) if tokens[e - n:e] == tokens[L - n:]), reverse=True)
+        ends = sorted((e for e in range(n, L) if tokens[e - n : e] == tokens[L - n :]), reverse=True)
         for j, e in enumerate(ends[:occurrences]):
             if e not in seen and len(out) < count:
                 seen.add(e)
@@ -50,8 +46,14 @@ def oracle_candidates(tokens: list[int], min_ngram: int, max_ngram: int, occurre
 
 
 @settings(max_examples=200)
-@given(text=st.lists(st.integers(0, 3), max_size=60), min_ngram=st.integers(1, 3), extra=st.integers(0, 3),
-       occurrences=st.integers(1, 4), count=st.integers(1, 8), cut=st.integers(0, 60))
+@given(
+    text=st.lists(st.integers(0, 3), max_size=60),
+    min_ngram=st.integers(1, 3),
+    extra=st.integers(0, 3),
+    occurrences=st.integers(1, 4),
+    count=st.integers(1, 8),
+    cut=st.integers(0, 60),
+)
 def test_candidates_match_a_brute_force_oracle_as_the_index_grows(text, min_ngram, extra, occurrences, count, cut):
     index = NgramIndex(min_ngram, min_ngram + extra, occurrences)
     index.extend(text[:cut])  # grown in two parts: incremental indexing keeps the earlier ends
@@ -70,15 +72,14 @@ def test_prompt_lookup_candidates_are_drafts_from_each_match():
     A, B, C, D, E, X = 11, 22, 33, 44, 55, 99
     text = [A, B, C, X, A, B, D, E, A, B, E, B, A, B]
     strategy = PromptLookup(PromptLookupOptions(min_ngram=1, max_ngram=2, num_tokens=3))
-    strategy.keep_occurrences(3)
-    state = DecodingState(tokens=list(text), prompt_length=len(text), sampling=SamplingParams(),
-                          generator=None, target=None)
+    strategy.offer_candidates(3)
+    state = DecodingState(tokens=list(text), prompt_length=len(text), sampling=SamplingParams(), generator=None)
     strategy.start(state)
     got = strategy.candidates(state, (), 3, 4)
-    assert [(m.n, m.occurrence) for m, _ in got] == [(2, 0), (2, 1), (2, 2), (1, 0)]
-    assert [d.tokens for _, d in got] == [(E, B, A), (D, E, A), (C, X, A), (A, B, A)]
-    assert got[0][1] == strategy.draft(state, (), 3)  # the first is exactly the single-match draft
-    assert all(d.confidence == (float(m.n),) * 3 for m, d in got)
+    assert [c.key for c in got] == [(2, 0), (2, 1), (2, 2), (1, 0)]
+    assert [c.draft.tokens for c in got] == [(E, B, A), (D, E, A), (C, X, A), (A, B, A)]
+    assert got[0].draft == strategy.draft(state, (), 3)  # the first is exactly the single-match draft
+    assert all(c.draft.confidence == (float(c.key[0]),) * 3 for c in got)
     assert strategy.candidates(state, (), 0, 4) == []
     plain = PromptLookup(PromptLookupOptions(min_ngram=1, max_ngram=2, num_tokens=3))
     plain.start(state)
@@ -87,28 +88,36 @@ def test_prompt_lookup_candidates_are_drafts_from_each_match():
 
 # -- fake levels ----------------------------------------------------------------------------------
 
+
 class Scripted(DraftStrategy):
     """A lookup-like strategy whose candidates are given per call."""
 
     name = "scripted"
+    offers_candidates = True
 
     def __init__(self, proposals):
         super().__init__()
         self.proposals, self.kept = proposals, 1
 
-    def keep_occurrences(self, count):
+    def offer_candidates(self, count):
         self.kept = count
 
     def draft(self, state, prefix, max_tokens):
         found = self.candidates(state, prefix, max_tokens, 1)
-        return found[0][1] if found else DraftResult(tokens=())
+        return found[0].draft if found else DraftResult(tokens=())
 
     def candidates(self, state, prefix, max_tokens, count):
         out = []
         for j, tokens in enumerate(self.proposals[:count]):
             n = 3 if j == 0 else 2
-            out.append((Match(100 + j, n, j), DraftResult(tokens=tuple(tokens[:max_tokens]),
-                                                           confidence=(float(n),) * min(len(tokens), max_tokens))))
+            out.append(
+                Candidate(
+                    (n, j),
+                    DraftResult(
+                        tokens=tuple(tokens[:max_tokens]), confidence=(float(n),) * min(len(tokens), max_tokens)
+                    ),
+                )
+            )
         return out
 
 
@@ -124,8 +133,15 @@ def make(proposals, *, costs=None, max_depth=16, **options):
     strategy = Scripted(proposals)
     level = Level("pld", strategy)
     scheduler = LookupTreeScheduler(LookupTreeOptions(**options), [level])
-    state = DecodingState(tokens=[7] * 20, prompt_length=20, sampling=SamplingParams(), generator=None,
-                          target=SimpleNamespace(costs=costs, length=19), max_depth=max_depth)
+    state = DecodingState(
+        tokens=[7] * 20,
+        prompt_length=20,
+        sampling=SamplingParams(),
+        generator=None,
+        costs=CostView(costs) if costs is not None else UNCALIBRATED,
+        context_length=19,
+        max_depth=max_depth,
+    )
     scheduler.start(state)
     return scheduler, level, state
 
@@ -161,6 +177,7 @@ def paths(tree) -> set[tuple[int, ...]]:
 
 
 # -- the tree -------------------------------------------------------------------------------------
+
 
 def test_candidates_are_merged_by_shared_prefix():
     scheduler, level, state = make([[1, 2, 3], [1, 2, 4], [5, 6], [1, 2, 3]], candidates=4, k=3)
@@ -275,14 +292,16 @@ def test_a_level_without_candidates_gives_a_chain():
             return DraftResult(tokens=tuple(range(10, 10 + max_tokens)))
 
     scheduler = LookupTreeScheduler(LookupTreeOptions(k=4), [Level("echo", Echo())])
-    state = DecodingState(tokens=[7] * 5, prompt_length=5, sampling=SamplingParams(), generator=None,
-                          target=SimpleNamespace(costs=None, length=4), max_depth=8)
+    state = DecodingState(
+        tokens=[7] * 5, prompt_length=5, sampling=SamplingParams(), generator=None, context_length=4, max_depth=8
+    )
     scheduler.start(state)
     tree = scheduler.build_tree(state)
     assert tree.is_chain and tree.tokens.tolist()[1:] == [10, 11, 12, 13]
 
 
 # -- greedy identity on models --------------------------------------------------------------------
+
 
 def branching_prompt(seed: int, vocab: int) -> list[int]:
     """A motif that occurs three times with different continuations, then its start again."""
@@ -295,10 +314,11 @@ def branching_prompt(seed: int, vocab: int) -> list[int]:
 
 
 def lookup(**options) -> dict:
-    return {"scheduler": {"kind": "lookup_tree", "options": {"level": "pld", **options}}, "calibration": "off",
-            "levels": [{"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "min_ngram": 1}}]}
-
-
+    return {
+        "scheduler": {"kind": "lookup_tree", "options": {"level": "pld", **options}},
+        "calibration": "off",
+        "levels": [{"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "min_ngram": 1}}],
+    }
 
 
 CPU_COSTS = Table(lambda n: {1: 1.0, 2: 1.7, 3: 2.16, 4: 1.79}.get(n, 1.79 + 0.04 * (n - 4)))
@@ -310,10 +330,15 @@ def test_greedy_output_equals_plain_decoding_on_tiny_models(family, costs):
     seen_all = []
     for seed in (0, 1, 2):
         model = tiny_llama(seed, family=family, layers=2)
-        for prompt in (branching_prompt(seed, model.config.vocab_size), repetitive_prompt(seed, model.config.vocab_size)):
-            plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=40)
+        for prompt in (
+            branching_prompt(seed, model.config.vocab_size),
+            repetitive_prompt(seed, model.config.vocab_size),
+        ):
+            plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(
+                prompt, max_new_tokens=40
+            )
             pipe = load_pipeline(lookup(candidates=4, k=5), model=model, tokenizer=IdTokenizer())
-            pipe.target.costs = costs
+            pipe.costs = CostView(costs) if costs is not None else UNCALIBRATED
             seen = record_trees(pipe)
             got = pipe.generate(prompt, max_new_tokens=40)
             assert got.token_ids == plain.token_ids, (seed, prompt)
@@ -324,9 +349,13 @@ def test_greedy_output_equals_plain_decoding_on_tiny_models(family, costs):
 
 def test_greedy_output_equals_plain_decoding_on_stories(stories):
     model, tokenizer = stories
-    prompt = ("Once upon a time, there was a little girl named Lily. She loved to play with her ball. "
-              "One day, Lily saw a big dog. Lily was scared of the dog. Lily saw a big cat. She")
-    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(prompt, max_new_tokens=60, chat=False)
+    prompt = (
+        "Once upon a time, there was a little girl named Lily. She loved to play with her ball. "
+        "One day, Lily saw a big dog. Lily was scared of the dog. Lily saw a big cat. She"
+    )
+    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(
+        prompt, max_new_tokens=60, chat=False
+    )
     pipe = load_pipeline(lookup(candidates=4, k=5), model=model, tokenizer=tokenizer)
     seen = record_trees(pipe)
     got = pipe.generate(prompt, max_new_tokens=60, chat=False)

@@ -4,8 +4,6 @@ tiny models and the stories fixture, and a seeded distribution test (slow)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from pydantic import ValidationError
@@ -18,14 +16,21 @@ from cas_spec.core.state import DecodingState
 from cas_spec.core.types import DraftResult, SamplingParams
 from cas_spec.core.verify import emission_distribution
 from cas_spec.schedulers.static_tree import StaticTreeOptions, StaticTreeScheduler, static_tree, width_for
-from tests.conftest import IdTokenizer, tiny_llama
-from tests.core.test_engine_greedy import repetitive_prompt
-from tests.strategies.test_self_draft import AUTOREGRESSIVE, LEVELS
-from tests.helpers import PROMPT, peaked_tiny_model, record_trees, two_token_distribution
-from tests.verifiers.test_sampling_verifier import chi2_critical, chi2_goodness
-
+from cas_spec.testing.stats import chi2_critical, chi2_goodness
+from tests.helpers import (
+    AUTOREGRESSIVE,
+    PROMPT,
+    SELF_DRAFT_LEVELS,
+    IdTokenizer,
+    peaked_tiny_model,
+    record_trees,
+    repetitive_prompt,
+    tiny_llama,
+    two_token_distribution,
+)
 
 # -- fake levels ----------------------------------------------------------------------------------
+
 
 def runners_up(chosen: int, probs: list[float], start: int = 50) -> tuple[tuple[int, float], ...]:
     return tuple((start + 10 * chosen + i, p) for i, p in enumerate(probs))
@@ -43,16 +48,25 @@ class Scripted(DraftStrategy):
     def draft(self, state, prefix, max_tokens):
         self.asked.append(max_tokens)
         conf = self.confidence[:max_tokens]
-        alts = tuple(runners_up(i, [min(c, 1 - c) * 0.9 ** j for j in range(8)]) for i, c in enumerate(conf))
-        return DraftResult(tokens=tuple(range(1, len(conf) + 1)), confidence=tuple(conf),
-                           alternatives=alts if self.alternatives else ())
+        alts = tuple(runners_up(i, [min(c, 1 - c) * 0.9**j for j in range(8)]) for i, c in enumerate(conf))
+        return DraftResult(
+            tokens=tuple(range(1, len(conf) + 1)),
+            confidence=tuple(conf),
+            alternatives=alts if self.alternatives else (),
+        )
 
 
 def make(confidence, *, max_depth=16, temperature=0.0, alternatives=True, **options):
     strategy = Scripted(confidence, alternatives)
     scheduler = StaticTreeScheduler(StaticTreeOptions(**options), [Level("s", strategy)])
-    state = DecodingState(tokens=[7] * 20, prompt_length=20, sampling=SamplingParams(temperature=temperature),
-                          generator=None, target=SimpleNamespace(costs=None, length=19), max_depth=max_depth)
+    state = DecodingState(
+        tokens=[7] * 20,
+        prompt_length=20,
+        sampling=SamplingParams(temperature=temperature),
+        generator=None,
+        context_length=19,
+        max_depth=max_depth,
+    )
     scheduler.start(state)
     return scheduler, strategy, state
 
@@ -71,6 +85,7 @@ def siblings_per_position(tree) -> list[int]:
 
 
 # -- shape ----------------------------------------------------------------------------------------
+
 
 def test_width_for_follows_swifts_thresholds():
     thresholds, widths = (0.5, 0.8, 0.95), (10, 8, 5, 3)
@@ -146,13 +161,16 @@ def test_a_level_without_alternatives_gives_a_chain():
     assert scheduler.build_tree(state).is_chain
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    (dict(thresholds=(0.5, 0.8)), r"widths needs one entry more than thresholds \(3.*got 4"),
-    (dict(widths=(10, 5)), r"widths needs one entry more than thresholds \(4.*got 2"),
-    (dict(thresholds=(0.8, 0.5, 0.95)), r"thresholds must be strictly ascending, got \[0.8, 0.5, 0.95\]"),
-    (dict(thresholds=(0.5, 1.5, 2.0)), r"thresholds must lie in \[0, 1\]"),
-    (dict(sampling_widths=(10, 5, 0, 1)), r"sampling_widths must be at least 1"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(thresholds=(0.5, 0.8)), r"widths needs one entry more than thresholds \(3.*got 4"),
+        (dict(widths=(10, 5)), r"widths needs one entry more than thresholds \(4.*got 2"),
+        (dict(thresholds=(0.8, 0.5, 0.95)), r"thresholds must be strictly ascending, got \[0.8, 0.5, 0.95\]"),
+        (dict(thresholds=(0.5, 1.5, 2.0)), r"thresholds must lie in \[0, 1\]"),
+        (dict(sampling_widths=(10, 5, 0, 1)), r"sampling_widths must be at least 1"),
+    ],
+)
 def test_options_are_validated_with_clear_messages(options, message):
     with pytest.raises(ValidationError, match=message):
         StaticTreeOptions(**options)
@@ -171,6 +189,7 @@ def test_options_errors_name_the_option_in_a_pipeline_and_the_level_must_exist()
 
 # -- exactness of the trees it builds under the sampling verifier ------------------------------------
 
+
 def top_runners_up(q: torch.Tensor, chosen: int, count: int = 8):
     top = torch.topk(q, count + 1)
     return tuple((t, p) for t, p in zip(top.indices.tolist(), top.values.tolist()) if t != chosen and p > 0)[:count]
@@ -188,8 +207,9 @@ def test_sampled_chain_token_with_point_mass_runners_up_emits_exactly_p(seed):
     for widths in [(10, 5, 3, 1), (2, 2, 2, 2), (4, 3, 2, 1)]:
         emitted = torch.zeros(vocab, dtype=torch.float64)
         for x in range(vocab):
-            draft = DraftResult(tokens=(x,), confidence=(float(q[x]),), draft_probs=q[None],
-                                alternatives=(top_runners_up(q, x),))
+            draft = DraftResult(
+                tokens=(x,), confidence=(float(q[x]),), draft_probs=q[None], alternatives=(top_runners_up(q, x),)
+            )
             tree = static_tree(0, draft, "s", (0.5, 0.8, 0.95), widths, 32)
             candidates = [(int(tree.tokens[c]), tree.draft_probs[c]) for c in tree.children[0]]
             assert candidates[0][0] == x and candidates[0][1] is not None  # the sampled token first, with q
@@ -218,10 +238,11 @@ STATIC_LEVELS = ["early_exit", "layer_sparsity", "quanto_activation"]
 
 
 def static(name: str, **options) -> dict:
-    return {"scheduler": {"kind": "static_tree", "options": {"level": name, "k": 4, **options}},
-            "levels": [{"name": name, **LEVELS[name]}], "calibration": "off"}
-
-
+    return {
+        "scheduler": {"kind": "static_tree", "options": {"level": name, "k": 4, **options}},
+        "levels": [{"name": name, **SELF_DRAFT_LEVELS[name]}],
+        "calibration": "off",
+    }
 
 
 def assert_real_trees(seen) -> None:
@@ -232,8 +253,9 @@ def assert_real_trees(seen) -> None:
 
 
 @pytest.mark.parametrize("level", STATIC_LEVELS)
-@pytest.mark.parametrize("shape", [dict(family="llama", layers=4), dict(family="qwen2", layers=4, kv_heads=1)],
-                         ids=["llama", "qwen2"])
+@pytest.mark.parametrize(
+    "shape", [dict(family="llama", layers=4), dict(family="qwen2", layers=4, kv_heads=1)], ids=["llama", "qwen2"]
+)
 def test_greedy_output_equals_plain_decoding_on_tiny_models(level, shape):
     seen_all = []
     for seed in (0, 1, 2):
@@ -252,13 +274,23 @@ def test_greedy_output_equals_plain_decoding_on_tiny_models(level, shape):
 @pytest.mark.parametrize("level", STATIC_LEVELS)
 def test_greedy_output_equals_plain_decoding_on_stories(stories, level):
     model, tokenizer = stories
-    levels = {"early_exit": {"kind": "early_exit", "options": {"exit_layer": 3}},
-              "layer_sparsity": {"kind": "layer_sparsity", "options": {"skip": ["1.mlp", "2.attention", "3.mlp"], "stop_below": 0.0}},
-              "quanto_activation": {"kind": "quanto_activation"}}
-    config = {"scheduler": {"kind": "static_tree", "options": {"k": 4, "max_nodes": 24}}, "calibration": "off",
-              "levels": [{"name": level, **levels[level]}]}
+    levels = {
+        "early_exit": {"kind": "early_exit", "options": {"exit_layer": 3}},
+        "layer_sparsity": {
+            "kind": "layer_sparsity",
+            "options": {"skip": ["1.mlp", "2.attention", "3.mlp"], "stop_below": 0.0},
+        },
+        "quanto_activation": {"kind": "quanto_activation"},
+    }
+    config = {
+        "scheduler": {"kind": "static_tree", "options": {"k": 4, "max_nodes": 24}},
+        "calibration": "off",
+        "levels": [{"name": level, **levels[level]}],
+    }
     prompt = "Once upon a time, there was a little girl named Lily. She"
-    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(prompt, max_new_tokens=60, chat=False)
+    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(
+        prompt, max_new_tokens=60, chat=False
+    )
     pipe = load_pipeline(config, model=model, tokenizer=tokenizer)
     seen = record_trees(pipe)
     got = pipe.generate(prompt, max_new_tokens=60, chat=False)
@@ -269,6 +301,7 @@ def test_greedy_output_equals_plain_decoding_on_stories(stories, level):
 
 
 # -- sampling -------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_seeded_sampling_matches_the_target_distribution():

@@ -6,10 +6,9 @@ from __future__ import annotations
 import torch
 
 from cas_spec import load_pipeline
-from cas_spec.strategies.skip_search import SkipSearch, load_cached, model_fingerprint
-from cas_spec.strategies.variants import ATTENTION, MLP, Sublayer
-from tests.conftest import IdTokenizer, tiny_llama
-from tests.strategies.test_self_draft import AUTOREGRESSIVE
+from cas_spec.strategies.dsia.skip_search import SkipSearch, load_cached, model_fingerprint
+from cas_spec.strategies.dsia.variants import ATTENTION, MLP, Sublayer
+from tests.helpers import AUTOREGRESSIVE, IdTokenizer, tiny_llama
 
 IDENTITIES = {Sublayer(1, ATTENTION), Sublayer(3, MLP), Sublayer(4, ATTENTION)}
 
@@ -19,7 +18,7 @@ def model_with_identity_sublayers(seed: int = 0):
     skipping exactly them leaves the model unchanged. The other sublayers are made to matter."""
     model = tiny_llama(seed, layers=6, hidden=32, heads=4, kv_heads=2, intermediate=64, vocab=64)
     with torch.no_grad():
-        for index, layer in enumerate(model.model.layers):
+        for _index, layer in enumerate(model.model.layers):
             layer.self_attn.o_proj.weight.mul_(4.0)
             layer.mlp.down_proj.weight.mul_(4.0)
         for sub in IDENTITIES:
@@ -29,10 +28,25 @@ def model_with_identity_sublayers(seed: int = 0):
 
 
 def searching(**options) -> dict:
-    return {"scheduler": {"kind": "chain", "options": {"k": 4, "adaptive": False}}, "calibration": "off",
-            "levels": [{"name": "skip", "kind": "layer_sparsity",
-                        "options": {"sparsity": 0.375, "window": 128, "target_score": 1.0, "search_budget": 120,
-                                    "patience": 120, "stop_below": 0.0, **options}}]}
+    return {
+        "scheduler": {"kind": "chain", "options": {"k": 4, "adaptive": False}},
+        "calibration": "off",
+        "levels": [
+            {
+                "name": "skip",
+                "kind": "layer_sparsity",
+                "options": {
+                    "sparsity": 0.375,
+                    "window": 128,
+                    "target_score": 1.0,
+                    "search_budget": 120,
+                    "patience": 120,
+                    "stop_below": 0.0,
+                    **options,
+                },
+            }
+        ],
+    }
 
 
 def random_prompt(length: int, vocab: int, seed: int = 0) -> list[int]:
@@ -48,8 +62,12 @@ def test_the_search_finds_the_identity_sublayers_and_caches_them():
     strategy = pipe.levels[0].strategy
     assert strategy.count == len(IDENTITIES)
     result = pipe.generate(prompt, max_new_tokens=100)
-    assert result.token_ids == load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(
-        prompt, max_new_tokens=100).token_ids
+    assert (
+        result.token_ids
+        == load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer())
+        .generate(prompt, max_new_tokens=100)
+        .token_ids
+    )
     search = strategy.search
     assert search.done and search.best_score == 1.0
     assert set(strategy.skip) == IDENTITIES

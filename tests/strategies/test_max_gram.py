@@ -23,9 +23,16 @@ from cas_spec.strategies.max_gram import (
     load_corpus_bigrams,
 )
 from cas_spec.strategies.prompt_lookup import NgramIndex
-from tests.conftest import IdTokenizer, tiny_llama
-from tests.core.test_engine_greedy import AUTOREGRESSIVE, STORY_PROMPTS, hf_greedy, repetitive_prompt
-from tests.strategies.test_prompt_lookup import CountingList, make_state
+from tests.helpers import (
+    AUTOREGRESSIVE,
+    STORY_PROMPTS,
+    CountingList,
+    IdTokenizer,
+    hf_greedy,
+    make_state,
+    repetitive_prompt,
+    tiny_llama,
+)
 
 
 def most_frequent_followers(texts: list[list[int]]) -> dict[int, int]:
@@ -40,8 +47,9 @@ def most_frequent_followers(texts: list[list[int]]) -> dict[int, int]:
     return table
 
 
-def oracle(tokens: list[int], prefix: tuple[int, ...], options: MaxGramOptions, max_tokens: int,
-           corpus: dict[int, int]) -> DraftResult:
+def oracle(
+    tokens: list[int], prefix: tuple[int, ...], options: MaxGramOptions, max_tokens: int, corpus: dict[int, int]
+) -> DraftResult:
     """What `MaxGram.draft(state, prefix, max_tokens)` must return, by brute force.
 
     Contract. S = tokens + prefix (L = len(S)), T = len(tokens), D = the draft so far (empty at
@@ -61,14 +69,14 @@ def oracle(tokens: list[int], prefix: tuple[int, ...], options: MaxGramOptions, 
         current = seq + out
         match = None
         for n in range(min(options.max_ngram, len(current)), 0, -1):
-            ends = [e for e in range(n, T) if seq[e - n:e] == current[-n:]]
+            ends = [e for e in range(n, T) if seq[e - n : e] == current[-n:]]
             if ends:
                 match = (min(ends) if options.occurrence == "earliest" else max(ends), n)
                 break
         if match is None:
             break
         e, n = match
-        copied = seq[e:L][:count - len(out)]
+        copied = seq[e:L][: count - len(out)]
         out += copied
         confidence += [float(n)] * len(copied)
     if options.bigram and seq:
@@ -98,17 +106,21 @@ def write_json(tmp_path, data, name="corpus.json") -> str:
 
 # -- the oracle -----------------------------------------------------------------------------------
 
+
 @settings(max_examples=300)
 @given(data=st.data())
 def test_draft_matches_brute_force_oracle_as_the_context_grows(data, tmp_path_factory):
     size = data.draw(st.integers(2, 6), label="vocabulary size")
-    alphabet = data.draw(st.lists(st.integers(0, 300), min_size=size + 2, max_size=size + 2, unique=True),
-                         label="alphabet")
+    alphabet = data.draw(
+        st.lists(st.integers(0, 300), min_size=size + 2, max_size=size + 2, unique=True), label="alphabet"
+    )
     text = data.draw(st.lists(st.sampled_from(alphabet[:size]), max_size=60), label="text")
-    options = dict(max_ngram=data.draw(st.integers(1, 6), label="max_ngram"),
-                   num_tokens=data.draw(st.integers(1, 12), label="num_tokens"),
-                   occurrence=data.draw(st.sampled_from(["earliest", "latest"]), label="occurrence"),
-                   bigram=data.draw(st.booleans(), label="bigram"))
+    options = dict(
+        max_ngram=data.draw(st.integers(1, 6), label="max_ngram"),
+        num_tokens=data.draw(st.integers(1, 12), label="num_tokens"),
+        occurrence=data.draw(st.sampled_from(["earliest", "latest"]), label="occurrence"),
+        bigram=data.draw(st.booleans(), label="bigram"),
+    )
     corpus: dict[int, int] = {}
     if options["bigram"] and data.draw(st.booleans(), label="with a corpus table"):
         # a table over the whole alphabet, including two tokens the text never holds
@@ -122,22 +134,30 @@ def test_draft_matches_brute_force_oracle_as_the_context_grows(data, tmp_path_fa
     strategy = MaxGram(options)
 
     # decoding: the committed tokens grow by 0-4 tokens before each call
-    calls = data.draw(st.lists(st.tuples(st.integers(0, 4), st.lists(st.sampled_from(alphabet), max_size=5),
-                                         st.integers(1, 16)), min_size=1, max_size=25),
-                      label="calls: (new committed tokens, prefix, max_tokens)")
-    state = make_state(text[:data.draw(st.integers(0, len(text)), label="prompt length")])
+    calls = data.draw(
+        st.lists(
+            st.tuples(st.integers(0, 4), st.lists(st.sampled_from(alphabet), max_size=5), st.integers(1, 16)),
+            min_size=1,
+            max_size=25,
+        ),
+        label="calls: (new committed tokens, prefix, max_tokens)",
+    )
+    state = make_state(text[: data.draw(st.integers(0, len(text)), label="prompt length")])
     strategy.start(state)
     for new, prefix, max_tokens in calls:
-        state.tokens += text[len(state.tokens):len(state.tokens) + new]
+        state.tokens += text[len(state.tokens) : len(state.tokens) + new]
         got = strategy.draft(state, tuple(prefix), max_tokens)
         assert got == oracle(state.tokens, tuple(prefix), options, max_tokens, corpus), (state.tokens, prefix)
         assert len(got) <= max_tokens and got.draft_probs is None
-    assert state.tokens == text[:len(state.tokens)]  # the strategy left the state alone
+    assert state.tokens == text[: len(state.tokens)]  # the strategy left the state alone
 
 
 @settings(max_examples=100)
-@given(text=st.lists(st.integers(0, 4), min_size=2, max_size=60), prefix=st.lists(st.integers(0, 4), max_size=4),
-       max_tokens=st.integers(1, 12))
+@given(
+    text=st.lists(st.integers(0, 4), min_size=2, max_size=60),
+    prefix=st.lists(st.integers(0, 4), max_size=4),
+    max_tokens=st.integers(1, 12),
+)
 def test_a_draft_continues_a_real_occurrence_of_the_longest_match(text, prefix, max_tokens):
     strategy, state = started(text, max_ngram=6, num_tokens=12, bigram=False)
     got = strategy.draft(state, tuple(prefix), max_tokens)
@@ -148,7 +168,7 @@ def test_a_draft_continues_a_real_occurrence_of_the_longest_match(text, prefix, 
         n = int(got.confidence[0])
 
         def matches(m):  # ends of committed occurrences of the m-token suffix, each followed by a token
-            return [e for e in range(m, len(text)) if sequence[e - m:e] == sequence[-m:]]
+            return [e for e in range(m, len(text)) if sequence[e - m : e] == sequence[-m:]]
 
         assert any(sequence[e] == got.tokens[0] for e in matches(n))
         assert n == 6 or not matches(n + 1)  # no longer suffix occurs
@@ -259,6 +279,7 @@ def test_start_resets_the_index_and_the_context_table():
 
 # -- the bigram chain and its tables --------------------------------------------------------------
 
+
 def test_context_table_most_frequent_follower_ties_to_the_most_recent():
     table = BigramTable()
     table.add_text([A, B, A, C, A, C, A, B])
@@ -320,19 +341,22 @@ def test_corpus_token_ids_are_counted_like_the_context(tmp_path):
     assert load_corpus_bigrams(table) == {0: 5, 3: 0}
 
 
-@pytest.mark.parametrize("content, problem", [
-    ("[1, 2", "not valid JSON"),
-    ('"tokens"', "expected a JSON list (a bigram table indexed by token id) or an object"),
-    ('{"ids": [1, 2]}', "with keys ['ids']"),
-    ("[1, -2, 3]", "entry 1 is -2; expected a token id, -1 or null"),
-    ('[1, "2"]', "entry 1 is '2'"),
-    ("[true, 1]", "entry 0 is True"),
-    ("[-1, null]", "holds no bigram"),
-    ('{"token_ids": [1, 2.5]}', "token_ids[1] is 2.5; expected a token id"),
-    ('{"token_ids": [[1, 2], [3, -1]]}', "token_ids[1][1] is -1"),
-    ('{"token_ids": [7]}', "holds no bigram"),
-    ('{"token_ids": 7}', "token_ids must be a list"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("[1, 2", "not valid JSON"),
+        ('"tokens"', "expected a JSON list (a bigram table indexed by token id) or an object"),
+        ('{"ids": [1, 2]}', "with keys ['ids']"),
+        ("[1, -2, 3]", "entry 1 is -2; expected a token id, -1 or null"),
+        ('[1, "2"]', "entry 1 is '2'"),
+        ("[true, 1]", "entry 0 is True"),
+        ("[-1, null]", "holds no bigram"),
+        ('{"token_ids": [1, 2.5]}', "token_ids[1] is 2.5; expected a token id"),
+        ('{"token_ids": [[1, 2], [3, -1]]}', "token_ids[1][1] is -1"),
+        ('{"token_ids": [7]}', "holds no bigram"),
+        ('{"token_ids": 7}', "token_ids must be a list"),
+    ],
+)
 def test_malformed_corpus_files_are_rejected_naming_path_and_problem(tmp_path, content, problem):
     path = tmp_path / "bad.json"
     path.write_text(content)
@@ -352,18 +376,26 @@ def test_missing_corpus_file_and_directory_are_rejected(tmp_path):
 
 def test_a_bad_corpus_file_fails_pipeline_validation_with_its_location(tmp_path):
     path = write_json(tmp_path, {"tokens": []})
-    config = {"scheduler": {"kind": "chain"},
-              "levels": [{"name": "mag", "kind": "max_gram", "options": {"corpus_ids": path}}]}
+    config = {
+        "scheduler": {"kind": "chain"},
+        "levels": [{"name": "mag", "kind": "max_gram", "options": {"corpus_ids": path}}],
+    }
     with pytest.raises(ConfigError, match=r"levels\.0\.options\.corpus_ids: .*corpus\.json: expected a JSON list"):
         load_config(config)
 
 
 # -- options --------------------------------------------------------------------------------------
 
+
 def test_default_options_are_frozen():
     options = MaxGramOptions()
-    assert (options.max_ngram, options.num_tokens, options.occurrence, options.bigram, options.corpus_ids) == \
-        (16, 10, "latest", True, None)
+    assert (options.max_ngram, options.num_tokens, options.occurrence, options.bigram, options.corpus_ids) == (
+        16,
+        10,
+        "latest",
+        True,
+        None,
+    )
     with pytest.raises(ValidationError):
         options.num_tokens = 3
 
@@ -374,16 +406,19 @@ def test_corpus_without_bigram_is_rejected(tmp_path):
         MaxGramOptions(corpus_ids=path, bigram=False)
 
 
-@pytest.mark.parametrize("options", [
-    {"num_tokenz": 3},
-    {"min_ngram": 2},
-    {"num_tokens": 0},
-    {"num_tokens": 257},
-    {"max_ngram": 0},
-    {"max_ngram": 65},
-    {"occurrence": "first"},
-    {"bigram": "sometimes"},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"num_tokenz": 3},
+        {"min_ngram": 2},
+        {"num_tokens": 0},
+        {"num_tokens": 257},
+        {"max_ngram": 0},
+        {"max_ngram": 65},
+        {"occurrence": "first"},
+        {"bigram": "sometimes"},
+    ],
+)
 def test_bad_options_are_rejected(options):
     with pytest.raises(ValidationError):
         MaxGramOptions(**options)
@@ -391,13 +426,15 @@ def test_bad_options_are_rejected(options):
 
 # -- cost: no scan of the context per call --------------------------------------------------------
 
+
 @pytest.mark.parametrize("occurrence", ["earliest", "latest"])
 def test_draft_cost_is_independent_of_a_4k_context(monkeypatch, occurrence):
     rng = random.Random(11)
     context, steps = 4096, 300
     sentence = [rng.randrange(49_152) for _ in range(29)]
-    text = [rng.randrange(49_152) for _ in range(context // 2)] + \
-        [sentence[i % 29] for i in range(context // 2 + 4 * steps)]
+    text = [rng.randrange(49_152) for _ in range(context // 2)] + [
+        sentence[i % 29] for i in range(context // 2 + 4 * steps)
+    ]
     options = MaxGramOptions(max_ngram=8, num_tokens=10, occurrence=occurrence)
     ngram_sum = sum(range(1, options.max_ngram + 1))
     strategy = MaxGram(options)
@@ -412,8 +449,8 @@ def test_draft_cost_is_independent_of_a_4k_context(monkeypatch, occurrence):
     drafted = 0
     for step in range(steps):
         new = rng.randint(1, 4)
-        list.extend(state.tokens, text[len(state.tokens):len(state.tokens) + new])
-        prefix = tuple(text[len(state.tokens):len(state.tokens) + step % 3])
+        list.extend(state.tokens, text[len(state.tokens) : len(state.tokens) + new])
+        prefix = tuple(text[len(state.tokens) : len(state.tokens) + step % 3])
         reads = state.tokens.reads
         result = strategy.draft(state, prefix, 10)
         drafted += len(result)
@@ -425,14 +462,18 @@ def test_draft_cost_is_independent_of_a_4k_context(monkeypatch, occurrence):
 
 # -- greedy identity ------------------------------------------------------------------------------
 
+
 def chain_mag(**options) -> dict:
-    return {"scheduler": {"kind": "chain", "options": {"level": "mag", "k": 8}},
-            "levels": [{"name": "mag", "kind": "max_gram", "options": options}]}
+    return {
+        "scheduler": {"kind": "chain", "options": {"level": "mag", "k": 8}},
+        "levels": [{"name": "mag", "kind": "max_gram", "options": options}],
+    }
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("options", [{}, {"occurrence": "earliest", "max_ngram": 4}, "corpus"],
-                         ids=["default", "earliest", "corpus"])
+@pytest.mark.parametrize(
+    "options", [{}, {"occurrence": "earliest", "max_ngram": 4}, "corpus"], ids=["default", "earliest", "corpus"]
+)
 def test_chain_max_gram_equals_plain_greedy_on_tiny_models(seed, options, tmp_path):
     model = tiny_llama(seed)
     vocab = model.config.vocab_size
@@ -445,8 +486,12 @@ def test_chain_max_gram_equals_plain_greedy_on_tiny_models(seed, options, tmp_pa
     got = speculative.generate(prompt, max_new_tokens=60)
     assert got.token_ids == expected
     assert got.stats.target_forwards <= 60
-    assert load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(
-        prompt, max_new_tokens=60).token_ids == expected
+    assert (
+        load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer())
+        .generate(prompt, max_new_tokens=60)
+        .token_ids
+        == expected
+    )
 
 
 @pytest.mark.parametrize("prompt", STORY_PROMPTS)
@@ -456,7 +501,7 @@ def test_max_gram_preset_equals_plain_greedy_on_stories(stories, prompt):
     assert [(level.name, level.strategy.name) for level in speculative.levels] == [("mag", "max_gram")]
     got = speculative.generate(prompt, max_new_tokens=200)
     plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(prompt, max_new_tokens=200)
-    assert got.token_ids == plain.token_ids == hf_greedy(model, got.prompt_token_ids, 200)[:len(plain.token_ids)]
+    assert got.token_ids == plain.token_ids == hf_greedy(model, got.prompt_token_ids, 200)[: len(plain.token_ids)]
     mag = got.stats.levels["mag"]
     assert 0 < mag.accepted <= mag.drafted
     assert got.stats.target_forwards < len(got.token_ids)  # TinyStories text repeats itself

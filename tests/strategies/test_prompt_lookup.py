@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from cas_spec.core.state import DecodingState
-from cas_spec.core.types import DraftResult, SamplingParams
+from cas_spec.core.types import DraftResult
 from cas_spec.strategies.prompt_lookup import NgramIndex, PromptLookup, PromptLookupOptions
+from tests.helpers import CountingList, make_state
 
 
-def oracle(tokens: list[int], prefix: tuple[int, ...], options: PromptLookupOptions,
-           max_tokens: int) -> DraftResult:
+def oracle(tokens: list[int], prefix: tuple[int, ...], options: PromptLookupOptions, max_tokens: int) -> DraftResult:
     """What `PromptLookup.draft(state, prefix, max_tokens)` must return, by brute force.
 
     Contract. Let S = tokens + prefix (L = len(S)) and T = len(tokens) (committed tokens).
@@ -35,8 +35,8 @@ def oracle(tokens: list[int], prefix: tuple[int, ...], options: PromptLookupOpti
     for n in range(options.max_ngram, options.min_ngram - 1, -1):
         if L < n:
             continue
-        suffix = seq[L - n:]
-        ends = [e for e in range(n, T) if seq[e - n:e] == suffix]
+        suffix = seq[L - n :]
+        ends = [e for e in range(n, T) if seq[e - n : e] == suffix]
         if not ends:
             continue
         e = max(ends)
@@ -48,11 +48,6 @@ def oracle(tokens: list[int], prefix: tuple[int, ...], options: PromptLookupOpti
     return DraftResult(tokens=())
 
 
-def make_state(tokens: list[int]) -> DecodingState:
-    return DecodingState(tokens=tokens, prompt_length=len(tokens), sampling=SamplingParams(),
-                         generator=None, target=None)
-
-
 def started(tokens: list[int], **options) -> tuple[PromptLookup, DecodingState]:
     strategy = PromptLookup(PromptLookupOptions(**options))
     state = make_state(list(tokens))
@@ -62,12 +57,12 @@ def started(tokens: list[int], **options) -> tuple[PromptLookup, DecodingState]:
 
 # -- the oracle -----------------------------------------------------------------------------------
 
+
 @settings(max_examples=300)
 @given(st.data())
 def test_draft_matches_brute_force_oracle_as_the_context_grows(data):
     size = data.draw(st.integers(2, 6), label="vocabulary size")
-    alphabet = data.draw(st.lists(st.integers(0, 50_000), min_size=size, max_size=size, unique=True),
-                         label="alphabet")
+    alphabet = data.draw(st.lists(st.integers(0, 50_000), min_size=size, max_size=size, unique=True), label="alphabet")
     text = data.draw(st.lists(st.sampled_from(alphabet), max_size=80), label="text")
     min_ngram = data.draw(st.integers(1, 4), label="min_ngram")
     max_ngram = data.draw(st.integers(min_ngram, 6), label="max_ngram")
@@ -81,7 +76,7 @@ def test_draft_matches_brute_force_oracle_as_the_context_grows(data):
     state = make_state(list(text[:prompt_length]))
     strategy.start(state)
     for cut in [prompt_length, *cuts, len(text)]:
-        state.tokens.extend(text[len(state.tokens):cut])
+        state.tokens.extend(text[len(state.tokens) : cut])
         for _ in range(data.draw(st.integers(1, 3), label="calls at this length")):
             prefix = tuple(data.draw(st.lists(st.sampled_from(alphabet), max_size=6), label="prefix"))
             max_tokens = data.draw(st.integers(1, 16), label="max_tokens")
@@ -190,6 +185,7 @@ def test_start_resets_the_index_for_a_new_generation():
 
 # -- options --------------------------------------------------------------------------------------
 
+
 def test_default_options():
     options = PromptLookupOptions()
     assert (options.min_ngram, options.max_ngram, options.num_tokens) == (1, 3, 10)
@@ -200,14 +196,17 @@ def test_min_ngram_above_max_ngram_is_rejected():
         PromptLookupOptions(min_ngram=4, max_ngram=2)
 
 
-@pytest.mark.parametrize("options", [
-    {"num_tokenz": 3},
-    {"num_tokens": 0},
-    {"num_tokens": 257},
-    {"min_ngram": 0},
-    {"max_ngram": 33},
-    {"max_ngram": "three"},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"num_tokenz": 3},
+        {"num_tokens": 0},
+        {"num_tokens": 257},
+        {"min_ngram": 0},
+        {"max_ngram": 33},
+        {"max_ngram": "three"},
+    ],
+)
 def test_bad_options_are_rejected(options):
     with pytest.raises(ValidationError):
         PromptLookupOptions(**options)
@@ -219,40 +218,6 @@ def test_options_are_frozen():
 
 
 # -- cost: no scan of the context per call --------------------------------------------------------
-
-class CountingList(list):
-    """A token list that counts every element read through Python-level access or copied."""
-
-    reads = 0
-
-    def __getitem__(self, key):
-        item = super().__getitem__(key)
-        self.reads += len(item) if isinstance(key, slice) else 1
-        return item
-
-    def __iter__(self):
-        self.reads += len(self)
-        return super().__iter__()
-
-    def __reversed__(self):
-        self.reads += len(self)
-        return super().__reversed__()
-
-    def __add__(self, other):
-        self.reads += len(self)
-        return super().__add__(other)
-
-    def copy(self):
-        self.reads += len(self)
-        return super().copy()
-
-    def index(self, *args):
-        self.reads += len(self)
-        return super().index(*args)
-
-    def count(self, value):
-        self.reads += len(self)
-        return super().count(value)
 
 
 @pytest.mark.parametrize("repetitive", [False, True], ids=["random", "repetitive"])
@@ -286,8 +251,8 @@ def test_draft_cost_is_independent_of_a_4k_context(monkeypatch, repetitive):
     drafted = 0
     for step in range(steps):
         new = rng_steps.randint(1, 4)
-        list.extend(state.tokens, text[len(state.tokens):len(state.tokens) + new])
-        prefix = tuple(text[len(state.tokens):len(state.tokens) + step % 3])  # sometimes a prefix
+        list.extend(state.tokens, text[len(state.tokens) : len(state.tokens) + new])
+        prefix = tuple(text[len(state.tokens) : len(state.tokens) + step % 3])  # sometimes a prefix
         reads = state.tokens.reads
         result = strategy.draft(state, prefix, 7)
         drafted += len(result)

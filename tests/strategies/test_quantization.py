@@ -1,4 +1,4 @@
-"""Quantized twins of Linear layers (`cas_spec.strategies.quantization`): every backend."""
+"""Quantized twins of Linear layers (`cas_spec.strategies.dsia.quantization`): every backend."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from cas_spec.strategies import quantization as qz
-from cas_spec.strategies.quantization import dynamic_int8, native_int8
-from cas_spec.strategies.quantization import quanto as quanto_backend
-from tests.conftest import tiny_llama
+from cas_spec.strategies.dsia import quantization as qz
+from cas_spec.strategies.dsia.quantization import dynamic_int8, native_int8
+from cas_spec.strategies.dsia.quantization import quanto as quanto_backend
+from tests.helpers import IdTokenizer, repetitive_prompt, tiny_llama
 
 AVAILABLE = qz.available_backends()
-BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(AVAILABLE[name] is not None, reason=str(AVAILABLE[name])))
-            for name in qz.BACKENDS]
+BACKENDS = [
+    pytest.param(name, marks=pytest.mark.skipif(AVAILABLE[name] is not None, reason=str(AVAILABLE[name])))
+    for name in qz.BACKENDS
+]
 
 
 def linear(seed: int = 0, in_features: int = 64, out_features: int = 96, bias: bool = True) -> nn.Linear:
@@ -24,11 +26,12 @@ def linear(seed: int = 0, in_features: int = 64, out_features: int = 96, bias: b
 
 
 def snapshot(module: nn.Module) -> dict:
-    return {"vars": {k: v for k, v in vars(module).items()
-                     if k not in ("_parameters", "_buffers", "_modules")},
-            "params": {k: (p, p.detach().clone()) for k, p in module.named_parameters()},
-            "buffers": {k: (b, b.detach().clone()) for k, b in module.named_buffers()},
-            "modules": dict(module.named_modules())}
+    return {
+        "vars": {k: v for k, v in vars(module).items() if k not in ("_parameters", "_buffers", "_modules")},
+        "params": {k: (p, p.detach().clone()) for k, p in module.named_parameters()},
+        "buffers": {k: (b, b.detach().clone()) for k, b in module.named_buffers()},
+        "modules": dict(module.named_modules()),
+    }
 
 
 def assert_unchanged(module: nn.Module, before: dict) -> None:
@@ -49,7 +52,7 @@ def assert_unchanged(module: nn.Module, before: dict) -> None:
 def calibrate(twins: dict, backend: str, inputs: list[torch.Tensor]) -> None:
     if qz.needs_calibration(backend):
         with qz.calibrating(backend):
-            for lin, twin in twins.items():
+            for _lin, twin in twins.items():
                 for x in inputs:
                     twin(x)
     qz.finish(twins, backend)
@@ -62,8 +65,9 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 @contextlib.contextmanager
 def swapped(model: nn.Module, twins: dict):
     """Replace every module that has a twin by it (restored in finally)."""
-    where = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-             if child in twins]
+    where = [
+        (parent, name, child) for parent in model.modules() for name, child in parent.named_children() if child in twins
+    ]
     try:
         for parent, name, child in where:
             setattr(parent, name, twins[child])
@@ -76,7 +80,7 @@ def swapped(model: nn.Module, twins: dict):
 def test_available_backends_lists_every_backend():
     status = qz.available_backends()
     assert set(status) == set(qz.BACKENDS)
-    assert all(reason is None or isinstance(reason, str) and reason for reason in status.values())
+    assert all(reason is None or (isinstance(reason, str) and reason) for reason in status.values())
     assert qz.needs_calibration("quanto") and not qz.needs_calibration("dynamic_int8")
     assert not qz.needs_calibration("native_int8")
     assert qz.BACKENDS[:2] == ("native_int8", "dynamic_int8")  # the order `auto` prefers
@@ -231,8 +235,9 @@ def test_unknown_and_unavailable_backends(monkeypatch):
     monkeypatch.setattr(quanto_backend, "unavailable_reason", lambda: "optimum-quanto is not installed")
     assert qz.available_backends()["quanto"] == "optimum-quanto is not installed"
     expected = ", ".join(b for b in ("native_int8", "dynamic_int8") if AVAILABLE[b] is None) or "none"
-    with pytest.raises(RuntimeError, match=f"'quanto' is not available here: optimum-quanto is not installed. "
-                                           f"Available: {expected}"):
+    with pytest.raises(
+        RuntimeError, match=f"'quanto' is not available here: optimum-quanto is not installed. Available: {expected}"
+    ):
         qz.build_twins([linear()], "quanto")
     with pytest.raises(RuntimeError, match="not available"):
         with qz.calibrating("quanto"):
@@ -271,8 +276,11 @@ def test_native_twins_error_bounds_and_memory():
         # the int8 error, row by row: |Δ| <= Σ_k |x||Δw| + |Δx||w| + |Δx||Δw|, half a step each
         sx = x.abs().amax(dim=1, keepdim=True) / 127
         sw = lin.weight.abs().amax(dim=1) / 127
-        bound = (x.abs() @ (sw[:, None] / 2).expand_as(lin.weight).t()
-                 + (sx / 2) * lin.weight.abs().sum(dim=1) + (sx / 2) * (sw / 2) * lin.in_features)
+        bound = (
+            x.abs() @ (sw[:, None] / 2).expand_as(lin.weight).t()
+            + (sx / 2) * lin.weight.abs().sum(dim=1)
+            + (sx / 2) * (sw / 2) * lin.in_features
+        )
         assert ((out - ref).abs() <= bound * 1.001 + 1e-5).all()
         total += twin.memory_bytes
     assert qz.twin_bytes(twins) == total
@@ -283,7 +291,7 @@ def test_native_twins_error_bounds_and_memory():
 @NATIVE
 def test_auto_prefers_native_int8_then_dynamic_int8(monkeypatch):
     from cas_spec.core.errors import ConfigError
-    from cas_spec.strategies.quanto_activation import resolve_backend
+    from cas_spec.strategies.dsia.twins import resolve_backend
 
     assert resolve_backend("auto") == "native_int8"
     assert resolve_backend("dynamic_int8") == "dynamic_int8" or AVAILABLE["dynamic_int8"] is not None
@@ -295,27 +303,31 @@ def test_auto_prefers_native_int8_then_dynamic_int8(monkeypatch):
 
 
 @NATIVE
-@pytest.mark.parametrize("level", [
-    {"kind": "quanto_activation", "options": {"backend": "native_int8"}},
-    {"kind": "quanto_activation"},  # auto
-    {"kind": "layer_sparsity", "options": {"skip": ["2.mlp"], "quantize": "auto", "stop_below": 0.0}},
-    {"kind": "early_exit", "options": {"exit_layer": 3, "quantize": "native_int8"}},
-])
+@pytest.mark.parametrize(
+    "level",
+    [
+        {"kind": "quanto_activation", "options": {"backend": "native_int8"}},
+        {"kind": "quanto_activation"},  # auto
+        {"kind": "layer_sparsity", "options": {"skip": ["2.mlp"], "quantize": "auto", "stop_below": 0.0}},
+        {"kind": "early_exit", "options": {"exit_layer": 3, "quantize": "native_int8"}},
+    ],
+)
 def test_greedy_identity_with_native_int8_levels(level):
     from cas_spec import load_pipeline
-    from cas_spec.strategies import quanto_activation
-    from tests.conftest import IdTokenizer
-    from tests.core.test_engine_greedy import repetitive_prompt
+    from cas_spec.strategies.dsia import twins
     from tests.helpers import AUTOREGRESSIVE
 
     model = tiny_llama(3, layers=4)
     prompt = repetitive_prompt(3, model.config.vocab_size)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=40)
-    config = {"scheduler": {"kind": "chain", "options": {"level": "int8", "k": 4, "adaptive": False}},
-              "levels": [{"name": "int8", **level}], "calibration": "off"}
+    config = {
+        "scheduler": {"kind": "chain", "options": {"level": "int8", "k": 4, "adaptive": False}},
+        "levels": [{"name": "int8", **level}],
+        "calibration": "off",
+    }
     got = load_pipeline(config, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=40)
     assert got.token_ids == plain.token_ids
     assert got.stats.levels["int8"].drafted > 0
-    assert set(quanto_activation._TWINS[model]) == {"native_int8"}
+    assert set(twins._TWINS[model]) == {"native_int8"}
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

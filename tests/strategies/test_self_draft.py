@@ -11,33 +11,35 @@ import pytest
 import torch
 
 from cas_spec import load_pipeline
-from cas_spec.core.interfaces import Scheduler
-from cas_spec.core.tree import TreeBuilder
-from tests.conftest import IdTokenizer, tiny_llama
-from tests.core.test_engine_greedy import repetitive_prompt
-from tests.helpers import AUTOREGRESSIVE, PROMPT, SELF_DRAFT_LEVELS, peaked_tiny_model, two_token_distribution
-from tests.verifiers.test_sampling_verifier import chi2_critical, chi2_goodness
+from cas_spec.testing.stats import chi2_critical, chi2_goodness
+from tests.helpers import (
+    AUTOREGRESSIVE,
+    PROMPT,
+    SELF_DRAFT_LEVELS,
+    IdTokenizer,
+    RoundRobinTree,
+    peaked_tiny_model,
+    repetitive_prompt,
+    self_draft_chain,
+    tiny_llama,
+    two_token_distribution,
+)
 
-LEVELS = SELF_DRAFT_LEVELS
+FAMILIES = [
+    dict(family="llama", layers=4),
+    dict(family="qwen2", layers=4, kv_heads=1),
+    dict(family="mistral", layers=4),
+    dict(family="llama", layers=4, attn="eager"),
+]
 
 
-def chain(name: str, k: int = 4, **sampling) -> dict:
-    return {"scheduler": {"kind": "chain", "options": {"level": name, "k": k, "adaptive": False}},
-            "levels": [{"name": name, **LEVELS[name]}], "calibration": "off",
-            **({"sampling": sampling} if sampling else {})}
-
-
-FAMILIES = [dict(family="llama", layers=4), dict(family="qwen2", layers=4, kv_heads=1),
-            dict(family="mistral", layers=4), dict(family="llama", layers=4, attn="eager")]
-
-
-@pytest.mark.parametrize("level", sorted(LEVELS))
+@pytest.mark.parametrize("level", sorted(SELF_DRAFT_LEVELS))
 @pytest.mark.parametrize("shape", FAMILIES, ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
 def test_greedy_output_equals_plain_decoding_on_tiny_models(level, shape):
     model = tiny_llama(3, **shape)
     prompt = repetitive_prompt(3, model.config.vocab_size)
     plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=40)
-    speculative = load_pipeline(chain(level), model=model, tokenizer=IdTokenizer())
+    speculative = load_pipeline(self_draft_chain(level), model=model, tokenizer=IdTokenizer())
     got = speculative.generate(prompt, max_new_tokens=40)
     assert got.token_ids == plain.token_ids
     assert got.stats.levels[level].drafted > 0
@@ -46,42 +48,33 @@ def test_greedy_output_equals_plain_decoding_on_tiny_models(level, shape):
 @pytest.mark.parametrize("level", ["early_exit", "layer_sparsity", "quanto_activation"])
 def test_greedy_output_equals_plain_decoding_on_stories(stories, level):
     model, tokenizer = stories
-    levels = {"early_exit": {"kind": "early_exit", "options": {"exit_layer": 3}},
-              "layer_sparsity": {"kind": "layer_sparsity", "options": {"skip": ["1.mlp", "2.attention", "3.mlp"], "stop_below": 0.0}},
-              "quanto_activation": {"kind": "quanto_activation"}}
-    config = {"scheduler": {"kind": "chain", "options": {"k": 4, "adaptive": False}}, "calibration": "off",
-              "levels": [{"name": level, **levels[level]}]}
+    levels = {
+        "early_exit": {"kind": "early_exit", "options": {"exit_layer": 3}},
+        "layer_sparsity": {
+            "kind": "layer_sparsity",
+            "options": {"skip": ["1.mlp", "2.attention", "3.mlp"], "stop_below": 0.0},
+        },
+        "quanto_activation": {"kind": "quanto_activation"},
+    }
+    config = {
+        "scheduler": {"kind": "chain", "options": {"k": 4, "adaptive": False}},
+        "calibration": "off",
+        "levels": [{"name": level, **levels[level]}],
+    }
     prompt = "Once upon a time, there was a little girl named Lily. She"
-    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(prompt, max_new_tokens=60, chat=False)
+    plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=tokenizer).generate(
+        prompt, max_new_tokens=60, chat=False
+    )
     got = load_pipeline(config, model=model, tokenizer=tokenizer).generate(prompt, max_new_tokens=60, chat=False)
     assert got.token_ids == plain.token_ids
     assert got.stats.mean_acceptance_length > 1.0
 
 
-class RoundRobinTree(Scheduler):
-    """Test scheduler: every level drafts a branch below the root, and the first level extends
-    each other branch's first token, so siblings come from different levels and branches share
-    prefixes."""
-
-    name = "round_robin_tree"
-
-    def build_tree(self, state):
-        builder = TreeBuilder(state.root_token)
-        budget = max(state.max_depth, 0)
-        for level in self.levels:
-            draft = level.draft(state, (), min(3, budget))
-            node = builder.add_chain(0, draft, level.name)
-            if len(draft) and budget > 1 and level is not self.levels[0]:
-                more = self.levels[0].draft(state, builder.path_tokens(node[0]), min(2, budget - 1))
-                builder.add_chain(node[0], more, self.levels[0].name)
-        return builder.build()
-
-
 def test_three_dsia_levels_in_one_pipeline_draft_a_shared_tree_losslessly():
     from cas_spec.core.config import load_config
     from cas_spec.core.hookspecs import hookimpl
-    from cas_spec.core.pipeline import Pipeline
     from cas_spec.core.plugins import build_plugins
+    from cas_spec.pipeline import build_pipeline
 
     class Plugin:
         @hookimpl
@@ -89,15 +82,21 @@ def test_three_dsia_levels_in_one_pipeline_draft_a_shared_tree_losslessly():
             registry.add(RoundRobinTree)
 
     plugins = build_plugins(entry_points=(), extra=[Plugin()])
-    config = load_config({
-        "scheduler": {"kind": "round_robin_tree"}, "calibration": "off",
-        "levels": [{"name": n, **LEVELS[n]} for n in ("quanto_activation", "layer_sparsity", "early_exit")],
-    }, plugins=plugins)
+    config = load_config(
+        {
+            "scheduler": {"kind": "round_robin_tree"},
+            "calibration": "off",
+            "levels": [
+                {"name": n, **SELF_DRAFT_LEVELS[n]} for n in ("quanto_activation", "layer_sparsity", "early_exit")
+            ],
+        },
+        plugins=plugins,
+    )
     for seed in (0, 1):
         model = tiny_llama(seed, layers=4)
         prompt = repetitive_prompt(seed, model.config.vocab_size)
         plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=40)
-        got = Pipeline(config, model, IdTokenizer(), plugins=plugins).generate(prompt, max_new_tokens=40)
+        got = build_pipeline(config, model, IdTokenizer(), plugins=plugins).generate(prompt, max_new_tokens=40)
         assert got.token_ids == plain.token_ids
         assert all(stats.drafted > 0 for stats in got.stats.levels.values())
 
@@ -108,11 +107,12 @@ def test_sampling_draft_probs_are_the_distribution_sampled_from(level):
     the token is a draw from it (rebuilt here from the variant directly)."""
     from cas_spec.core.sampling import target_probs
     from cas_spec.core.types import SamplingParams
-    from cas_spec.strategies.variants import use_variant
 
     model = tiny_llama(5, layers=4)
     sampling = SamplingParams(temperature=0.8, top_k=20, top_p=0.9, seed=1)
-    pipe = load_pipeline(chain(level, temperature=0.8, top_k=20, top_p=0.9), model=model, tokenizer=IdTokenizer())
+    pipe = load_pipeline(
+        self_draft_chain(level, temperature=0.8, top_k=20, top_p=0.9), model=model, tokenizer=IdTokenizer()
+    )
     strategy = pipe.levels[0].strategy
     seen = []
     original = strategy.draft
@@ -133,10 +133,14 @@ def test_sampling_draft_probs_are_the_distribution_sampled_from(level):
     rows = []
     with torch.no_grad():
         model(input_ids=torch.tensor([tokens[:-1]]), past_key_values=cache, use_cache=True)
-        with use_variant(pipe.adapter, strategy._variant):
+        with pipe.adapter.swapped(strategy._variant.layers, strategy._variant.lm_head):
             for i, token in enumerate([tokens[-1], *result.tokens[:-1]]):
-                logits = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True,
-                               position_ids=torch.tensor([[len(tokens) - 1 + i]])).logits[0, -1]
+                logits = model(
+                    input_ids=torch.tensor([[token]]),
+                    past_key_values=cache,
+                    use_cache=True,
+                    position_ids=torch.tensor([[len(tokens) - 1 + i]]),
+                ).logits[0, -1]
                 rows.append(target_probs(logits.float(), sampling))
     rows = torch.stack(rows)
     torch.testing.assert_close(result.draft_probs, rows, atol=1e-5, rtol=1e-4)
@@ -151,7 +155,7 @@ def test_seeded_sampling_matches_the_target_distribution(level):
     model = peaked_tiny_model()
     prompt = PROMPT
     exact = two_token_distribution(model, prompt)
-    pipe = load_pipeline(chain(level, k=2, temperature=1.0), model=model, tokenizer=IdTokenizer())
+    pipe = load_pipeline(self_draft_chain(level, k=2, temperature=1.0), model=model, tokenizer=IdTokenizer())
     runs, counts, accepted = 3000, {}, 0
     for seed in range(runs):
         result = pipe.generate(list(prompt), max_new_tokens=2, temperature=1.0, seed=seed)
@@ -172,12 +176,17 @@ def test_review_gives_the_levels_own_distribution_at_each_drafted_token(level):
 
     model = tiny_llama(6, layers=4)
     sampling = SamplingParams(temperature=0.9, top_k=30)
-    pipe = load_pipeline(chain(level), model=model, tokenizer=IdTokenizer())
+    pipe = load_pipeline(self_draft_chain(level), model=model, tokenizer=IdTokenizer())
     strategy = pipe.levels[0].strategy
     prompt = repetitive_prompt(6, 96)
     pipe.target.prefill(prompt[:-1])
-    state = DecodingState(tokens=list(prompt), prompt_length=len(prompt), sampling=sampling,
-                          generator=torch.Generator().manual_seed(0), target=pipe.target)
+    state = DecodingState(
+        tokens=list(prompt),
+        prompt_length=len(prompt),
+        sampling=sampling,
+        generator=torch.Generator().manual_seed(0),
+        context_length=len(prompt) - 1,
+    )
     lengths = [layer.get_seq_length() for layer in pipe.target.cache.layers]
     drafted = strategy.draft(state, (7,), 3)
     reviewed = strategy.review(state, (7,), drafted.tokens)
@@ -185,6 +194,9 @@ def test_review_gives_the_levels_own_distribution_at_each_drafted_token(level):
     torch.testing.assert_close(reviewed[:3], drafted.draft_probs, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(reviewed.sum(-1), torch.ones(4))
     assert [layer.get_seq_length() for layer in pipe.target.cache.layers] == lengths
-    assert pipe.levels[0].strategy.review is not None
+    assert strategy.can_review
     from cas_spec.strategies.prompt_lookup import PromptLookup
-    assert PromptLookup().review(state, (), (1, 2)) is None
+
+    assert not PromptLookup.can_review
+    with pytest.raises(NotImplementedError, match="cannot review"):
+        PromptLookup().review(state, (), (1, 2))

@@ -11,11 +11,9 @@ import pytest
 
 from cas_spec.core.config import load_config
 from cas_spec.core.hookspecs import hookimpl
-from cas_spec.core.pipeline import Pipeline
 from cas_spec.core.plugins import build_plugins
-from tests.conftest import IdTokenizer, tiny_gemma3
-from tests.core.test_engine_greedy import repetitive_prompt
-from tests.strategies.test_self_draft import AUTOREGRESSIVE, RoundRobinTree
+from cas_spec.pipeline import build_pipeline
+from tests.helpers import AUTOREGRESSIVE, IdTokenizer, RoundRobinTree, repetitive_prompt, tiny_gemma3
 
 GEMMA_LEVELS = {  # tiny Gemma: layers 0 and 2 size the sliding and full masks, so their attention runs
     "early_exit": {"kind": "early_exit", "options": {"exit_layer": 2}},
@@ -31,18 +29,21 @@ def pipelines(model, tokenizer, levels: dict, scheduler: dict):
             registry.add(RoundRobinTree)
 
     plugins = build_plugins(entry_points=(), extra=[Plugin()])
-    config = load_config({"scheduler": scheduler, "calibration": "off",
-                          "levels": [{"name": n, **lv} for n, lv in levels.items()]}, plugins=plugins)
-    plain = Pipeline(load_config(AUTOREGRESSIVE), model, tokenizer)
-    return plain, Pipeline(config, model, tokenizer, plugins=plugins)
+    config = load_config(
+        {"scheduler": scheduler, "calibration": "off", "levels": [{"name": n, **lv} for n, lv in levels.items()]},
+        plugins=plugins,
+    )
+    plain = build_pipeline(load_config(AUTOREGRESSIVE), model, tokenizer)
+    return plain, build_pipeline(config, model, tokenizer, plugins=plugins)
 
 
 @pytest.mark.parametrize("level", sorted(GEMMA_LEVELS))
 def test_each_strategy_on_tiny_gemma3_across_the_sliding_window(level):
     model = tiny_gemma3(2)
     prompt = repetitive_prompt(2, model.config.vocab_size)  # 40 tokens, window 8
-    plain, speculative = pipelines(model, IdTokenizer(), {level: GEMMA_LEVELS[level]},
-                                   {"kind": "chain", "options": {"k": 4, "adaptive": False}})
+    plain, speculative = pipelines(
+        model, IdTokenizer(), {level: GEMMA_LEVELS[level]}, {"kind": "chain", "options": {"k": 4, "adaptive": False}}
+    )
     got = speculative.generate(prompt, max_new_tokens=40)
     assert got.token_ids == plain.generate(prompt, max_new_tokens=40).token_ids
     assert got.stats.levels[level].drafted > 0
@@ -52,18 +53,35 @@ def test_three_levels_share_trees_on_tiny_gemma3():
     model = tiny_gemma3(3)
     prompt = repetitive_prompt(3, model.config.vocab_size)
     plain, speculative = pipelines(model, IdTokenizer(), GEMMA_LEVELS, {"kind": "round_robin_tree"})
-    assert speculative.generate(prompt, max_new_tokens=40).token_ids == \
-        plain.generate(prompt, max_new_tokens=40).token_ids
+    assert (
+        speculative.generate(prompt, max_new_tokens=40).token_ids == plain.generate(prompt, max_new_tokens=40).token_ids
+    )
 
 
 SMOLLM2_LEVELS = {
     "int8": {"kind": "quanto_activation"},
-    "skip": {"kind": "layer_sparsity", "options": {"skip": ["2.attention", "5.mlp", "9.attention", "13.mlp",
-                                                            "16.attention", "20.mlp", "24.attention", "27.mlp"], "stop_below": 0.0}},
+    "skip": {
+        "kind": "layer_sparsity",
+        "options": {
+            "skip": [
+                "2.attention",
+                "5.mlp",
+                "9.attention",
+                "13.mlp",
+                "16.attention",
+                "20.mlp",
+                "24.attention",
+                "27.mlp",
+            ],
+            "stop_below": 0.0,
+        },
+    },
     "exit": {"kind": "early_exit", "options": {"exit_layer": 20}},
 }
-QUESTIONS = [json.loads(line) for line in
-             (Path(__file__).parents[1] / "data" / "spec_bench_one_per_group.jsonl").read_text().splitlines()]
+QUESTIONS = [
+    json.loads(line)
+    for line in (Path(__file__).parents[1] / "data" / "spec_bench_one_per_group.jsonl").read_text().splitlines()
+]
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +102,12 @@ def test_three_dsia_levels_equal_plain_greedy_on_smollm2(smollm2_pipelines, ques
 
 GEMMA_PROMPTS = {
     "short": "def fibonacci(n):",
-    "past the window": "The history of the printing press. " + " ".join(
+    "past the window": "The history of the printing press. "
+    + " ".join(
         f"In year {1440 + i}, printers in city number {i % 17} produced {3 * i + 7} books, and the guild "
-        f"recorded {i % 5} new presses." for i in range(40)),
+        f"recorded {i % 5} new presses."
+        for i in range(40)
+    ),
 }
 
 
@@ -95,9 +116,14 @@ GEMMA_PROMPTS = {
 @pytest.mark.parametrize("name", sorted(GEMMA_PROMPTS))
 def test_three_dsia_levels_equal_plain_greedy_on_gemma3(gemma3, name):
     model, tokenizer = gemma3
-    levels = {"int8": {"kind": "quanto_activation"},
-              "skip": {"kind": "layer_sparsity", "options": {"skip": ["2.attention", "4.mlp", "8.mlp", "13.attention"], "stop_below": 0.0}},
-              "exit": {"kind": "early_exit", "options": {"exit_layer": 12}}}
+    levels = {
+        "int8": {"kind": "quanto_activation"},
+        "skip": {
+            "kind": "layer_sparsity",
+            "options": {"skip": ["2.attention", "4.mlp", "8.mlp", "13.attention"], "stop_below": 0.0},
+        },
+        "exit": {"kind": "early_exit", "options": {"exit_layer": 12}},
+    }
     plain, speculative = pipelines(model, tokenizer, levels, {"kind": "round_robin_tree"})
     prompt = GEMMA_PROMPTS[name]
     ids = speculative.encode(prompt, chat=False)

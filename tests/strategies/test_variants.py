@@ -8,13 +8,16 @@ import torch
 
 from cas_spec import load_pipeline
 from cas_spec.adapters import resolve_adapter
-from cas_spec.strategies.variants import (
-    ATTENTION, MLP, PassThroughLayer, Sublayer, ZeroAttention, ZeroMLP, build_variant, skippable_sublayers,
-    use_variant,
+from cas_spec.strategies.dsia.variants import (
+    ATTENTION,
+    MLP,
+    PassThroughLayer,
+    Sublayer,
+    ZeroAttention,
+    build_variant,
+    skippable_sublayers,
 )
-from tests.conftest import IdTokenizer, tiny_llama
-from tests.core.test_engine_greedy import repetitive_prompt
-from tests.strategies.test_self_draft import AUTOREGRESSIVE, LEVELS, chain
+from tests.helpers import AUTOREGRESSIVE, IdTokenizer, repetitive_prompt, self_draft_chain, tiny_llama
 
 
 def snapshot(model):
@@ -35,7 +38,7 @@ def test_a_variant_shares_every_parameter_and_leaves_the_target_untouched():
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         reference = model(input_ids=ids).logits
-        with use_variant(adapter, variant):
+        with adapter.swapped(variant.layers, variant.lm_head):
             assert adapter.layers is variant.layers
             drafted = model(input_ids=ids).logits
         after = model(input_ids=ids).logits
@@ -49,8 +52,9 @@ def test_skipping_a_sublayer_equals_zeroing_its_output_projection():
     model = tiny_llama(1, layers=4)
     adapter = resolve_adapter(model)
     ids = torch.tensor([[3, 9, 4, 11, 5]])
+    variant = build_variant(adapter, skip=[Sublayer(1, ATTENTION), Sublayer(2, MLP)])
     with torch.no_grad():
-        with use_variant(adapter, build_variant(adapter, skip=[Sublayer(1, ATTENTION), Sublayer(2, MLP)])):
+        with adapter.swapped(variant.layers):
             skipped = model(input_ids=ids).logits
         model.model.layers[1].self_attn.o_proj.weight.zero_()
         model.model.layers[2].mlp.down_proj.weight.zero_()
@@ -62,7 +66,8 @@ def test_early_exit_runs_the_first_layers_then_the_final_norm_and_head():
     model = tiny_llama(2, layers=4)
     adapter = resolve_adapter(model)
     ids = torch.tensor([[3, 9, 4]])
-    with torch.no_grad(), use_variant(adapter, build_variant(adapter, exit_layer=2)):
+    variant = build_variant(adapter, exit_layer=2)
+    with torch.no_grad(), adapter.swapped(variant.layers):
         assert len(adapter.layers) == 2
         logits = model(input_ids=ids).logits
     with torch.no_grad():
@@ -92,7 +97,7 @@ def test_a_draft_pass_that_raises_midway_leaks_nothing(level):
     model = tiny_llama(4, layers=4)
     prompt = repetitive_prompt(4, model.config.vocab_size)
     plain = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer()).generate(prompt, max_new_tokens=30)
-    pipe = load_pipeline(chain(level), model=model, tokenizer=IdTokenizer())
+    pipe = load_pipeline(self_draft_chain(level), model=model, tokenizer=IdTokenizer())
     adapter = pipe.adapter
     layers, head, attn = adapter.layers, adapter.lm_head, model.config._attn_implementation
     before = snapshot(model)

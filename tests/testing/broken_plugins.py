@@ -12,10 +12,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from cas_spec.core.hookspecs import hookimpl
-from cas_spec.core.interfaces import DraftStrategy
-from cas_spec.core.tree import chain_tree
-from cas_spec.core.types import EMPTY_DRAFT, DraftResult
+from cas_spec.plugin import EMPTY_DRAFT, DraftResult, DraftStrategy, chain_tree, hookimpl
 from cas_spec.schedulers.chain import ChainScheduler
 from cas_spec.strategies.early_exit import EarlyExit
 from cas_spec.strategies.prompt_lookup import PromptLookup
@@ -67,9 +64,11 @@ class HookLeaver(PromptLookup):
     does not stay as it was."""
 
     name = "hook_leaver"
+    runs_target = True
 
-    def setup(self, target):
-        self.target = target
+    def setup(self, context):
+        super().setup(context)
+        self.target = context.target
 
     def draft(self, state, prefix, max_tokens):
         self.target.adapter.final_norm.register_forward_hook(lambda module, args, output: None)
@@ -88,10 +87,15 @@ class CacheCorrupter(PromptLookup):
     engine's rollback cannot undo."""
 
     name = "cache_corrupter"
+    runs_target = True
+
+    def setup(self, context):
+        super().setup(context)
+        self.target = context.target
 
     def draft(self, state, prefix, max_tokens):
         if state.step == 0:
-            scramble_committed_cache(state.target)
+            scramble_committed_cache(self.target)
         return super().draft(state, prefix, max_tokens)
 
 
@@ -162,7 +166,7 @@ class StickyChain(ChainScheduler):
     name = "sticky_chain"
 
     def build_tree(self, state):
-        model = state.target.model
+        model = self.level.strategy.target.model  # its level drafts with the target
         head = model.lm_head
         model.lm_head = _Wrapped(head)
         tree = super().build_tree(state)
@@ -177,15 +181,24 @@ class CorruptingChain(ChainScheduler):
 
     def build_tree(self, state):
         if state.step == 1:
-            scramble_committed_cache(state.target)
+            scramble_committed_cache(self.level.strategy.target)
         return super().build_tree(state)
 
 
 class BrokenPlugins:
     @hookimpl
     def register_strategies(self, registry):
-        for cls in (ArgmaxLiar, FlatteningLiar, WeightVandal, HookLeaver, CacheCorrupter, NeverDrafts, OverDrafter,
-                    LaxStrategy, FalselyDeterministic):
+        for cls in (
+            ArgmaxLiar,
+            FlatteningLiar,
+            WeightVandal,
+            HookLeaver,
+            CacheCorrupter,
+            NeverDrafts,
+            OverDrafter,
+            LaxStrategy,
+            FalselyDeterministic,
+        ):
             registry.add(cls)
 
     @hookimpl

@@ -13,8 +13,16 @@ from hypothesis import strategies as st
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import SamplingParams
 from cas_spec.testing.exact import (
-    first_step_law, law_from, path_tokens, random_distribution, row_errors, step_law, target_law, total_variation,
-    tree_from_branches)
+    first_step_law,
+    law_from,
+    path_tokens,
+    random_distribution,
+    row_errors,
+    step_law,
+    target_law,
+    total_variation,
+    tree_from_branches,
+)
 from cas_spec.testing.models import sampling_llama
 from cas_spec.testing.stats import chi2_critical, chi2_goodness
 from cas_spec.testing.strategies import distributions, token_trees
@@ -25,8 +33,10 @@ ATOL = 1e-6  # the verifier's probabilities are float32 softmaxes
 
 def world(seed: int, vocab: int):
     """Synthetic next-token laws, a function of the continuation only."""
+
     def next_probs(continuations):
         return torch.stack([random_distribution(random.Random(repr((seed, c))), vocab) for c in continuations])
+
     return next_probs
 
 

@@ -18,8 +18,11 @@ from cas_spec.testing import harness
 from cas_spec.testing.models import repetitive_prompt, tiny_model
 
 PROMPT = repetitive_prompt(0, 96)
-EXIT = {"scheduler": {"kind": "chain", "options": {"k": 4, "adaptive": False}}, "calibration": "off",
-        "levels": [{"name": "exit", "kind": "early_exit", "options": {"exit_layer": 2}}]}
+EXIT = {
+    "scheduler": {"kind": "chain", "options": {"k": 4, "adaptive": False}},
+    "calibration": "off",
+    "levels": [{"name": "exit", "kind": "early_exit", "options": {"exit_layer": 2}}],
+}
 PLD = {**EXIT, "levels": [{"name": "pld", "kind": "prompt_lookup"}]}
 PLAIN = {"scheduler": {"kind": "autoregressive"}, "calibration": "off"}
 
@@ -50,11 +53,17 @@ def _train(model):
     model.model.layers[0].train()
 
 
-@pytest.mark.parametrize("change, message", [
-    (_inplace, "parameters or buffers changed: ['lm_head.weight']"), (_swap, "modules replaced"),
-    (_patch, "methods patched"), (_config, "config changed"), (_train, "training mode"),
-    (lambda m: m.model.norm.register_forward_pre_hook(lambda mod, args: None), "hooks changed"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_inplace, "parameters or buffers changed: ['lm_head.weight']"),
+        (_swap, "modules replaced"),
+        (_patch, "methods patched"),
+        (_config, "config changed"),
+        (_train, "training mode"),
+        (lambda m: m.model.norm.register_forward_pre_hook(lambda mod, args: None), "hooks changed"),
+    ],
+)
 def test_the_snapshot_sees_each_kind_of_leftover(change, message):
     model = tiny_model("llama")
     before = harness.ModelSnapshot.take(model)
@@ -72,12 +81,15 @@ def test_the_snapshot_sees_global_grad_mode():
 
 
 # -- Tripwire -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("config, step, forward, where", [
-    (EXIT, 1, 2, "inside model forward 2 of draft"),
-    (EXIT, 2, 9, "after draft returned (4 model forwards)"),
-    (PLD, 1, 1, "after draft returned (0 model forwards)"),
-    (PLAIN, 2, 1, "when build_tree returned"),
-])
+@pytest.mark.parametrize(
+    "config, step, forward, where",
+    [
+        (EXIT, 1, 2, "inside model forward 2 of draft"),
+        (EXIT, 2, 9, "after draft returned (4 model forwards)"),
+        (PLD, 1, 1, "after draft returned (0 model forwards)"),
+        (PLAIN, 2, 1, "when build_tree returned"),
+    ],
+)
 def test_the_tripwire_fires_where_it_says_and_leaves_nothing_behind(config, step, forward, where):
     pipe = pipeline(config)
     recorder = harness.Recorder(pipe)
@@ -101,7 +113,7 @@ def test_a_plugin_that_swallows_the_fault_is_caught():
     class Swallower(PromptLookup):
         def draft(self, state, prefix, max_tokens):
             try:
-                state.target.model(input_ids=torch.tensor([[5]]))
+                pipe.model(input_ids=torch.tensor([[5]]))
             except BaseException:
                 pass
             return super().draft(state, prefix, max_tokens)

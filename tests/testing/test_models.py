@@ -1,5 +1,5 @@
 """The kit's tiny models: every architecture builds deterministically, the builders need neither
-pytest nor hypothesis, and the test suite's conftest re-exports the kit's builders."""
+pytest nor hypothesis, and the test suite's helpers re-export the kit's builders."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_repetitive_prompt_repeats_its_motif_and_avoids_special_ids():
     prompt = repetitive_prompt(0, 96)
     assert len(prompt) == 51 and min(prompt) >= 3 and max(prompt) < 96
     tail = prompt[-4:]
-    assert any(prompt[i:i + 4] == tail for i in range(len(prompt) - 4))
+    assert any(prompt[i : i + 4] == tail for i in range(len(prompt) - 4))
 
 
 def test_id_tokenizer_round_trips():
@@ -51,23 +51,24 @@ def test_id_tokenizer_round_trips():
 
 
 def test_models_import_without_pytest_or_hypothesis():
-    code = ("import sys; sys.modules['hypothesis'] = None; sys.modules['pytest'] = None\n"
-            "import cas_spec.testing as kit\n"
-            "from cas_spec.testing.models import tiny_llama, IdTokenizer\n"
-            "assert kit.tiny_llama is tiny_llama and kit.IdTokenizer is IdTokenizer\n"
-            "assert 'cas_spec.testing.contracts' not in sys.modules\n"
-            "try:\n    kit.StrategyContract\nexcept ImportError:\n    print('contracts need pytest')\n")
+    code = (
+        "import sys; sys.modules['hypothesis'] = None; sys.modules['pytest'] = None\n"
+        "import cas_spec.testing as kit\n"
+        "from cas_spec.testing.models import tiny_llama, IdTokenizer\n"
+        "assert kit.tiny_llama is tiny_llama and kit.IdTokenizer is IdTokenizer\n"
+        "assert 'cas_spec.testing.contracts' not in sys.modules\n"
+        "try:\n    kit.StrategyContract\nexcept ImportError:\n    print('contracts need pytest')\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "contracts need pytest"
 
 
 def test_the_test_suite_uses_the_kits_builders():
-    import tests.conftest as conftest
     import tests.helpers as helpers
 
-    assert conftest.tiny_llama is models.tiny_llama and conftest.tiny_gemma3 is models.tiny_gemma3
-    assert conftest.IdTokenizer is models.IdTokenizer and helpers.peaked_tiny_model is models.peaked_llama
+    assert helpers.tiny_llama is models.tiny_llama and helpers.tiny_gemma3 is models.tiny_gemma3
+    assert helpers.IdTokenizer is models.IdTokenizer and helpers.peaked_tiny_model is models.peaked_llama
 
 
 def test_the_testing_extra_brings_what_the_kit_imports():
@@ -75,7 +76,8 @@ def test_the_testing_extra_brings_what_the_kit_imports():
     from pathlib import Path
 
     extras = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
+        "optional-dependencies"
+    ]
     names = {req.split(">")[0].split("=")[0] for req in extras["testing"]}
     assert names == {"pytest", "hypothesis"}
     assert set(extras["testing"]) <= set(extras["dev"])

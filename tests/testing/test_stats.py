@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from cas_spec.testing.stats import (
-    chi2_calibration, chi2_critical, chi2_draft_tokens, chi2_goodness, chi2_mean_law, pooled_cells)
+    chi2_calibration,
+    chi2_critical,
+    chi2_draft_tokens,
+    chi2_goodness,
+    chi2_mean_law,
+    pooled_cells,
+)
 
 
 def test_chi2_critical_known_values():
@@ -56,12 +62,16 @@ def toward_zero(q):
     return 0.5 * q + 0.5 * torch.nn.functional.one_hot(torch.tensor(0), len(q)).double()
 
 
-@pytest.mark.parametrize("test, lie", [
-    (chi2_calibration, flatten),  # a token reported at 0.3 comes up more often than 30 %
-    (chi2_calibration, lambda q: q.roll(1)),  # reported and drawn law unrelated
-    (chi2_calibration, toward_zero),
-    (chi2_draft_tokens, toward_zero),  # a systematic excess of one token
-], ids=["calibration-flattened", "calibration-shifted", "calibration-biased", "tokens-biased"])
+@pytest.mark.parametrize(
+    "test, lie",
+    [
+        (chi2_calibration, flatten),  # a token reported at 0.3 comes up more often than 30 %
+        (chi2_calibration, lambda q: q.roll(1)),  # reported and drawn law unrelated
+        (chi2_calibration, toward_zero),
+        (chi2_draft_tokens, toward_zero),  # a systematic excess of one token
+    ],
+    ids=["calibration-flattened", "calibration-shifted", "calibration-biased", "tokens-biased"],
+)
 def test_draft_tests_detect_a_reported_q_that_is_not_the_draw_law(test, lie):
     """(With a fresh random q per draw, flattening or shifting q leaves the expected count of each
     token unchanged: the token test cannot see those lies, the calibration test can.)"""
@@ -88,8 +98,7 @@ def mean_law_runs(seed: int, runs: int, bias: float = 0.0):
 
 
 def test_mean_law_test_holds_its_level_and_detects_a_bias():
-    rejections = sum(chi2_mean_law(*mean_law_runs(seed, 200)) > (chi2_critical(3, 0.05), 0)
-                     for seed in range(100))
+    rejections = sum(chi2_mean_law(*mean_law_runs(seed, 200)) > (chi2_critical(3, 0.05), 0) for seed in range(100))
     assert rejections <= 10
     stat, df = chi2_mean_law(*mean_law_runs(0, 500, bias=1.0))
     assert stat > chi2_critical(df, 1e-3)

@@ -43,13 +43,15 @@ def test_token_trees_are_valid_and_verifiable(tree, seed):
             assert q.shape == (4,) and float(q[int(tree.tokens[node])]) > 0
     logits = torch.randn(tree.size, 4, generator=torch.Generator().manual_seed(seed))
     for verifier, temperature in ((GreedyVerifier(), 0.0), (SamplingVerifier(), 1.0)):
-        verdict = verifier.verify(tree, logits, SamplingParams(temperature=temperature),
-                                  torch.Generator().manual_seed(seed))
+        verdict = verifier.verify(
+            tree, logits, SamplingParams(temperature=temperature), torch.Generator().manual_seed(seed)
+        )
         assert len(verdict.accepted_nodes) <= int(tree.depths.max())
 
 
 def test_token_trees_have_branches_sharing_a_prefix():
     """Two siblings with one token, each with children: the case prefix sharing must handle."""
+
     def shared(tree):
         for kids in tree.children:
             tokens = [int(tree.tokens[c]) for c in kids if tree.children[c]]

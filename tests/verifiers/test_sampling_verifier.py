@@ -18,10 +18,10 @@ from cas_spec.core.sampling import target_probs
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import SamplingParams, TokenTree, Verdict
 from cas_spec.core.verify import SiblingStep
-from cas_spec.testing.stats import chi2_critical
+from cas_spec.testing.stats import chi2_critical, chi2_goodness, pooled_cells
 from cas_spec.verifiers import sampling as sampling_module
 from cas_spec.verifiers.sampling import SamplingVerifier
-from tests.conftest import IdTokenizer, tiny_llama
+from tests.helpers import AUTOREGRESSIVE, IdTokenizer, tiny_llama
 
 NEG_INF = float("-inf")
 
@@ -53,30 +53,6 @@ def test_chi2_critical_known_values():
     assert chi2_critical(1, 0.05) == pytest.approx(3.841, abs=2e-3)
     assert chi2_critical(10, 0.001) == pytest.approx(29.588, abs=2e-3)
     assert chi2_critical(24, 0.01) == pytest.approx(42.980, abs=2e-3)
-
-
-def pooled_cells(expected: dict, min_expected: float) -> list[list]:
-    """Cells with expected count ≥ min_expected on their own, the rest pooled into one cell
-    (the usual validity condition of the chi-square approximation)."""
-    big = [[k] for k, e in expected.items() if e >= min_expected]
-    small = [k for k, e in expected.items() if 0 < e < min_expected]
-    if small:
-        big.append(small)
-    return big
-
-
-def chi2_goodness(counts: dict, probs: dict, trials: int) -> tuple[float, int]:
-    """(statistic, df) of observed `counts` against exact `probs` (cells with p = 0 must be empty)."""
-    impossible = {k: c for k, c in counts.items() if probs.get(k, 0.0) <= 0 and c > 0}
-    assert not impossible, f"outcomes with target probability 0 were produced: {impossible}"
-    expected = {k: trials * p for k, p in probs.items() if p > 0}
-    cells = pooled_cells(expected, 5.0)
-    stat = 0.0
-    for cell in cells:
-        e = sum(expected[k] for k in cell)
-        o = sum(counts.get(k, 0) for k in cell)
-        stat += (o - e) ** 2 / e
-    return stat, len(cells) - 1
 
 
 def chi2_homogeneity(a: dict, b: dict, pooled_probs: dict) -> tuple[float, int]:
@@ -171,8 +147,7 @@ def test_acceptance_uniforms_are_drawn_on_the_generators_device(monkeypatch):
     builder.add(0, 1, "a")
     generator = seeded(0)
     SamplingVerifier().verify(builder.build(), torch.zeros(2, VOCAB), SamplingParams(temperature=1.0), generator)
-    assert calls and all(g is generator and d is not None and torch.device(d) == generator.device
-                         for g, d in calls)
+    assert calls and all(g is generator and d is not None and torch.device(d) == generator.device for g, d in calls)
 
 
 def _one_hot_logits(rows: int, token_of_row: list[int], vocab: int = VOCAB) -> torch.Tensor:
@@ -208,8 +183,7 @@ def test_top_k_one_makes_the_argmax_child_certain():
     child = builder.add(0, 1, "a", draft_probs=torch.full((VOCAB,), 1 / VOCAB))
     tree = builder.build()
     for seed in range(100):
-        verdict = SamplingVerifier().verify(tree, logits, SamplingParams(temperature=1.3, top_k=1),
-                                            seeded(seed))
+        verdict = SamplingVerifier().verify(tree, logits, SamplingParams(temperature=1.3, top_k=1), seeded(seed))
         assert verdict.accepted_nodes == (child,) and verdict.bonus_token == 1
 
 
@@ -289,7 +263,7 @@ MC_SAMPLING = SamplingParams(temperature=0.9, top_k=4)  # top-k zeros exercise p
 
 
 def _path_seed(kind: int, path: tuple[int, ...]) -> int:
-    return kind * 10_000 + sum((t + 1) * 7 ** i for i, t in enumerate(path))
+    return kind * 10_000 + sum((t + 1) * 7**i for i, t in enumerate(path))
 
 
 def mc_logits(path: tuple[int, ...]) -> torch.Tensor:
@@ -388,11 +362,10 @@ def test_verifier_monte_carlo_detects_a_wrong_residual(monkeypatch):
 # (iii) End to end on a tiny random Llama: speculative sampling = plain sampling = the target
 # ----------------------------------------------------------------------------------------------
 E2E_VOCAB = 16
-AUTOREGRESSIVE = {"scheduler": {"kind": "autoregressive"}, "sampling": {"temperature": 1.0}}
-CHAIN_PLD = {
+SAMPLED_PLAIN = {**AUTOREGRESSIVE, "sampling": {"temperature": 1.0}}
+SAMPLED_CHAIN_PLD = {  # shorter n-grams than CHAIN_PLD, so lookup matches often on the 16-token vocabulary
     "scheduler": {"kind": "chain", "options": {"level": "pld", "k": 4}},
-    "levels": [{"name": "pld", "kind": "prompt_lookup",
-                "options": {"max_ngram": 2, "min_ngram": 1, "num_tokens": 4}}],
+    "levels": [{"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 2, "min_ngram": 1, "num_tokens": 4}}],
     "sampling": {"temperature": 1.0},
 }
 
@@ -426,15 +399,14 @@ def test_speculative_pipeline_matches_autoregressive_and_target():
     first = _next_probs(model, [prompt])[0]
     second = _next_probs(model, [prompt + [a] for a in range(E2E_VOCAB)])
     eos = 2  # tiny_llama's eos_token_id: generation stops right after it
-    exact = {(a, b): float(first[a] * second[a, b]) for a in range(E2E_VOCAB) for b in range(E2E_VOCAB)
-             if a != eos}
+    exact = {(a, b): float(first[a] * second[a, b]) for a in range(E2E_VOCAB) for b in range(E2E_VOCAB) if a != eos}
     exact[(eos,)] = float(first[eos])
     assert first[prompt[1]] > 0.25, "the drafted token must be a plausible target token"
 
     runs = 3000
     counts = {}
     single_forward = 0
-    for name, config in (("autoregressive", AUTOREGRESSIVE), ("chain", CHAIN_PLD)):
+    for name, config in (("autoregressive", SAMPLED_PLAIN), ("chain", SAMPLED_CHAIN_PLD)):
         pipe = cas_spec.load_pipeline(config, model=model, tokenizer=IdTokenizer())
         c: dict = {}
         for seed in range(runs):

@@ -8,17 +8,17 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 os.environ["CAS_SPEC_LOAD_ENTRYPOINTS"] = "1"  # before cas-spec builds its plugin set
 os.environ["CAS_SPEC_CACHE"] = tempfile.mkdtemp(prefix="cas-spec-retrieval-test-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from cas_spec_retrieval import store  # noqa: E402
+from cas_spec.plugin import SetupContext
+from cas_spec_retrieval import store
 
 torch.set_num_threads(1)
 
@@ -35,8 +35,9 @@ def find_stories() -> Path:
     for folder in PACKAGE.resolve().parents:
         if (folder / "tests" / "fixtures" / "stories260K").is_dir():
             return folder / "tests" / "fixtures" / "stories260K"
-    raise RuntimeError("stories260K not found: set CAS_SPEC_STORIES to the cas-spec repository's "
-                       "tests/fixtures/stories260K")
+    raise RuntimeError(
+        "stories260K not found: set CAS_SPEC_STORIES to the cas-spec repository's tests/fixtures/stories260K"
+    )
 
 
 STORIES = find_stories()
@@ -60,10 +61,6 @@ def cache(tmp_path, monkeypatch):
     store.clear_memory()
 
 
-def fake_target(name_or_path="", vocab_size=512, tokenizer=None):
-    """What `Retrieval.setup` reads of a `Target`: the model's folder and vocabulary size."""
-    model = SimpleNamespace(name_or_path=str(name_or_path), config=SimpleNamespace(vocab_size=vocab_size))
-    target = SimpleNamespace(model=model)
-    if tokenizer is not None:
-        target.tokenizer = tokenizer
-    return target
+def setup_context(tokenizer, vocab_size=512) -> SetupContext:
+    """What a pipeline hands `Retrieval.setup`: its tokenizer and the model's vocabulary size."""
+    return SetupContext(tokenizer=tokenizer, vocab_size=vocab_size)

@@ -30,9 +30,9 @@ def test_suffix_array_sorts_suffixes_like_python(tokens):
 def brute_longest(docs, context, min_n, max_n):
     """Longest n with context[-n:] followed by a token inside some document."""
     for n in range(min(max_n, len(context)), min_n - 1, -1):
-        pattern = context[len(context) - n:]
+        pattern = context[len(context) - n :]
         for doc in docs:
-            if any(doc[i:i + n] == pattern for i in range(len(doc) - n)):
+            if any(doc[i : i + n] == pattern for i in range(len(doc) - n)):
                 return n
     return None
 
@@ -46,9 +46,14 @@ def test_longest_match_is_the_longest_suffix_followed_by_a_token(docs, context, 
     want = brute_longest(docs, context, min_n, max(min_n, max_n))
     assert (match.n if match else None) == want
     if match:
-        pattern = context[len(context) - match.n:]
-        expected = sorted(i for i in range(len(index)) if list(index.tokens[i:i + match.n]) == pattern
-                          and i + match.n < len(index) and index.tokens[i + match.n] != SEPARATOR)
+        pattern = context[len(context) - match.n :]
+        expected = sorted(
+            i
+            for i in range(len(index))
+            if list(index.tokens[i : i + match.n]) == pattern
+            and i + match.n < len(index)
+            and index.tokens[i + match.n] != SEPARATOR
+        )
         assert index.occurrences(pattern) == expected and match.hi - match.lo == len(expected)
 
 
@@ -60,13 +65,14 @@ def test_continuation_is_the_most_frequent_path(docs, context, count):
     match = index.longest_match(context, 1, 4)
     if match is None:
         return
-    pattern = context[len(context) - match.n:]
+    pattern = context[len(context) - match.n :]
     got = index.continuation(match, count, max_candidates=10**6)
     want = []
     while len(want) < count:  # oracle: count followers of pattern + want over every document
         key = pattern + want
-        followers = Counter(doc[i + len(key)] for doc in docs for i in range(len(doc) - len(key))
-                            if doc[i:i + len(key)] == key)
+        followers = Counter(
+            doc[i + len(key)] for doc in docs for i in range(len(doc) - len(key)) if doc[i : i + len(key)] == key
+        )
         if not followers:
             break
         want.append(min(followers, key=lambda t: (-followers[t], t)))

@@ -32,9 +32,11 @@ def test_the_shipped_pipeline_equals_plain_greedy(stories, plain, prompt, monkey
 
 def test_retrieval_alone_drafts_what_the_corpus_continues(stories, plain):
     model, tokenizer = stories
-    config = {"scheduler": {"kind": "chain", "options": {"level": "rest", "k": 8, "adaptive": False}},
-              "calibration": "off",
-              "levels": [{"name": "rest", "kind": "retrieval", "options": {"corpus": str(CORPUS)}}]}
+    config = {
+        "scheduler": {"kind": "chain", "options": {"level": "rest", "k": 8, "adaptive": False}},
+        "calibration": "off",
+        "levels": [{"name": "rest", "kind": "retrieval", "options": {"corpus": str(CORPUS)}}],
+    }
     pipe = load_pipeline(config, model=model, tokenizer=tokenizer)
     for prompt in (IN_CORPUS, NOT_IN_CORPUS):
         got = pipe.generate(prompt, max_new_tokens=48)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import CORPUS, STORIES
 
-from cas_spec.core.errors import ConfigError
+from cas_spec.plugin import ConfigError
 from cas_spec_retrieval import store
 
 

@@ -1,31 +1,28 @@
-"""Model adapters, resolved from `config.model_type`; built-ins register through the plugin hook."""
+"""The built-in model adapters (Llama family, Gemma 3), registered through the same hook as
+third-party ones. The `ModelAdapter` base class is `cas_spec.core.adapter.ModelAdapter`."""
 
-from cas_spec.adapters.base import ModelAdapter
+from __future__ import annotations
+
+from torch import nn
+
 from cas_spec.adapters.gemma3 import Gemma3Adapter
 from cas_spec.adapters.llama import LlamaAdapter
+from cas_spec.core import adapter
+from cas_spec.core.adapter import ModelAdapter
 from cas_spec.core.hookspecs import hookimpl
+from cas_spec.core.plugins import get_plugins
+from cas_spec.core.registry import Registry
 
-__all__ = ["ModelAdapter", "LlamaAdapter", "Gemma3Adapter", "resolve_adapter"]
+__all__ = ["Gemma3Adapter", "LlamaAdapter", "ModelAdapter", "resolve_adapter"]
 
 
 @hookimpl
-def register_adapters(registry):
+def register_adapters(registry: Registry[ModelAdapter]) -> None:
     registry.add(LlamaAdapter)
     registry.add(Gemma3Adapter)
 
 
-def resolve_adapter(model, registry=None) -> ModelAdapter:
-    """The adapter for `model`, or `UnsupportedModelError` naming the supported model types."""
-    from cas_spec.core.errors import UnsupportedModelError
-    from cas_spec.core.plugins import get_plugins
-
-    registry = registry or get_plugins().adapters
-    config = model.config
-    for name in registry.names():
-        cls = registry.get(name)
-        if cls.supports(config):
-            return cls(model)
-    supported = sorted({t for n in registry.names() for t in registry.get(n).model_types})
-    raise UnsupportedModelError(
-        f"unsupported model type '{getattr(config, 'model_type', '?')}'; supported: {', '.join(supported)}"
-    )
+def resolve_adapter(model: nn.Module, registry: Registry[ModelAdapter] | None = None) -> ModelAdapter:
+    """The adapter for `model` among `registry`'s (default: every registered plugin's), or
+    `UnsupportedModelError` naming the supported model types."""
+    return adapter.resolve_adapter(model, registry if registry is not None else get_plugins().adapters)

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import torch
 
-from cas_spec.adapters.base import ModelAdapter
+from cas_spec.core.adapter import ModelAdapter
 from cas_spec.core.tree import ancestor_matrix, tree_attention_mask
+from cas_spec.core.types import TokenTree
 
 
-def sliding_tree_attention_mask(tree, past_length: int, window: int, dtype: torch.dtype,
-                                device: torch.device | str = "cpu") -> torch.Tensor:
+def sliding_tree_attention_mask(
+    tree: TokenTree, past_length: int, window: int, dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Additive 4-D mask [1, 1, N, K + N] for a sliding-window layer holding `past_length` tokens.
 
     A sliding cache layer hands attention its last K = min(past_length, window - 1) cached tokens
@@ -49,7 +51,9 @@ class Gemma3Adapter(ModelAdapter):
     name = "gemma3"
     model_types = ("gemma3_text",)
 
-    def tree_attention_mask(self, tree, past_length: int, dtype: torch.dtype, device):
+    def tree_attention_mask(
+        self, tree: TokenTree, past_length: int, dtype: torch.dtype, device: torch.device | str
+    ) -> dict[str, torch.Tensor]:
         masks = {"full_attention": tree_attention_mask(tree, past_length, dtype, device)}
         window = getattr(self.config, "sliding_window", None)
         if window is not None and "sliding_attention" in (self.config.layer_types or ()):

@@ -5,7 +5,7 @@ SmolLM2 and the stories260K test model are Llama models.
 
 from __future__ import annotations
 
-from cas_spec.adapters.base import ModelAdapter
+from cas_spec.core.adapter import ModelAdapter
 
 
 class LlamaAdapter(ModelAdapter):

@@ -15,6 +15,7 @@ backend, no global state).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from cas_spec.bench.report import OVERALL, groups_of, methods_of, speedup, summarize
 from cas_spec.bench.runners import REFERENCE
@@ -27,7 +28,7 @@ class PlotsUnavailable(RuntimeError):
 MISSING = "plots skipped: matplotlib is not installed (pip install 'cas-spec[plot]')"
 
 
-def _figure(**kwargs):
+def _figure(**kwargs: Any):
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -49,8 +50,7 @@ def plot_speedup(results: dict, path: Path) -> Path:
     table = summarize(results)
     groups = [*groups_of(results), OVERALL]
     methods = [name for name, _ in methods_of(results) if name != REFERENCE] or [REFERENCE]
-    fig = _figure(figsize=(min(12.0, max(6.0, 2.0 + 0.35 * len(groups) * len(methods))), 4.2),
-                  layout="constrained")
+    fig = _figure(figsize=(min(12.0, max(6.0, 2.0 + 0.35 * len(groups) * len(methods))), 4.2), layout="constrained")
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(methods))
     for i, name in enumerate(methods):
@@ -109,8 +109,11 @@ def plot_acceptance(results: dict, path: Path) -> Path | None:
         return None
     group, qid = picked
     engine = [name for name, kind in methods_of(results) if kind == "engine"]
-    recs = {r["method"]: r for r in results["records"]
-            if r["group"] == group and r["question_id"] == qid and r["method"] in engine}
+    recs = {
+        r["method"]: r
+        for r in results["records"]
+        if r["group"] == group and r["question_id"] == qid and r["method"] in engine
+    }
     fig = _figure(figsize=(7.0, 1.0 + 1.4 * len(engine)), layout="constrained")
     axes = fig.subplots(len(engine), 1, sharex=True, squeeze=False)[:, 0]
     top = max(max(r["acceptance_lengths"] or [1]) for r in recs.values())

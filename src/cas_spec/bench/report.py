@@ -19,6 +19,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from cas_spec.bench.run import FORMAT
 from cas_spec.bench.runners import HF_GREEDY, REFERENCE
@@ -61,6 +62,7 @@ class Row:
         """(draft, verify, overhead) as fractions of the engine's decoding time."""
         if not self.decode:
             return None
+        assert self.draft is not None and self.verify is not None and self.overhead is not None  # set with decode
         return self.draft / self.decode, self.verify / self.decode, self.overhead / self.decode
 
     def scheduling_per_step(self) -> tuple[float, float] | None:
@@ -118,11 +120,21 @@ def _row(group: str, name: str, kind: str, recs: Sequence[dict]) -> Row:
 
     scheduling = total("scheduling_seconds") if engine and all("scheduling_seconds" in s for s in stats) else None
 
-    return Row(group=group, method=name, kind=kind, prompts=len(recs),
-               new_tokens=sum(r["new_tokens"] for r in recs), seconds=sum(r["seconds"] for r in recs),
-               target_forwards=total("target_forwards"), draft=total("draft_seconds"),
-               verify=total("verify_seconds"), overhead=total("overhead_seconds"), decode=total("decode_seconds"),
-               mismatches=sum(bool(r["mismatch"]) for r in recs), scheduling=scheduling)
+    return Row(
+        group=group,
+        method=name,
+        kind=kind,
+        prompts=len(recs),
+        new_tokens=sum(r["new_tokens"] for r in recs),
+        seconds=sum(r["seconds"] for r in recs),
+        target_forwards=cast("int | None", total("target_forwards")),  # a sum of counts
+        draft=total("draft_seconds"),
+        verify=total("verify_seconds"),
+        overhead=total("overhead_seconds"),
+        decode=total("decode_seconds"),
+        mismatches=sum(bool(r["mismatch"]) for r in recs),
+        scheduling=scheduling,
+    )
 
 
 def speedup(row: Row, base: Row | None) -> float | None:
@@ -156,7 +168,8 @@ def render(results: dict) -> str:
             accept = row.mean_acceptance_length
             split = row.split()
             cells = [
-                f"**{group}**" if group == OVERALL else group, name,
+                f"**{group}**" if group == OVERALL else group,
+                name,
                 f"{up:.2f}×" if up is not None else DASH,
                 f"{hf_up:.2f}×" if hf_up is not None else DASH,
                 f"{accept:.2f}" if accept is not None else DASH,
@@ -168,23 +181,31 @@ def render(results: dict) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     lines.extend(level_table(results))
     lines.append("")
-    lines.append("speedup: tokens/s relative to `autoregressive` (the engine's plain decoding) on the same prompts; "
-                 "draft/verify/overhead: share of the engine's decoding time; scheduling: the scheduler's "
-                 "own work per step (drafting time outside the levels' draft calls), and its share.")
+    lines.append(
+        "speedup: tokens/s relative to `autoregressive` (the engine's plain decoding) on the same prompts; "
+        "draft/verify/overhead: share of the engine's decoding time; scheduling: the scheduler's "
+        "own work per step (drafting time outside the levels' draft calls), and its share."
+    )
     if not greedy:
-        lines.append(f"temperature {s['temperature']:g}: sampled outputs are not expected to be identical; "
-                     "mismatches only count outputs that differ from the engine's autoregressive one.")
+        lines.append(
+            f"temperature {s['temperature']:g}: sampled outputs are not expected to be identical; "
+            "mismatches only count outputs that differ from the engine's autoregressive one."
+        )
     lines.append(identity_line(results, has_hf, greedy))
     if results.get("skipped"):
         by_group: dict[str, int] = {}
         for q in results["skipped"]:
             by_group[q["group"]] = by_group.get(q["group"], 0) + 1
-        lines.append("passed over (prompt + new tokens exceed the context of "
-                     f"{s['context_length']}): " + ", ".join(f"{g} {n}" for g, n in by_group.items()))
+        lines.append(
+            "passed over (prompt + new tokens exceed the context of "
+            f"{s['context_length']}): " + ", ".join(f"{g} {n}" for g, n in by_group.items())
+        )
     load = f"load average (1/5/15 min) {_load(env.get('load_average_start'))} → {_load(env.get('load_average_end'))}"
-    lines.append(f"environment: {env['cpu']} ({env['cpu_count']} CPUs), torch {env['torch']}, "
-                 f"transformers {env['transformers']}, cas-spec {env['cas_spec']}, python {env['python']}, "
-                 f"{load}, {env['date']}")
+    lines.append(
+        f"environment: {env['cpu']} ({env['cpu_count']} CPUs), torch {env['torch']}, "
+        f"transformers {env['transformers']}, cas-spec {env['cas_spec']}, python {env['python']}, "
+        f"{load}, {env['date']}"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -199,18 +220,27 @@ def level_table(results: dict) -> list[str]:
         forwards = sum(s["target_forwards"] for s in stats)
         verify = sum(s["verify_seconds"] for s in stats)
         for level in stats[0].get("levels", {}):
-            totals = {key: sum(s["levels"][level].get(key, 0) for s in stats)
-                      for key in ("drafted", "accepted", "proposed", "seconds")}
+            totals = {
+                key: sum(s["levels"][level].get(key, 0) for s in stats)
+                for key in ("drafted", "accepted", "proposed", "seconds")
+            }
             alpha = totals["accepted"] / totals["drafted"] if totals["drafted"] else None
             forward_seconds = verify / forwards if forwards else None
-            cost = (totals["seconds"] / totals["proposed"] / forward_seconds
-                    if totals["proposed"] and forward_seconds else None)
+            cost = (
+                totals["seconds"] / totals["proposed"] / forward_seconds
+                if totals["proposed"] and forward_seconds
+                else None
+            )
             cells = [name, level, _fmt(alpha), _fmt(cost), str(totals["proposed"]), str(totals["drafted"])]
             rows.append("| " + " | ".join(cells) + " |")
     if not rows:
         return []
-    return ["", "| method | level | α (accepted / drafted) | c (per proposed token, target forward = 1) "
-            "| proposed | drafted |", "|---|---|--:|--:|--:|--:|", *rows]
+    return [
+        "",
+        "| method | level | α (accepted / drafted) | c (per proposed token, target forward = 1) | proposed | drafted |",
+        "|---|---|--:|--:|--:|--:|",
+        *rows,
+    ]
 
 
 def _scheduling(row: Row) -> str:
@@ -222,7 +252,7 @@ def _fmt(value: float | None) -> str:
     return DASH if value is None else f"{value:.2f}"
 
 
-def _load(values) -> str:
+def _load(values: Sequence[float] | None) -> str:
     return "/".join(f"{v:.2f}" for v in values) if values else "unknown"
 
 
@@ -234,9 +264,13 @@ def identity_line(results: dict, has_hf: bool, greedy: bool) -> str:
     differ = [r for r in recs if r["mismatch"]]
     what = "greedy" if greedy else "sampled"
     if not differ:
-        return f"identity vs transformers: the engine's autoregressive output equals {what} `generate` " \
-               f"token for token on {len(recs)}/{len(recs)} prompts"
+        return (
+            f"identity vs transformers: the engine's autoregressive output equals {what} `generate` "
+            f"token for token on {len(recs)}/{len(recs)} prompts"
+        )
     where = ", ".join(f"{r['group']} #{r['question_id']} (from token {r['first_difference']})" for r in differ[:8])
     more = f" and {len(differ) - 8} more" if len(differ) > 8 else ""
-    return (f"identity vs transformers: the engine's autoregressive output differs from {what} `generate` on "
-            f"{len(differ)}/{len(recs)} prompts: {where}{more}")
+    return (
+        f"identity vs transformers: the engine's autoregressive output differs from {what} `generate` on "
+        f"{len(differ)}/{len(recs)} prompts: {where}{more}"
+    )

@@ -32,9 +32,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
-from cas_spec.bench.questions import GroupError, Question, group_questions, load_questions, parse_groups, select
-from cas_spec.bench.runners import REFERENCE, MethodSpec, Output, Runner, build_runners
+import torch
+import transformers
+
+import cas_spec
+from cas_spec.bench.runners import REFERENCE, EngineRunner, MethodSpec, Output, Runner, build_runners
+from cas_spec.data.questions import GroupError, Question, group_questions, load_questions, parse_groups, select
+from cas_spec.hub import load_model
 
 FORMAT = "cas-spec-bench/1"
 WARMUP_TOKENS = 16
@@ -55,20 +61,16 @@ class BenchSettings:
 
 def run_bench(settings: BenchSettings, progress: bool = True) -> dict:
     """Run every method on the selected prompts; returns the results (see `report.save_results`)."""
-    import torch
-
     started = _loadavg()
     label, questions = load_questions(settings.questions)
     grouped = group_questions(questions)
     names = parse_groups(settings.groups, list(grouped))
 
     torch.set_num_threads(settings.threads)
-    from cas_spec.core.models import load_model
-
     model, tokenizer = load_model(settings.model, "cpu", "float32", progress=progress)
     runners = build_runners(settings.methods, model, tokenizer, settings.threads)
     torch.set_num_threads(settings.threads)
-    reference_pipe = runners[0].pipe  # autoregressive, always first
+    reference_pipe = cast(EngineRunner, runners[0]).pipe  # autoregressive, always first
     context = reference_pipe.adapter.context_length
     chat = reference_pipe.wants_chat(None)
 
@@ -81,13 +83,14 @@ def run_bench(settings: BenchSettings, progress: bool = True) -> dict:
 
     chosen, skipped = select(grouped, names, settings.prompts_per_group, fits)
     if not chosen:
-        raise GroupError(f"no question of group{'s' if len(names) > 1 else ''} {', '.join(names)} fits the "
-                         f"model's context of {context} tokens with {settings.max_new_tokens} new tokens")
+        raise GroupError(
+            f"no question of group{'s' if len(names) > 1 else ''} {', '.join(names)} fits the "
+            f"model's context of {context} tokens with {settings.max_new_tokens} new tokens"
+        )
 
     warm_ids = encoded[chosen[0].line]
     for runner in runners:
-        runner.prepare(warm_ids, min(WARMUP_TOKENS, settings.max_new_tokens), settings.temperature,
-                       settings.seed)()
+        runner.prepare(warm_ids, min(WARMUP_TOKENS, settings.max_new_tokens), settings.temperature, settings.seed)()
 
     records = _loop(runners, chosen, encoded, settings, progress)
     groups = [name for name in names if any(q.group == name for q in chosen)]
@@ -95,26 +98,46 @@ def run_bench(settings: BenchSettings, progress: bool = True) -> dict:
         "format": FORMAT,
         "environment": environment(settings.threads, started, _loadavg()),
         "settings": {
-            "questions": label, "groups": groups, "prompts_per_group": settings.prompts_per_group,
-            "max_new_tokens": settings.max_new_tokens, "threads": settings.threads, "model": settings.model,
-            "temperature": settings.temperature, "seed": settings.seed, "chat_template": chat,
-            "context_length": context, "warmup_tokens": min(WARMUP_TOKENS, settings.max_new_tokens),
+            "questions": label,
+            "groups": groups,
+            "prompts_per_group": settings.prompts_per_group,
+            "max_new_tokens": settings.max_new_tokens,
+            "threads": settings.threads,
+            "model": settings.model,
+            "temperature": settings.temperature,
+            "seed": settings.seed,
+            "chat_template": chat,
+            "context_length": context,
+            "warmup_tokens": min(WARMUP_TOKENS, settings.max_new_tokens),
         },
-        "methods": [{"name": s.name, "kind": s.kind, "source": s.source, "hf_kwargs": s.hf_kwargs}
-                    for s in settings.methods],
-        "skipped": [{"group": q.group, "question_id": q.question_id, "prompt_tokens": len(encoded[q.line])}
-                    for q in skipped],
+        "methods": [
+            {"name": s.name, "kind": s.kind, "source": s.source, "hf_kwargs": s.hf_kwargs} for s in settings.methods
+        ],
+        "skipped": [
+            {"group": q.group, "question_id": q.question_id, "prompt_tokens": len(encoded[q.line])} for q in skipped
+        ],
         "records": records,
     }
 
 
-def _loop(runners: Sequence[Runner], chosen: Sequence[Question], encoded: dict[int, list[int]],
-          settings: BenchSettings, progress: bool) -> list[dict]:
+def _loop(
+    runners: Sequence[Runner],
+    chosen: Sequence[Question],
+    encoded: dict[int, list[int]],
+    settings: BenchSettings,
+    progress: bool,
+) -> list[dict]:
     from tqdm import tqdm
 
     records: list[dict] = []
-    bar = tqdm(total=len(chosen) * len(runners), desc="bench", unit="run", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(chosen) * len(runners),
+        desc="bench",
+        unit="run",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     try:
         for index, question in enumerate(chosen):
             ids = encoded[question.line]
@@ -138,17 +161,33 @@ def _loop(runners: Sequence[Runner], chosen: Sequence[Question], encoded: dict[i
     return records
 
 
-def _record(question: Question, runner: Runner, prompt_tokens: int, output: Output, seconds: float,
-            position: int, reference: list[int]) -> dict:
+def _record(
+    question: Question,
+    runner: Runner,
+    prompt_tokens: int,
+    output: Output,
+    seconds: float,
+    position: int,
+    reference: list[int],
+) -> dict:
     tokens = output.token_ids
     first_difference = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), None)
     if first_difference is None and len(tokens) != len(reference):
         first_difference = min(len(tokens), len(reference))
-    record = {
-        "group": question.group, "category": question.category, "question_id": question.question_id,
-        "method": runner.name, "kind": runner.kind, "position": position, "prompt_tokens": prompt_tokens,
-        "new_tokens": len(tokens), "seconds": seconds, "mismatch": first_difference is not None,
-        "first_difference": first_difference, "acceptance_lengths": None, "stats": None,
+    record: dict[str, object] = {
+        "group": question.group,
+        "category": question.category,
+        "question_id": question.question_id,
+        "method": runner.name,
+        "kind": runner.kind,
+        "position": position,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": len(tokens),
+        "seconds": seconds,
+        "mismatch": first_difference is not None,
+        "first_difference": first_difference,
+        "acceptance_lengths": None,
+        "stats": None,
     }
     stats = output.stats
     if stats is not None:
@@ -156,34 +195,46 @@ def _record(question: Question, runner: Runner, prompt_tokens: int, output: Outp
         record["stats"] = {
             "target_forwards": stats.target_forwards,
             "mean_acceptance_length": stats.mean_acceptance_length,
-            "prefill_seconds": stats.prefill_seconds, "draft_seconds": stats.draft_seconds,
-            "verify_seconds": stats.verify_seconds, "overhead_seconds": stats.overhead_seconds,
-            "decode_seconds": stats.decode_seconds, "stop_reason": stats.stop_reason,
+            "prefill_seconds": stats.prefill_seconds,
+            "draft_seconds": stats.draft_seconds,
+            "verify_seconds": stats.verify_seconds,
+            "overhead_seconds": stats.overhead_seconds,
+            "decode_seconds": stats.decode_seconds,
+            "stop_reason": stats.stop_reason,
             "scheduling_seconds": stats.scheduling_seconds,
-            "levels": {name: {"drafted": lv.drafted, "accepted": lv.accepted, "calls": lv.calls,
-                              "proposed": lv.proposed, "seconds": lv.seconds}
-                       for name, lv in stats.levels.items()},
+            "levels": {
+                name: {
+                    "drafted": lv.drafted,
+                    "accepted": lv.accepted,
+                    "calls": lv.calls,
+                    "proposed": lv.proposed,
+                    "seconds": lv.seconds,
+                }
+                for name, lv in stats.levels.items()
+            },
         }
     return record
 
 
 # -- environment --------------------------------------------------------------------------------
 
+
 def environment(threads: int, load_start: list[float] | None, load_end: list[float] | None) -> dict:
     """Versions, machine and load: what a reader needs to judge the numbers."""
-    import torch
-    import transformers
-
-    import cas_spec
-
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": shlex.join(sys.argv),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "cas_spec": cas_spec.__version__,
-        "platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-        "threads": threads, "torch_threads": torch.get_num_threads(),
-        "load_average_start": load_start, "load_average_end": load_end,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cas_spec": cas_spec.__version__,
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_start": load_start,
+        "load_average_end": load_end,
     }
 
 

@@ -23,10 +23,16 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
+from cas_spec.core.config import load_config, preset_names
 from cas_spec.core.errors import UserError
 from cas_spec.core.types import GenerationStats
+from cas_spec.pipeline import Pipeline, load_pipeline
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 REFERENCE = "autoregressive"
 HF_GREEDY = "hf:greedy"
@@ -55,10 +61,11 @@ class Output:
 
 
 def _known() -> str:
-    from cas_spec.core.config import preset_names
 
-    return (f"presets: {', '.join(preset_names())}; baselines: {', '.join(HF_METHODS)}, {HF_EARLY_EXIT}E; "
-            f"method sets: {', '.join(METHOD_SETS)}; or a pipeline YAML file")
+    return (
+        f"presets: {', '.join(preset_names())}; baselines: {', '.join(HF_METHODS)}, {HF_EARLY_EXIT}E; "
+        f"method sets: {', '.join(METHOD_SETS)}; or a pipeline YAML file"
+    )
 
 
 def parse_method(entry: str) -> MethodSpec:
@@ -67,13 +74,13 @@ def parse_method(entry: str) -> MethodSpec:
         if entry in HF_METHODS:
             return MethodSpec(entry, "hf", hf_kwargs=dict(HF_METHODS[entry]))
         if entry.startswith(HF_EARLY_EXIT):
-            value = entry[len(HF_EARLY_EXIT):]
+            value = entry[len(HF_EARLY_EXIT) :]
             if not value.isdigit() or int(value) < 1:
-                raise MethodError(f"--methods entry '{entry}': the early-exit layer must be a positive integer, "
-                                  f"e.g. {HF_EARLY_EXIT}4")
+                raise MethodError(
+                    f"--methods entry '{entry}': the early-exit layer must be a positive integer, e.g. {HF_EARLY_EXIT}4"
+                )
             return MethodSpec(f"{HF_EARLY_EXIT}{int(value)}", "hf", hf_kwargs={"assistant_early_exit": int(value)})
         raise MethodError(f"--methods entry '{entry}': unknown transformers baseline; {_known()}")
-    from cas_spec.core.config import load_config
 
     try:
         load_config(entry)
@@ -107,8 +114,9 @@ def parse_methods(text: str) -> list[MethodSpec]:
             continue
         clash = next((s for s in specs if s.name == spec.name), None)
         if clash is not None:
-            raise MethodError(f"--methods entry '{entry}': the name '{spec.name}' is taken "
-                              f"by '{clash.source or clash.name}'")
+            raise MethodError(
+                f"--methods entry '{entry}': the name '{spec.name}' is taken by '{clash.source or clash.name}'"
+            )
         specs.append(spec)
     if any(s.kind == "hf" for s in specs) and all(s.name != HF_GREEDY for s in specs):
         specs.insert(1, parse_method(HF_GREEDY))
@@ -129,17 +137,20 @@ class Runner:
     def kind(self) -> str:
         return self.spec.kind
 
-    def prepare(self, ids: Sequence[int], max_new_tokens: int, temperature: float,
-                seed: int | None) -> Callable[[], Output]:
+    def prepare(
+        self, ids: Sequence[int], max_new_tokens: int, temperature: float, seed: int | None
+    ) -> Callable[[], Output]:
         raise NotImplementedError
 
 
 class EngineRunner(Runner):
-    def __init__(self, spec: MethodSpec, pipe):
+    def __init__(self, spec: MethodSpec, pipe: Pipeline):
         super().__init__(spec)
         self.pipe = pipe
 
-    def prepare(self, ids, max_new_tokens, temperature, seed):
+    def prepare(
+        self, ids: Sequence[int], max_new_tokens: int, temperature: float, seed: int | None
+    ) -> Callable[[], Output]:
         ids = list(ids)
 
         def call() -> Output:
@@ -149,19 +160,33 @@ class EngineRunner(Runner):
         return call
 
 
+class _Generates(Protocol):
+    """A transformers causal LM, as `HFRunner` runs it."""
+
+    device: torch.device
+
+    def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
+
+
 class HFRunner(Runner):
-    def __init__(self, spec: MethodSpec, model, eos_token_ids: Sequence[int], pad_token_id: int | None):
+    def __init__(self, spec: MethodSpec, model: _Generates, eos_token_ids: Sequence[int], pad_token_id: int | None):
         super().__init__(spec)
         self.model = model
         self.eos = list(eos_token_ids)
         self.pad = pad_token_id
 
-    def prepare(self, ids, max_new_tokens, temperature, seed):
+    def prepare(
+        self, ids: Sequence[int], max_new_tokens: int, temperature: float, seed: int | None
+    ) -> Callable[[], Output]:
         import torch
 
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.model.device)
-        kwargs: dict[str, Any] = dict(self.spec.hf_kwargs, attention_mask=torch.ones_like(input_ids),
-                                      max_new_tokens=max_new_tokens, pad_token_id=self.pad)
+        kwargs: dict[str, Any] = dict(
+            self.spec.hf_kwargs,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=self.pad,
+        )
         if self.eos:
             kwargs["eos_token_id"] = self.eos
         if temperature > 0:  # plain sampling: no top-k or top-p, as in the engine's default
@@ -174,7 +199,7 @@ class HFRunner(Runner):
         def call() -> Output:
             with _quiet_transformers(), torch.inference_mode():
                 out = self.model.generate(input_ids, **kwargs)
-            return Output(out[0, input_ids.shape[1]:].tolist(), None)
+            return Output(out[0, input_ids.shape[1] :].tolist(), None)
 
         return call
 
@@ -192,9 +217,8 @@ def _quiet_transformers():
         logging.set_verbosity(level)
 
 
-def build_runners(specs: Sequence[MethodSpec], model, tokenizer, threads: int) -> list[Runner]:
+def build_runners(specs: Sequence[MethodSpec], model: nn.Module, tokenizer: Any, threads: int) -> list[Runner]:
     """Runners sharing one model: engine pipelines through `load_pipeline(model=, tokenizer=)`."""
-    from cas_spec.core.pipeline import load_pipeline
 
     runners: list[Runner] = []
     pipes = []
@@ -212,8 +236,10 @@ def build_runners(specs: Sequence[MethodSpec], model, tokenizer, threads: int) -
         if spec.kind == "hf":
             exit_layer = spec.hf_kwargs.get("assistant_early_exit")
             if exit_layer is not None and layers and exit_layer >= layers:
-                raise MethodError(f"--methods entry '{spec.name}': the model has {layers} layers; "
-                                  f"the early-exit layer must be below that")
-            runners.append(HFRunner(spec, model, adapter.eos_token_ids, pad))
+                raise MethodError(
+                    f"--methods entry '{spec.name}': the model has {layers} layers; "
+                    f"the early-exit layer must be below that"
+                )
+            runners.append(HFRunner(spec, cast(_Generates, model), adapter.eos_token_ids, pad))
     order = [s.name for s in specs]
     return sorted(runners, key=lambda r: order.index(r.name))

@@ -13,12 +13,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from cas_spec.core.errors import ConfigError
+from cas_spec.core.plugins import get_plugins
+
+if TYPE_CHECKING:
+    from cas_spec.core.interfaces import Plugin
+    from cas_spec.core.plugins import Plugins
+    from cas_spec.core.registry import Registry
 
 PRESETS_PACKAGE = "cas_spec.pipelines"
 
@@ -27,7 +33,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LevelConfig(_Strict):
+class _Plugged(_Strict):
+    """A plugin's entry: its `kind` and its `options`, validated once, by `validate`, against the
+    plugin's own `Options` model; `validated_options` is that instance, what the plugin receives."""
+
+    _validated: BaseModel | None = PrivateAttr(default=None)
+    if TYPE_CHECKING:  # fields each subclass declares (here they would come first in the schema)
+        kind: str
+        options: dict[str, Any]
+
+    def validated_options(self, registry: Registry[Plugin]) -> BaseModel:
+        """The validated options (validated now if this config did not come through `validate`)."""
+        if self._validated is None:
+            self._validated = registry.get(self.kind).Options.model_validate(self.options)
+        return self._validated
+
+
+class LevelConfig(_Plugged):
     """One level: a named, configured strategy."""
 
     name: str = Field(description="Unique name of the level, used by schedulers and statistics.")
@@ -35,57 +57,69 @@ class LevelConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="The strategy's options.")
 
 
-class SchedulerConfig(_Strict):
-    kind: str = Field("chain", description="Registered scheduler name.")
+class SchedulerConfig(_Plugged):
+    kind: str = Field(default="chain", description="Registered scheduler name.")
     options: dict[str, Any] = Field(default_factory=dict, description="The scheduler's options.")
-    gate: bool = Field(False, description="Wrap the scheduler in the never-slower gate: decode plainly "
-                       "while measured speculation is slower than plain decoding, and probe again later.")
+    gate: bool = Field(
+        default=False,
+        description="Wrap the scheduler in the never-slower gate: decode plainly "
+        "while measured speculation is slower than plain decoding, and probe again later.",
+    )
 
 
 class SamplingConfig(_Strict):
-    temperature: float = Field(0.0, ge=0.0, description="0 = greedy decoding.")
-    top_k: int | None = Field(None, ge=1, description="Keep only the k most likely tokens.")
-    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
-    seed: int | None = Field(None, description="Seed that makes a sampled run reproducible.")
+    temperature: float = Field(default=0.0, ge=0.0, description="0 = greedy decoding.")
+    top_k: int | None = Field(default=None, ge=1, description="Keep only the k most likely tokens.")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
+    seed: int | None = Field(default=None, description="Seed that makes a sampled run reproducible.")
 
 
 class KernelsConfig(_Strict):
     linear: Literal["auto", "stock"] = Field(
-        "auto", description="auto = per row count, the fastest linear kernel measured on this machine.")
+        default="auto", description="auto = per row count, the fastest linear kernel measured on this machine."
+    )
     attention: Literal["auto", "stock"] = Field(
-        "auto", description="auto = SDPA without K/V copies for grouped-query attention.")
+        default="auto", description="auto = SDPA without K/V copies for grouped-query attention."
+    )
 
 
 class PipelineConfig(_Strict):
     """A whole pipeline. Every field has a default; the default `chain` scheduler needs one level."""
 
-    model: str = Field("smollm2-135m", description="Model alias or a local Hugging Face folder.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available.")
+    model: str = Field(default="smollm2-135m", description="Model alias or a local Hugging Face folder.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = cuda when available.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto = float32 on CPU, bfloat16 on CUDA.")
-    threads: int | None = Field(1, ge=1, description="CPU threads for torch (null = leave as is).")
-    chat: bool | None = Field(None, description="Apply the chat template; null = when the model has one.")
-    max_new_tokens: int = Field(128, ge=1, description="Default generation budget.")
+        default="auto", description="auto = float32 on CPU, bfloat16 on CUDA."
+    )
+    threads: int | None = Field(default=1, ge=1, description="CPU threads for torch (null = leave as is).")
+    chat: bool | None = Field(default=None, description="Apply the chat template; null = when the model has one.")
+    max_new_tokens: int = Field(default=128, ge=1, description="Default generation budget.")
     calibration: Literal["auto", "off"] = Field(
-        "auto", description="auto = use the cached cost table, or measure a quick one on first use.")
-    kernels: KernelsConfig = Field(default_factory=KernelsConfig,
-                                   description="CPU float32 kernels (used only when calibrated).")
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig,
-                                       description="Which scheduler decides who drafts what, and its options.")
+        default="auto", description="auto = use the cached cost table, or measure a quick one on first use."
+    )
+    kernels: KernelsConfig = Field(
+        default_factory=KernelsConfig, description="CPU float32 kernels (used only when calibrated)."
+    )
+    scheduler: SchedulerConfig = Field(
+        default_factory=SchedulerConfig, description="Which scheduler decides who drafts what, and its options."
+    )
 
     @field_validator("calibration", mode="before")
     @classmethod
-    def _yaml_off(cls, value):
+    def _yaml_off(cls, value: object) -> object:
         return "off" if value is False else value  # YAML reads a bare `off` as false
 
-    levels: list[LevelConfig] = Field(default_factory=list,
-                                      description="The drafting levels: named, configured strategies.")
-    verifier: str = Field("auto", description="auto = greedy at temperature 0, sampling otherwise.")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig,
-                                     description="How tokens are chosen: greedy, or sampled like the target.")
+    levels: list[LevelConfig] = Field(
+        default_factory=list, description="The drafting levels: named, configured strategies."
+    )
+    verifier: str = Field(default="auto", description="auto = greedy at temperature 0, sampling otherwise.")
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig, description="How tokens are chosen: greedy, or sampled like the target."
+    )
 
 
 # -- loading ----------------------------------------------------------------------------------
+
 
 def preset_names() -> list[str]:
     from importlib import resources
@@ -106,8 +140,9 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     if isinstance(exc, yaml.constructor.ConstructorError):
         tag = re.search(r"tag '([^']*)'", problem)
         name = tag.group(1).replace("tag:yaml.org,2002:", "!!") if tag else "?"
-        problem = (f"tag '{name}' is not allowed: a pipeline is plain data "
-                   "(mappings, lists, strings, numbers, booleans, null)")
+        problem = (
+            f"tag '{name}' is not allowed: a pipeline is plain data (mappings, lists, strings, numbers, booleans, null)"
+        )
     return problem
 
 
@@ -135,16 +170,16 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _resolve_extends(data: dict[str, Any], base_dir: Path | None, source: str,
-                     seen: tuple[str, ...]) -> dict[str, Any]:
+def _resolve_extends(data: dict[str, Any], base_dir: Path | None, source: str, seen: tuple[str, ...]) -> dict[str, Any]:
     parent = data.pop("extends", None)
     if parent is None:
         return data
     if not isinstance(parent, str):
         raise ConfigError(["extends: expected a file path or preset name"], source)
     if _is_remote(parent):
-        raise ConfigError([f"extends: '{parent}' is a URL or a network path; only local files and presets "
-                           "are allowed"], source)
+        raise ConfigError(
+            [f"extends: '{parent}' is a URL or a network path; only local files and presets are allowed"], source
+        )
     key = str((base_dir / parent).resolve()) if base_dir and (base_dir / parent).exists() else parent
     if key in seen:
         raise ConfigError([f"extends: cycle through '{parent}'"], source)
@@ -155,8 +190,9 @@ def _resolve_extends(data: dict[str, Any], base_dir: Path | None, source: str,
     elif parent in preset_names():
         parent_data = _resolve_extends(_parse_yaml(_preset_text(parent), parent), None, parent, seen + (key,))
     else:
-        raise ConfigError([f"extends: no file or preset named '{parent}'; presets: {', '.join(preset_names())}"],
-                          source)
+        raise ConfigError(
+            [f"extends: no file or preset named '{parent}'; presets: {', '.join(preset_names())}"], source
+        )
     return _merge(parent_data, data)
 
 
@@ -173,7 +209,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError([f"--set {item}: expected key.path=value"])
     path, _, raw = item.partition("=")
-    keys = [k for k in path.strip().split(".")]
+    keys = list(path.strip().split("."))
     if not all(keys):
         raise ConfigError([f"--set {item}: empty key in '{path}'"])
     try:
@@ -221,24 +257,25 @@ def load_raw(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], st
         data = _parse_yaml(path.read_text(), text_source)
         return _resolve_extends(data, path.parent, text_source, (str(path.resolve()),)), text_source
     if text_source in preset_names():
-        return _resolve_extends(_parse_yaml(_preset_text(text_source), text_source), None, text_source,
-                                (text_source,)), text_source
-    raise ConfigError([f"<pipeline>: no file or preset named '{text_source}'; presets: "
-                       f"{', '.join(preset_names())}"])
+        return _resolve_extends(
+            _parse_yaml(_preset_text(text_source), text_source), None, text_source, (text_source,)
+        ), text_source
+    raise ConfigError([f"<pipeline>: no file or preset named '{text_source}'; presets: {', '.join(preset_names())}"])
 
 
-def _location(loc: tuple) -> str:
+def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "<root>"
 
 
-def validate(data: Mapping[str, Any], source: str | None = None, plugins=None) -> PipelineConfig:
-    """Validate structure, every plugin kind and its options; raise one `ConfigError` listing all."""
-    from cas_spec.core.plugins import get_plugins
+def validate(data: Mapping[str, Any], source: str | None = None, plugins: Plugins | None = None) -> PipelineConfig:
+    """Validate structure, every plugin kind and its options (once: the validated options stay with
+    the config, `validated_options`); raise one `ConfigError` listing all problems."""
 
     plugins = plugins or get_plugins()
     # Plugin kinds and options are checked on the raw data, wherever they are well-formed, so a
     # structural problem elsewhere does not hide them.
-    problems = _plugin_problems(data, plugins)
+    validated: dict[str, BaseModel] = {}
+    problems = _plugin_problems(data, plugins, validated)
     try:
         config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
@@ -249,26 +286,30 @@ def validate(data: Mapping[str, Any], source: str | None = None, plugins=None) -
     for i, name in enumerate(names):
         if name in names[:i]:
             problems.append(f"levels.{i}.name: duplicate level name '{name}'")
+    for i, level in enumerate(config.levels):
+        level._validated = validated.get(f"levels.{i}")
+    config.scheduler._validated = validated.get("scheduler")
     if not problems:
-        cls = plugins.schedulers.get(config.scheduler.kind)
-        problems += cls.check_levels(cls.Options.model_validate(config.scheduler.options), names)
+        options = config.scheduler.validated_options(plugins.schedulers)
+        problems += plugins.schedulers.get(config.scheduler.kind).check_levels(options, names)
     if problems:
         raise ConfigError(problems, source)
     return config
 
 
-def _plugin_problems(data: Mapping[str, Any], plugins) -> list[str]:
-    """Unknown plugin kinds and invalid plugin options, as `location: message`."""
+def _plugin_problems(data: Mapping[str, Any], plugins: Plugins, validated: dict[str, BaseModel]) -> list[str]:
+    """Unknown plugin kinds and invalid plugin options, as `location: message`; the options that
+    validate go into `validated`, by location (`levels.0`, `scheduler`)."""
     problems: list[str] = []
     if not isinstance(data, Mapping):
         return problems
 
-    def check(registry, entry: Any, where: str, default_kind: str | None = None) -> None:
+    def check(registry: Registry[Plugin], entry: Any, where: str, default_kind: str | None = None) -> None:
         if not isinstance(entry, Mapping):
             return
         kind, options = entry.get("kind", default_kind), entry.get("options", {})
         if isinstance(kind, str) and isinstance(options, Mapping):
-            problems.extend(_check_plugin(registry, kind, dict(options), where))
+            problems.extend(_check_plugin(registry, kind, dict(options), where, validated))
 
     levels = data.get("levels")
     if isinstance(levels, list):
@@ -281,19 +322,24 @@ def _plugin_problems(data: Mapping[str, Any], plugins) -> list[str]:
     return problems
 
 
-def _check_plugin(registry, kind: str, options: dict[str, Any], where: str) -> list[str]:
+def _check_plugin(
+    registry: Registry[Plugin], kind: str, options: dict[str, Any], where: str, validated: dict[str, BaseModel]
+) -> list[str]:
     if kind not in registry:
         return [f"{where}.kind: {registry.unknown_message(kind)}"]
     try:
-        registry.get(kind).Options.model_validate(options)
+        validated[where] = registry.get(kind).Options.model_validate(options)
     except ValidationError as exc:
-        return [f"{where}.options.{_location(e['loc'])}: {e['msg']}".replace(".options.<root>", ".options")
-                for e in exc.errors()]
+        return [
+            f"{where}.options.{_location(e['loc'])}: {e['msg']}".replace(".options.<root>", ".options")
+            for e in exc.errors()
+        ]
     return []
 
 
-def load_config(source: str | Path | Mapping[str, Any] = "default", overrides: Iterable[str] = (),
-                plugins=None) -> PipelineConfig:
+def load_config(
+    source: str | Path | Mapping[str, Any] = "default", overrides: Iterable[str] = (), plugins: Plugins | None = None
+) -> PipelineConfig:
     """Load, merge, override and validate a pipeline."""
     data, name = load_raw(source)
     data = apply_overrides(data, overrides)

@@ -11,13 +11,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from cas_spec.core.cost_model import UNCALIBRATED, CostModel
 from cas_spec.core.interfaces import Scheduler, Verifier
 from cas_spec.core.levels import Level
 from cas_spec.core.sampling import make_generator
 from cas_spec.core.state import DecodingState
 from cas_spec.core.stats import StatsRecorder
 from cas_spec.core.target import Target
-from cas_spec.core.types import GenerationStats, SamplingParams, StepTimings
+from cas_spec.core.types import GenerationStats, SamplingParams, StepTimings, TokenTree, Verdict
 
 TokenCallback = Callable[[list[int]], None]
 LogitsCallback = Callable[[torch.Tensor], None]  # [n, V]: the target logits of a step's n committed tokens
@@ -34,12 +35,14 @@ def generate_tokens(
     eos_token_ids: Sequence[int] = (),
     on_tokens: TokenCallback | None = None,
     on_logits: LogitsCallback | None = None,
+    costs: CostModel = UNCALIBRATED,
 ) -> tuple[list[int], GenerationStats]:
     """Generate up to `max_new_tokens` tokens after `prompt_ids`; returns (new tokens, statistics).
 
     Callers validate inputs (`Pipeline.generate` does); here `prompt_ids` is non-empty and fits
     the context. After each step `on_tokens` receives the committed tokens and `on_logits` the
-    target logits each of them was verified or sampled against (one row per token).
+    target logits each of them was verified or sampled against (one row per token). `costs` is the
+    read-only cost view the scheduler and strategies see on the state.
     """
     context_length = target.adapter.context_length
     eos = set(eos_token_ids)
@@ -49,8 +52,12 @@ def generate_tokens(
     prefill_seconds = time.perf_counter() - start
 
     state = DecodingState(
-        tokens=list(prompt_ids), prompt_length=len(prompt_ids), sampling=sampling,
-        generator=make_generator(sampling, target.device), target=target,
+        tokens=list(prompt_ids),
+        prompt_length=len(prompt_ids),
+        sampling=sampling,
+        generator=make_generator(sampling, target.device),
+        costs=costs,
+        context_length=target.length,
     )
     for level in levels:
         level.reset_counters()
@@ -79,6 +86,7 @@ def generate_tokens(
         verified_at = time.perf_counter()
         verdict = verifier.verify(tree, target_logits, sampling, state.generator)
         target.commit(tree, verdict.accepted_nodes)
+        state.context_length = target.length
 
         new = list(verdict.new_tokens)
         hit_eos = next((i for i, t in enumerate(new) if t in eos), None)
@@ -86,8 +94,9 @@ def generate_tokens(
             new = new[: hit_eos + 1]
         state.tokens.extend(new)
         state.step += 1
-        timings = StepTimings(draft=drafted_at - step_start, verify=verified_at - drafted_at,
-                              total=time.perf_counter() - step_start)
+        timings = StepTimings(
+            draft=drafted_at - step_start, verify=verified_at - drafted_at, total=time.perf_counter() - step_start
+        )
         recorder.record_step(tree, verdict, timings, committed=len(new))
         scheduler.observe(tree, verdict, timings)
         for level in levels:  # online adaptation, outside the step's timings
@@ -100,15 +109,18 @@ def generate_tokens(
             stop_reason = "eos"
             break
 
-    new_tokens = state.tokens[state.prompt_length:]
+    new_tokens = state.tokens[state.prompt_length :]
     stats = recorder.finish(
-        prompt_tokens=len(prompt_ids), new_tokens=len(new_tokens), prefill_seconds=prefill_seconds,
-        decode_seconds=time.perf_counter() - decode_start, stop_reason=stop_reason,
+        prompt_tokens=len(prompt_ids),
+        new_tokens=len(new_tokens),
+        prefill_seconds=prefill_seconds,
+        decode_seconds=time.perf_counter() - decode_start,
+        stop_reason=stop_reason,
     )
     return new_tokens, stats
 
 
-def _committed_logits(target_logits: torch.Tensor, verdict, count: int) -> torch.Tensor:
+def _committed_logits(target_logits: torch.Tensor, verdict: Verdict, count: int) -> torch.Tensor:
     """[count, V]: the rows of the target forward that chose the committed tokens.
 
     Row i of the forward is the target's distribution after tree node i, so the root's row
@@ -119,7 +131,7 @@ def _committed_logits(target_logits: torch.Tensor, verdict, count: int) -> torch
     return target_logits[torch.tensor(rows, dtype=torch.long, device=target_logits.device)]
 
 
-def _check_tree(tree, state: DecodingState, scheduler: Scheduler) -> None:
+def _check_tree(tree: TokenTree, state: DecodingState, scheduler: Scheduler) -> None:
     if int(tree.tokens[0]) != state.root_token:
         raise RuntimeError(f"scheduler '{scheduler.name}' built a tree whose root is not the newest token")
     depth = int(tree.depths.max()) if tree.size > 1 else 0
@@ -129,4 +141,4 @@ def _check_tree(tree, state: DecodingState, scheduler: Scheduler) -> None:
         )
 
 
-__all__ = ["generate_tokens", "LogitsCallback", "TokenCallback"]
+__all__ = ["LogitsCallback", "TokenCallback", "generate_tokens"]

@@ -3,7 +3,12 @@
 A `DraftStrategy` proposes tokens, a `Scheduler` decides which level drafts where and builds the
 token tree, a `Verifier` decides what the target accepts. Each class declares a `name` (its key
 in the registry and in YAML) and an inner pydantic `Options` model whose extra keys are
-forbidden. Notation: target = p, draft = q.
+forbidden; a plugin receives its validated `Options` instance. Notation: target = p, draft = q.
+
+What a strategy can do beyond `draft` is declared, not detected: `can_review` (it gives its own
+distribution over given tokens, for cascades), `offers_candidates` (several proposals at once,
+for tree schedulers), `runs_target` (it drafts with the target model itself and receives it in
+`setup`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from cas_spec.core.types import DraftResult, SamplingParams, StepTimings, TokenTree, Verdict
+from cas_spec.core.types import Candidate, DraftResult, SamplingParams, SetupContext, StepTimings, TokenTree, Verdict
 
 if TYPE_CHECKING:
     from cas_spec.core.levels import Level
@@ -44,17 +49,25 @@ class DraftStrategy(Plugin):
 
     #: True when the strategy never samples (its drafts are point masses for the verifier).
     deterministic: ClassVar[bool] = True
+    #: True when `review` gives the strategy's own distribution over given tokens (cascades).
+    can_review: ClassVar[bool] = False
+    #: True when `candidates` offers several proposals at once (tree schedulers).
+    offers_candidates: ClassVar[bool] = False
+    #: True when the strategy drafts with the target model itself: `setup` then receives it.
+    runs_target: ClassVar[bool] = False
 
-    def setup(self, target: Target) -> None:
-        """Called once when the pipeline is built, with the shared target model."""
+    def setup(self, context: SetupContext) -> None:
+        """Called once when the pipeline is built: its tokenizer and vocabulary size, and, for a
+        strategy declaring `runs_target`, the target (`context.target`), which it drafts with only
+        inside `Target.draft_pass`."""
 
     def start(self, state: DecodingState) -> None:
         """Called before each generation, after prefill."""
 
     def prepare(self, target: Target, text_ids: Sequence[int], progress: bool = True) -> None:
-        """One-time work done ahead of generation on real text by `cas-spec calibrate` (e.g.
-        `layer_sparsity` searches its skip set to the end). May use `target`'s cache freely: a
-        generation prefills its own. By default nothing."""
+        """One-time work done ahead of generation on real text by `cas-spec calibrate` and on a
+        pipeline's first use (e.g. `layer_sparsity` searches its skip set to the end). May use
+        `target`'s cache freely: a generation prefills its own. By default nothing."""
 
     @abstractmethod
     def draft(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int) -> DraftResult:
@@ -70,12 +83,21 @@ class DraftStrategy(Plugin):
         set on it. Timed apart from drafting (`LevelStats.adapt_seconds`): it is not a draft's
         cost. By default nothing."""
 
-    def review(self, state: DecodingState, prefix: tuple[int, ...], tokens: tuple[int, ...]) -> torch.Tensor | None:
-        """This level's own distribution at each of `tokens` and after the last one, for a cascade
-        in which it reviews a cheaper level's draft: [len(tokens) + 1, V] float32, row i = its
-        distribution after `state.tokens + prefix + tokens[:i]` (warped like the target's), or None
-        when the strategy cannot review (lookup strategies)."""
-        return None
+    def review(self, state: DecodingState, prefix: tuple[int, ...], tokens: tuple[int, ...]) -> torch.Tensor:
+        """With `can_review`: this level's own distribution at each of `tokens` and after the last
+        one, for a cascade in which it reviews a cheaper level's draft: [len(tokens) + 1, V]
+        float32, row i = its distribution after `state.tokens + prefix + tokens[:i]` (warped like
+        the target's)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot review (can_review is False)")
+
+    def candidates(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int, count: int) -> list[Candidate]:
+        """With `offers_candidates`: up to `count` proposals of up to `max_tokens` tokens each,
+        best first (the first is what `draft` proposes), each with a `key` naming its kind."""
+        raise NotImplementedError(f"{type(self).__name__} offers no candidates (offers_candidates is False)")
+
+    def offer_candidates(self, count: int) -> None:
+        """With `offers_candidates`: a scheduler will ask for up to `count` candidates per call
+        (called once, when the pipeline is built, so the strategy can keep what that needs)."""
 
 
 class Scheduler(Plugin):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -27,17 +27,43 @@ from cas_spec.core.errors import InputError
 _DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0}
 
 # Options cas-spec cannot honour, with the values that leave the output unchanged.
-_NEUTRAL: dict[str, tuple] = {
-    "num_beams": (1,), "num_beam_groups": (1,), "num_return_sequences": (1,), "diversity_penalty": (0.0,),
-    "penalty_alpha": (0.0,), "dola_layers": (), "repetition_penalty": (1.0,),
-    "encoder_repetition_penalty": (1.0,), "no_repeat_ngram_size": (0,), "encoder_no_repeat_ngram_size": (0,),
-    "bad_words_ids": (), "sequence_bias": (), "suppress_tokens": (), "begin_suppress_tokens": (),
-    "forced_bos_token_id": (), "forced_eos_token_id": (), "exponential_decay_length_penalty": (),
-    "constraints": (), "force_words_ids": (), "guidance_scale": (1.0,), "watermarking_config": (),
-    "stop_strings": (), "min_length": (0,), "min_new_tokens": (0,), "typical_p": (1.0,), "epsilon_cutoff": (0.0,),
-    "eta_cutoff": (0.0,), "min_p": (), "top_h": (), "renormalize_logits": (False,),
-    "remove_invalid_values": (False,), "max_time": (), "token_healing": (False,), "output_logits": (False,),
-    "output_attentions": (False,), "output_hidden_states": (False,),
+_NEUTRAL: dict[str, tuple[object, ...]] = {
+    "num_beams": (1,),
+    "num_beam_groups": (1,),
+    "num_return_sequences": (1,),
+    "diversity_penalty": (0.0,),
+    "penalty_alpha": (0.0,),
+    "dola_layers": (),
+    "repetition_penalty": (1.0,),
+    "encoder_repetition_penalty": (1.0,),
+    "no_repeat_ngram_size": (0,),
+    "encoder_no_repeat_ngram_size": (0,),
+    "bad_words_ids": (),
+    "sequence_bias": (),
+    "suppress_tokens": (),
+    "begin_suppress_tokens": (),
+    "forced_bos_token_id": (),
+    "forced_eos_token_id": (),
+    "exponential_decay_length_penalty": (),
+    "constraints": (),
+    "force_words_ids": (),
+    "guidance_scale": (1.0,),
+    "watermarking_config": (),
+    "stop_strings": (),
+    "min_length": (0,),
+    "min_new_tokens": (0,),
+    "typical_p": (1.0,),
+    "epsilon_cutoff": (0.0,),
+    "eta_cutoff": (0.0,),
+    "min_p": (),
+    "top_h": (),
+    "renormalize_logits": (False,),
+    "remove_invalid_values": (False,),
+    "max_time": (),
+    "token_healing": (False,),
+    "output_logits": (False,),
+    "output_attentions": (False,),
+    "output_hidden_states": (False,),
 }
 
 
@@ -53,7 +79,7 @@ class GenerationOptions:
     output_scores: bool
 
 
-def _resolved(config, model) -> Any:
+def _resolved(config: Any, model: object) -> Any:
     """`config` with unset (None) fields taken from `model.generation_config`, as `generate` does."""
     resolved = copy.deepcopy(config)
     model_config = getattr(model, "generation_config", None)
@@ -64,24 +90,30 @@ def _resolved(config, model) -> Any:
     return resolved
 
 
-def _is_neutral(value: Any, neutral: tuple) -> bool:
+def _is_neutral(value: Any, neutral: tuple[object, ...]) -> bool:
     if value is None or value in neutral:
         return True
     return isinstance(value, list | tuple | dict | set) and not value
 
 
-def options_from_generation_config(config, model, prompt_length: int) -> GenerationOptions:
+def options_from_generation_config(config: Any, model: object, prompt_length: int) -> GenerationOptions:
     """Map a `transformers.GenerationConfig` to cas-spec's options, or raise `InputError`."""
     if not callable(getattr(config, "to_dict", None)) or isinstance(config, dict):
         raise InputError(f"generation_config must be a transformers.GenerationConfig, got {type(config).__name__}")
     config = _resolved(config, model)
-    unsupported = [f"{name}={getattr(config, name)!r}" for name, neutral in _NEUTRAL.items()
-                   if not _is_neutral(getattr(config, name, None), neutral)]
+    unsupported = [
+        f"{name}={getattr(config, name)!r}"
+        for name, neutral in _NEUTRAL.items()
+        if not _is_neutral(getattr(config, name, None), neutral)
+    ]
     if unsupported:
-        raise InputError("generation_config options that cas-spec cannot honour: " + ", ".join(unsupported)
-                         + " (cas-spec decodes one sequence, greedy or sampled with temperature, top_k and top_p)")
+        raise InputError(
+            "generation_config options that cas-spec cannot honour: "
+            + ", ".join(unsupported)
+            + " (cas-spec decodes one sequence, greedy or sampled with temperature, top_k and top_p)"
+        )
 
-    def get(name: str):
+    def get(name: str) -> Any:
         value = getattr(config, name, None)
         return _DEFAULTS[name] if value is None else value
 
@@ -89,8 +121,10 @@ def options_from_generation_config(config, model, prompt_length: int) -> Generat
     if max_new_tokens is None and config.max_length is not None:  # set by the caller or the model
         max_new_tokens = config.max_length - prompt_length
         if max_new_tokens < 1:
-            raise InputError(f"generation_config.max_length={config.max_length} leaves no room after a prompt "
-                             f"of {prompt_length} tokens")
+            raise InputError(
+                f"generation_config.max_length={config.max_length} leaves no room after a prompt "
+                f"of {prompt_length} tokens"
+            )
     temperature, top_k, top_p = 0.0, None, None
     if get("do_sample"):
         temperature, top_k, top_p = float(get("temperature")), int(get("top_k")), float(get("top_p"))
@@ -103,14 +137,28 @@ def options_from_generation_config(config, model, prompt_length: int) -> Generat
     eos = config.eos_token_id
     if eos is not None:
         eos = tuple(int(t) for t in eos) if isinstance(eos, list | tuple) else (int(eos),)
-    return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             eos_token_ids=eos, output_scores=bool(config.output_scores))
+    return GenerationOptions(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_token_ids=eos,
+        output_scores=bool(config.output_scores),
+    )
+
+
+class Streamer(Protocol):
+    """What `StreamerBridge` feeds: any transformers streamer."""
+
+    def put(self, value: torch.Tensor) -> None: ...
+
+    def end(self) -> None: ...
 
 
 class StreamerBridge:
     """Feeds a transformers streamer: the prompt, each committed chunk, then `end()` (see module)."""
 
-    def __init__(self, streamer):
+    def __init__(self, streamer: Streamer) -> None:
         if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
             raise InputError(f"streamer must have put(tensor) and end() methods, got {type(streamer).__name__}")
         self.streamer = streamer

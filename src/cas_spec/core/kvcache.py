@@ -84,7 +84,7 @@ def _empty_like(states: torch.Tensor, capacity: int) -> torch.Tensor:
     return states.new_empty((*states.shape[:-2], capacity, states.shape[-1]))
 
 
-class KVLayer(CacheLayerMixin):
+class KVLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]  # transformers' __init_subclass__ is untyped
     """A full-attention layer: every token it has seen, at buffer index position - origin."""
 
     is_sliding = False
@@ -104,13 +104,13 @@ class KVLayer(CacheLayerMixin):
         """Keys of the tokens held, [B, H, held, D]: a view of the buffer."""
         return None if self.buffers is None else self._held(self.buffers.keys)
 
-    @property
-    def values(self) -> torch.Tensor | None:
-        return None if self.buffers is None else self._held(self.buffers.values)
-
     @keys.setter
     def keys(self, value: object) -> None:
         _refuse_assignment(value)
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return None if self.buffers is None else self._held(self.buffers.values)
 
     @values.setter
     def values(self, value: object) -> None:
@@ -142,8 +142,9 @@ class KVLayer(CacheLayerMixin):
         self.buffers = _Buffers(_empty_like(key_states, 0), _empty_like(value_states, 0))
         self.is_initialized = True
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object,
-               **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the new states at the layer's length; return the states attention reads."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
@@ -159,8 +160,12 @@ class KVLayer(CacheLayerMixin):
         buffers = self.buffers
         assert buffers is not None
         start = self.length - self.origin
-        if (not self.owns_buffers or start < buffers.shared or start + n > buffers.capacity
-                or (buffers.keys.is_inference() and not torch.is_inference_mode_enabled())):
+        if (
+            not self.owns_buffers
+            or start < buffers.shared
+            or start + n > buffers.capacity
+            or (buffers.keys.is_inference() and not torch.is_inference_mode_enabled())
+        ):
             self._relocate(n, floor=self._update_floor())
             buffers, start = self.buffers, self.length - self.origin
             assert buffers is not None
@@ -201,8 +206,10 @@ class KVLayer(CacheLayerMixin):
     def crop(self, tokens_to_remove: int) -> None:
         """transformers' semantics: remove -`tokens_to_remove` tokens (a positive count raises)."""
         if tokens_to_remove > 0:
-            raise ValueError(f"crop takes a negative count of tokens to remove, got {tokens_to_remove}; "
-                             "to cut back to a length use `rollback`")
+            raise ValueError(
+                f"crop takes a negative count of tokens to remove, got {tokens_to_remove}; "
+                "to cut back to a length use `rollback`"
+            )
         if self.is_initialized:
             self.rollback(self.length + tokens_to_remove)
 
@@ -212,8 +219,10 @@ class KVLayer(CacheLayerMixin):
         if self.length <= prefix:
             return
         if last >= self.length - prefix or self.first > prefix:
-            raise CacheHistoryError(f"a layer holding positions {self.first}..{self.length - 1} lacks tree tokens "
-                                    f"after {prefix} at offsets up to {last}")
+            raise CacheHistoryError(
+                f"a layer holding positions {self.first}..{self.length - 1} lacks tree tokens "
+                f"after {prefix} at offsets up to {last}"
+            )
         self._check_history(kept)
 
     def keep(self, prefix: int, offsets: torch.Tensor, in_place: int, last: int) -> None:
@@ -281,7 +290,7 @@ def _refuse_assignment(value: object) -> None:
         raise AttributeError("KV layers hold their states in preallocated buffers; write them with `update`")
 
 
-class SlidingWindowKVLayer(KVLayer):
+class SlidingWindowKVLayer(KVLayer):  # type: ignore[no-untyped-call]  # transformers' __init_subclass__ is untyped
     """A sliding-window layer: attention sees the last `sliding_window - 1` cached tokens."""
 
     is_sliding = True
@@ -297,8 +306,8 @@ class SlidingWindowKVLayer(KVLayer):
         super().reset()
         self.sliding_window, self.history = window, history
 
-    @property
-    def cumulative_length(self) -> int:
+    @property  # transformers' layers keep it as an attribute; here it is derived from `length`
+    def cumulative_length(self) -> int:  # type: ignore[override]
         return self.length
 
     def get_max_length(self) -> int:
@@ -313,8 +322,10 @@ class SlidingWindowKVLayer(KVLayer):
         assert buffers is not None
         start = past - min(past, self.sliding_window - 1)
         count = self.length - start
-        return (buffers.keys.narrow(-2, start - self.origin, count),
-                buffers.values.narrow(-2, start - self.origin, count))
+        return (
+            buffers.keys.narrow(-2, start - self.origin, count),
+            buffers.values.narrow(-2, start - self.origin, count),
+        )
 
     def _update_floor(self) -> int:
         return self.length - (self.sliding_window - 1) - 2 * self.history
@@ -324,7 +335,8 @@ class SlidingWindowKVLayer(KVLayer):
         if needed < self.first:
             raise CacheHistoryError(
                 f"a sliding-window layer holds positions from {self.first} on but needs {needed} to stand at "
-                f"{length} tokens; go back at most {self.history} tokens behind a rollback or commit")
+                f"{length} tokens; go back at most {self.history} tokens behind a rollback or commit"
+            )
 
     def _after_cut(self) -> None:
         self.first = max(self.first, self.length - (self.sliding_window - 1) - self.history)
@@ -350,11 +362,13 @@ def layers_for(config: object) -> list[KVLayer]:
 class KVCache(Cache):
     """A transformers `Cache` of in-place `KVLayer`s; models use it unchanged (`past_key_values=`)."""
 
+    layers: list[KVLayer]  # type: ignore[assignment]  # all ours; transformers types it as a list of its bases
+
     def __init__(self, config: object | None = None, *, layers: list[KVLayer] | None = None) -> None:
         if layers is None and config is not None:
             layers = layers_for(config)
         if layers:
-            super().__init__(layers=layers)
+            super().__init__(layers=layers)  # type: ignore[arg-type]  # transformers wants a list of its base class
         else:
             super().__init__(layer_class_to_replicate=KVLayer)
 
@@ -392,5 +406,13 @@ class KVCache(Cache):
         return view
 
 
-__all__ = ["BLOCK", "SLIDING_HISTORY", "CacheHistoryError", "KVCache", "KVLayer", "SlidingWindowKVLayer",
-           "grown_capacity", "layers_for"]
+__all__ = [
+    "BLOCK",
+    "SLIDING_HISTORY",
+    "CacheHistoryError",
+    "KVCache",
+    "KVLayer",
+    "SlidingWindowKVLayer",
+    "grown_capacity",
+    "layers_for",
+]

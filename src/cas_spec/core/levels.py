@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import torch
+
 from cas_spec.core.interfaces import DraftStrategy
 from cas_spec.core.state import DecodingState
-from cas_spec.core.types import EMPTY_DRAFT, DraftResult
+from cas_spec.core.types import EMPTY_DRAFT, Candidate, DraftResult
 
 
 def _perf_counter() -> float:
@@ -43,21 +45,32 @@ class Level:
             self.seconds += self.clock() - start
             self.calls += 1
         if len(result) > max_tokens:
-            raise RuntimeError(
-                f"level '{self.name}' drafted {len(result)} tokens; at most {max_tokens} were asked for"
-            )
+            raise RuntimeError(f"level '{self.name}' drafted {len(result)} tokens; at most {max_tokens} were asked for")
         self.proposed += len(result)
         return result
 
-    def review(self, state: DecodingState, prefix: tuple[int, ...], tokens: tuple[int, ...]):
-        """The strategy's `review` of `tokens` (a cascade's intermediate review), timed and
-        counted as a call like a draft: its time is this level's time, not the scheduler's."""
+    def review(self, state: DecodingState, prefix: tuple[int, ...], tokens: tuple[int, ...]) -> torch.Tensor:
+        """The strategy's `review` of `tokens` (a cascade's intermediate review; the strategy must
+        declare `can_review`), timed and counted as a call like a draft: its time is this level's
+        time, not the scheduler's."""
         start = self.clock()
         try:
             return self.strategy.review(state, prefix, tokens)
         finally:
             self.seconds += self.clock() - start
             self.calls += 1
+
+    def candidates(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int, count: int) -> list[Candidate]:
+        """The strategy's `candidates` (it must declare `offers_candidates`), timed and counted
+        like a draft call; every token of every candidate counts as proposed."""
+        start = self.clock()
+        try:
+            found = self.strategy.candidates(state, prefix, max_tokens, count)
+        finally:
+            self.seconds += self.clock() - start
+            self.calls += 1
+        self.proposed += sum(len(c.draft) for c in found)
+        return found
 
     def observe(self, state: DecodingState) -> None:
         """The strategy's `observe` after a verified step, timed apart from its drafts."""

@@ -16,10 +16,13 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 import pluggy
 
 from cas_spec.core import hookspecs
+from cas_spec.core.adapter import ModelAdapter
+from cas_spec.core.interfaces import DraftStrategy, Scheduler, Verifier
 from cas_spec.core.registry import Registry
 
 ENTRY_POINT_GROUP = "cas_spec"
@@ -42,21 +45,23 @@ HOOKS = {
 class Plugins:
     """Everything the plugins registered, plus the plugins that failed."""
 
-    strategies: Registry
-    schedulers: Registry
-    verifiers: Registry
-    adapters: Registry
+    strategies: Registry[DraftStrategy]
+    schedulers: Registry[Scheduler]
+    verifiers: Registry[Verifier]
+    adapters: Registry[ModelAdapter]
     loaded: list[str] = field(default_factory=list)  # plugin names, built-ins first
     broken: dict[str, str] = field(default_factory=dict)  # plugin name -> error
 
-    def registry(self, kind: str) -> Registry:
-        return {"strategy": self.strategies, "scheduler": self.schedulers,
-                "verifier": self.verifiers, "adapter": self.adapters}[kind]
+    def registry(self, kind: str) -> Registry[Any]:
+        return {
+            "strategy": self.strategies,
+            "scheduler": self.schedulers,
+            "verifier": self.verifiers,
+            "adapter": self.adapters,
+        }[kind]
 
 
-def _registries() -> dict[str, Registry]:
-    from cas_spec.adapters.base import ModelAdapter
-    from cas_spec.core.interfaces import DraftStrategy, Scheduler, Verifier
+def _registries() -> dict[str, Registry[Any]]:
 
     return {
         "strategy": Registry("strategy", DraftStrategy),
@@ -79,8 +84,9 @@ def _entry_points_enabled() -> bool:
     return True
 
 
-def build_plugins(entry_points: Iterable[importlib.metadata.EntryPoint] | None = None,
-                  extra: Iterable[object] = ()) -> Plugins:
+def build_plugins(
+    entry_points: Iterable[importlib.metadata.EntryPoint] | None = None, extra: Iterable[object] = ()
+) -> Plugins:
     """Build a fresh plugin set: built-ins, then entry points (or the given ones), then `extra`."""
     pm = pluggy.PluginManager("cas_spec")
     pm.add_hookspecs(hookspecs)
@@ -88,8 +94,7 @@ def build_plugins(entry_points: Iterable[importlib.metadata.EntryPoint] | None =
     for module_name in BUILTIN_MODULES:
         pm.register(importlib.import_module(module_name), name=module_name)
     if entry_points is None:
-        entry_points = (importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-                        if _entry_points_enabled() else ())
+        entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if _entry_points_enabled() else ()
     for ep in entry_points:
         if not _allowed(ep.name) or pm.get_plugin(ep.name) is not None:
             continue
@@ -125,8 +130,14 @@ def build_plugins(entry_points: Iterable[importlib.metadata.EntryPoint] | None =
                     each.remove_owner(impl.plugin_name)
         registry.current_owner = "?"
     loaded = [name for name, _ in pm.list_name_plugin() if name not in broken]
-    return Plugins(registries["strategy"], registries["scheduler"], registries["verifier"],
-                   registries["adapter"], loaded=loaded, broken=broken)
+    return Plugins(
+        registries["strategy"],
+        registries["scheduler"],
+        registries["verifier"],
+        registries["adapter"],
+        loaded=loaded,
+        broken=broken,
+    )
 
 
 @cache

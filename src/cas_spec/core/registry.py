@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from cas_spec.core.errors import UnknownPluginError
 
+P_co = TypeVar("P_co", covariant=True)  # the registered classes' common base (their instances' type)
 T = TypeVar("T", bound=type)
 
 
-class Registry(Generic[T]):
+class Registry(Generic[P_co]):
     """Name → class for one kind of plugin (strategy, scheduler, verifier, adapter)."""
 
-    def __init__(self, kind: str, base: type):
+    def __init__(self, kind: str, base: type) -> None:
         self.kind = kind
         self.base = base
-        self._classes: dict[str, type] = {}
+        self._classes: dict[str, type[P_co]] = {}
         self._owners: dict[str, str] = {}
         self.current_owner = "?"  # set by the plugin manager while a plugin registers
 
@@ -31,7 +32,7 @@ class Registry(Generic[T]):
             raise ValueError(
                 f"{self.kind} '{name}' registered twice: by {self._owners[name]} and by {self.current_owner}"
             )
-        self._classes[name] = cls
+        self._classes[name] = cast("type[P_co]", cls)  # checked above: a subclass of `base`
         self._owners[name] = self.current_owner
         return cls
 
@@ -40,7 +41,7 @@ class Registry(Generic[T]):
         for name in [n for n, o in self._owners.items() if o == owner]:
             del self._classes[name], self._owners[name]
 
-    def get(self, name: str) -> T:
+    def get(self, name: str) -> type[P_co]:
         try:
             return self._classes[name]
         except KeyError:

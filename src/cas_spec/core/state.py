@@ -1,16 +1,18 @@
-"""`DecodingState`: the engine's view of one generation in progress, read by schedulers and strategies."""
+"""`DecodingState`: the engine's view of one generation in progress, read by schedulers and strategies.
+
+What a plugin may read: the committed tokens, the sampling settings and generator, the step's
+depth budget, the context length the KV cache holds, and the read-only cost model. It never holds
+the target model or its cache: only strategies that run the target receive it, once, in `setup`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import torch
 
+from cas_spec.core.cost_model import UNCALIBRATED, CostModel
 from cas_spec.core.types import SamplingParams
-
-if TYPE_CHECKING:
-    from cas_spec.core.target import Target
 
 
 @dataclass
@@ -18,10 +20,11 @@ class DecodingState:
     """Owned and updated by the engine; plugins must treat it as read-only."""
 
     tokens: list[int]  # committed tokens, prompt included; tokens[-1] is the next tree's root
-    prompt_length: int
-    sampling: SamplingParams
-    generator: torch.Generator | None
-    target: Target
+    prompt_length: int  # tokens of the prompt at the start of `tokens`
+    sampling: SamplingParams  # this generation's sampling settings
+    generator: torch.Generator | None  # draw every random number from it (None: greedy)
+    costs: CostModel = field(default=UNCALIBRATED)  # verification and draft costs, read-only
+    context_length: int = 0  # committed tokens the KV cache holds: all but the root
     max_depth: int = 0  # deepest tree the engine accepts this step (budget and context limit)
     step: int = 0  # decoding steps done so far
     # Drafters propose exactly the tokens asked for where they can (no early stop): set while a

@@ -29,20 +29,32 @@ class StatsRecorder:
         self.verify += timings.verify
         self.total += timings.total
 
-    def finish(self, *, prompt_tokens: int, new_tokens: int, prefill_seconds: float,
-               decode_seconds: float, stop_reason: str) -> GenerationStats:
+    def finish(
+        self, *, prompt_tokens: int, new_tokens: int, prefill_seconds: float, decode_seconds: float, stop_reason: str
+    ) -> GenerationStats:
         levels = {
-            level.name: LevelStats(self.drafted.get(level.name, 0), self.accepted.get(level.name, 0), level.calls,
-                                   level.proposed, level.seconds, level.adapt_seconds)
+            level.name: LevelStats(
+                self.drafted.get(level.name, 0),
+                self.accepted.get(level.name, 0),
+                level.calls,
+                level.proposed,
+                level.seconds,
+                level.adapt_seconds,
+            )
             for level in self.levels
         }
         adapt = sum(level.adapt_seconds for level in self.levels)
         return GenerationStats(
-            prompt_tokens=prompt_tokens, new_tokens=new_tokens,
-            target_forwards=len(self.acceptance_lengths), levels=levels,
-            prefill_seconds=prefill_seconds, draft_seconds=self.draft, verify_seconds=self.verify,
+            prompt_tokens=prompt_tokens,
+            new_tokens=new_tokens,
+            target_forwards=len(self.acceptance_lengths),
+            levels=levels,
+            prefill_seconds=prefill_seconds,
+            draft_seconds=self.draft,
+            verify_seconds=self.verify,
             overhead_seconds=max(decode_seconds - self.draft - self.verify - adapt, 0.0),
-            decode_seconds=decode_seconds, stop_reason=stop_reason,
+            decode_seconds=decode_seconds,
+            stop_reason=stop_reason,
             acceptance_lengths=tuple(self.acceptance_lengths),
             scheduling_seconds=max(self.draft - sum(level.seconds for level in self.levels), 0.0),
             adapt_seconds=adapt,
@@ -59,10 +71,12 @@ def format_stats(stats: GenerationStats) -> str:
         f"time                prefill {stats.prefill_seconds:.3f}s, decode {stats.decode_seconds:.3f}s "
         f"(draft {stats.draft_seconds:.3f}s, verify {stats.verify_seconds:.3f}s, "
         f"overhead {stats.overhead_seconds:.3f}s; scheduling {stats.scheduling_seconds:.3f}s of the draft time"
-        + (f"; adaptation {stats.adapt_seconds:.3f}s" if stats.adapt_seconds else "") + ")",
+        + (f"; adaptation {stats.adapt_seconds:.3f}s" if stats.adapt_seconds else "")
+        + ")",
     ]
     for name, level in stats.levels.items():
         rate = level.accepted / level.drafted if level.drafted else 0.0
-        lines.append(f"level {name:<13} drafted {level.drafted}, accepted {level.accepted} "
-                     f"({rate:.0%}), calls {level.calls}")
+        lines.append(
+            f"level {name:<13} drafted {level.drafted}, accepted {level.accepted} ({rate:.0%}), calls {level.calls}"
+        )
     return "\n".join(lines)

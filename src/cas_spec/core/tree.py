@@ -36,8 +36,14 @@ class TreeBuilder:
             node = self.parents[node]
         return tuple(reversed(out))
 
-    def add(self, parent: int, token: int, level: str | None, confidence: float = 1.0,
-            draft_probs: torch.Tensor | None = None) -> int:
+    def add(
+        self,
+        parent: int,
+        token: int,
+        level: str | None,
+        confidence: float = 1.0,
+        draft_probs: torch.Tensor | None = None,
+    ) -> int:
         """Add one node under `parent`; returns its index."""
         if not 0 <= parent < len(self.tokens):
             raise IndexError(f"parent {parent} is not a node of this tree")
@@ -57,7 +63,9 @@ class TreeBuilder:
         nodes = []
         for i, token in enumerate(draft.tokens):
             parent = self.add(
-                parent, token, level,
+                parent,
+                token,
+                level,
                 confidence=draft.confidence[i] if draft.confidence else 1.0,
                 draft_probs=None if draft.draft_probs is None else draft.draft_probs[i],
             )
@@ -94,8 +102,9 @@ def ancestor_matrix(tree: TokenTree) -> torch.Tensor:
     return allowed
 
 
-def tree_attention_mask(tree: TokenTree, prefix_length: int, dtype: torch.dtype,
-                        device: torch.device | str = "cpu") -> torch.Tensor:
+def tree_attention_mask(
+    tree: TokenTree, prefix_length: int, dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Additive 4-D mask [1, 1, N, prefix_length + N]: 0 where a node may attend, dtype-min elsewhere.
 
     Additive float, not bool: eager attention adds the mask to the scores, so a bool mask would
@@ -109,7 +118,6 @@ def tree_attention_mask(tree: TokenTree, prefix_length: int, dtype: torch.dtype,
     return mask.to(device)[None, None]
 
 
-def tree_position_ids(tree: TokenTree, prefix_length: int,
-                      device: torch.device | str = "cpu") -> torch.Tensor:
+def tree_position_ids(tree: TokenTree, prefix_length: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """[1, N] int64 positions: prefix_length + depth."""
     return (tree.depths + prefix_length).to(device)[None]

@@ -8,18 +8,22 @@ V is the vocabulary size, N the number of nodes of a token tree, K a number of d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from cas_spec.core.target import Target
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How the next token is chosen. temperature 0 means greedy (argmax)."""
 
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
+    temperature: float = 0.0  # 0: greedy; otherwise logits are divided by it before the softmax
+    top_k: int | None = None  # keep the k most likely tokens (None: all)
+    top_p: float | None = None  # keep the smallest set of tokens with this much probability (None: all)
+    seed: int | None = None  # seeds the generation's torch.Generator (None: unseeded)
 
     @property
     def greedy(self) -> bool:
@@ -36,8 +40,8 @@ class DraftResult:
     probability for model drafters, match length for lookup drafters).
     """
 
-    tokens: tuple[int, ...]
-    confidence: tuple[float, ...] = ()
+    tokens: tuple[int, ...]  # the drafted chain, in order
+    confidence: tuple[float, ...] = ()  # one per token, or () for none
     draft_probs: torch.Tensor | None = None  # [K, V] float32, row i = q that tokens[i] was sampled from
     # Per drafted position, the drafter's runners-up as (token, probability), most likely first,
     # the drafted token excluded; () when the drafter has none (lookup). Tree schedulers may add
@@ -57,6 +61,23 @@ class DraftResult:
 
 
 EMPTY_DRAFT = DraftResult(tokens=())
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One of several proposals a strategy offers at once (`DraftStrategy.candidates`)."""
+
+    key: tuple[int, ...]  # the proposal's kind, for per-kind acceptance (prompt lookup: n, occurrence)
+    draft: DraftResult  # the proposal itself
+
+
+@dataclass(frozen=True)
+class SetupContext:
+    """What a strategy receives once, in `DraftStrategy.setup`, when its pipeline is built."""
+
+    tokenizer: Any  # the pipeline's tokenizer (strategies that read text, e.g. from a corpus)
+    vocab_size: int  # the target's vocabulary size
+    target: Target | None = None  # only for strategies that declare `runs_target`
 
 
 @dataclass(frozen=True)

@@ -78,8 +78,9 @@ def emission_distribution(target_probs: torch.Tensor, candidates: Sequence[Candi
     return out + reach * residual
 
 
-def greedy_walk(children: Sequence[Sequence[int]], node_tokens: Sequence[int],
-                argmax: Sequence[int]) -> tuple[list[int], int]:
+def greedy_walk(
+    children: Sequence[Sequence[int]], node_tokens: Sequence[int], argmax: Sequence[int]
+) -> tuple[list[int], int]:
     """Longest path from the root whose tokens equal the target argmax; returns (nodes, bonus)."""
     path: list[int] = []
     node = 0

@@ -12,35 +12,59 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
+from torch import nn
 
 from cas_spec.costs.table import CostTable
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
+
+    from cas_spec.core.adapter import ModelAdapter
+    from cas_spec.core.kvcache import KVCache
+    from cas_spec.core.target import Target
 
 FULL_SIZES = tuple(range(1, 17)) + (20, 24, 32)
 QUICK_SIZES = tuple(range(1, 13)) + (16,)
 
 
-def _sync(device) -> None:
+def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
-def measure(target, sizes=FULL_SIZES, context_lengths=(64, 300, 1000), repeats: int = 7, key: str = "",
-            quick: bool = False, progress: bool = True, seed: int = 0) -> CostTable:
+def measure(
+    target: Target,
+    sizes: Sequence[int] = FULL_SIZES,
+    context_lengths: Sequence[int] = (64, 300, 1000),
+    repeats: int = 7,
+    key: str = "",
+    quick: bool = False,
+    progress: bool = True,
+    seed: int = 0,
+) -> CostTable:
     """Measure relative forward costs with the model as it is configured now (kernels included)."""
     from tqdm import tqdm
 
     model, adapter = target.model, target.adapter
     device = target.device
-    vocab = model.config.vocab_size
+    vocab: int = cast("PreTrainedConfig", model.config).vocab_size
     limit = adapter.context_length
     contexts = tuple(sorted({c for c in context_lengths if c + max(sizes) < limit})) or (max(1, limit // 4),)
     rng = random.Random(seed)
     relative, step_seconds = [], []
-    bar = tqdm(total=len(contexts) * repeats * len(sizes), desc="calibrating forward costs", unit="fwd",
-               disable=not progress, file=sys.stderr, leave=False)
+    bar = tqdm(
+        total=len(contexts) * repeats * len(sizes),
+        desc="calibrating forward costs",
+        unit="fwd",
+        disable=not progress,
+        file=sys.stderr,
+        leave=False,
+    )
     try:
         for context in contexts:
             cache = adapter.new_cache()
@@ -62,11 +86,17 @@ def measure(target, sizes=FULL_SIZES, context_lengths=(64, 300, 1000), repeats: 
             relative.append(tuple(m / medians[0] for m in medians))
     finally:
         bar.close()
-    return CostTable(sizes=tuple(sizes), context_lengths=contexts, relative=tuple(relative),
-                     step_seconds=tuple(step_seconds), key=key, quick=quick)
+    return CostTable(
+        sizes=tuple(sizes),
+        context_lengths=contexts,
+        relative=tuple(relative),
+        step_seconds=tuple(step_seconds),
+        key=key,
+        quick=quick,
+    )
 
 
-def _forward(model, adapter, cache, ids, context: int) -> float:
+def _forward(model: nn.Module, adapter: ModelAdapter, cache: KVCache, ids: torch.Tensor, context: int) -> float:
     n = ids.shape[1]
     positions = torch.arange(context, context + n, device=ids.device)[None]
     _sync(ids.device)

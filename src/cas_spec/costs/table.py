@@ -13,6 +13,14 @@ import json
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+from cas_spec.paths import cache_dir, write_text_atomically
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from transformers import PreTrainedConfig
 
 FORMAT_VERSION = 1
 
@@ -64,15 +72,19 @@ class CostTable:
         if data.pop("format", None) != FORMAT_VERSION:
             raise ValueError("cost table of another format version")
         return cls(
-            sizes=tuple(data["sizes"]), context_lengths=tuple(data["context_lengths"]),
-            relative=tuple(tuple(r) for r in data["relative"]), step_seconds=tuple(data["step_seconds"]),
-            key=data.get("key", ""), quick=data.get("quick", False), extra=data.get("extra", {}),
+            sizes=tuple(data["sizes"]),
+            context_lengths=tuple(data["context_lengths"]),
+            relative=tuple(tuple(r) for r in data["relative"]),
+            step_seconds=tuple(data["step_seconds"]),
+            key=data.get("key", ""),
+            quick=data.get("quick", False),
+            extra=data.get("extra", {}),
         )
 
     def format(self) -> str:
         """The table as text (what `cas-spec calibrate` shows)."""
         head = "n".rjust(6) + "".join(f"{c:>10}" for c in self.context_lengths)
-        lines = [f"cost of a forward over n new tokens / cost of one (columns: cached tokens)", head]
+        lines = ["cost of a forward over n new tokens / cost of one (columns: cached tokens)", head]
         for j, n in enumerate(self.sizes):
             lines.append(f"{n:>6}" + "".join(f"{self.relative[i][j]:>10.2f}" for i in range(len(self.context_lengths))))
         lines.append("1-token step".rjust(6) + "".join(f"{s * 1e3:>8.1f}ms" for s in self.step_seconds))
@@ -102,7 +114,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_description(device) -> str:
+def machine_description(device: torch.device | str) -> str:
     import torch
 
     if getattr(device, "type", str(device)) == "cuda":
@@ -110,29 +122,48 @@ def machine_description(device) -> str:
     return f"cpu:{_cpu_name()}"
 
 
-def calibration_key(model, threads: int | None, kernels: str = "stock") -> str:
+def calibration_key(model: nn.Module, threads: int | None, kernels: str = "stock") -> str:
     """What a table depends on: architecture shapes, dtype, device, machine, threads, kernels.
     Not the weights: two models of the same shape cost the same."""
     import torch
 
     param = next(model.parameters())
-    config = model.config.to_dict()
-    shape = {k: config.get(k) for k in sorted(config) if k in (
-        "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-        "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings", "sliding_window", "layer_types")}
-    description = json.dumps({
-        "shape": shape, "dtype": str(param.dtype), "machine": machine_description(param.device),
-        "threads": threads if threads is not None else torch.get_num_threads(),
-        "torch": torch.__version__.split("+")[0], "kernels": kernels,
-        "attn": getattr(model.config, "_attn_implementation", None),
-    }, sort_keys=True)
+    config = cast("PreTrainedConfig", model.config).to_dict()
+    shape = {
+        k: config.get(k)
+        for k in sorted(config)
+        if k
+        in (
+            "model_type",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "vocab_size",
+            "tie_word_embeddings",
+            "sliding_window",
+            "layer_types",
+        )
+    }
+    description = json.dumps(
+        {
+            "shape": shape,
+            "dtype": str(param.dtype),
+            "machine": machine_description(param.device),
+            "threads": threads if threads is not None else torch.get_num_threads(),
+            "torch": torch.__version__.split("+")[0],
+            "kernels": kernels,
+            "attn": getattr(model.config, "_attn_implementation", None),
+        },
+        sort_keys=True,
+    )
     digest = hashlib.sha256(description.encode()).hexdigest()[:16]
     return f"{config.get('model_type', 'model')}-{digest}"
 
 
 def costs_dir() -> Path:
-    from cas_spec.core.models import cache_dir
-
     return cache_dir() / "costs"
 
 
@@ -145,9 +176,4 @@ def load_cached(key: str) -> CostTable | None:
 
 
 def save(table: CostTable) -> Path:
-    path = costs_dir() / f"{table.key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(table.to_json(), indent=1))
-    tmp.replace(path)
-    return path
+    return write_text_atomically(costs_dir() / f"{table.key}.json", json.dumps(table.to_json(), indent=1))

@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from cas_spec.docsgen import DIAGRAM, REGENERATE, stale_pages, write_pages
+from cas_spec.docsgen import DIAGRAM, REGENERATE
+from cas_spec.docsgen.diagram import draw
+from cas_spec.docsgen.pages import stale_pages, write_pages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     for path in write_pages(args.docs):
         print(f"wrote {path}")
     if args.diagram:
-        from cas_spec.docsgen.diagram import draw
-
         print(f"wrote {draw(args.docs / DIAGRAM)}")
     return 0
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Any, Literal, get_args, get_origin
+from collections.abc import Callable
+from typing import Any, Literal, cast, get_args, get_origin
 
 import annotated_types
 import yaml
@@ -13,13 +14,17 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null",
-          Any: "any"}
-_BOUNDS = ((annotated_types.Ge, "ge", "≥"), (annotated_types.Gt, "gt", ">"),
-           (annotated_types.Le, "le", "≤"), (annotated_types.Lt, "lt", "<"))
+_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null", Any: "any"}
+Link = Callable[[type[BaseModel]], str]  # the Markdown link to a nested model
+_BOUNDS = (
+    (annotated_types.Ge, "ge", "≥"),
+    (annotated_types.Gt, "gt", ">"),
+    (annotated_types.Le, "le", "≤"),
+    (annotated_types.Lt, "lt", "<"),
+)
 
 
-def models_in(annotation) -> list[type[BaseModel]]:
+def models_in(annotation: object) -> list[type[BaseModel]]:
     """The pydantic models an annotation names, directly or inside lists, mappings and optionals."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
@@ -34,7 +39,7 @@ def nested_models(model: type[BaseModel]) -> list[type[BaseModel]]:
     return found
 
 
-def type_name(annotation, link=None) -> str:
+def type_name(annotation: object, link: Link | None = None) -> str:
     """`int or null`, `list of string`, `one of auto, stock`; `link(model)` names a nested model."""
     origin = get_origin(annotation)
     if origin is Literal:
@@ -67,7 +72,7 @@ def constraints(field: FieldInfo) -> str:
     return ", ".join(parts)
 
 
-def _plain(value):
+def _plain(value: object) -> object:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, tuple | list):
@@ -77,7 +82,7 @@ def _plain(value):
     return value
 
 
-def yaml_value(value) -> str:
+def yaml_value(value: object) -> str:
     """A value as YAML flow text: `null`, `true`, `0.7`, `[0.5, 0.8]`, `{linear: auto}`."""
     text = yaml.safe_dump(_plain(value), default_flow_style=True, sort_keys=False, width=10_000)
     return text.removesuffix("\n").removesuffix("\n...").strip()
@@ -86,7 +91,7 @@ def yaml_value(value) -> str:
 def default(field: FieldInfo) -> str | None:
     """The field's default as YAML, or None when the field is required."""
     if field.default_factory is not None:
-        return yaml_value(field.default_factory())
+        return yaml_value(cast(Callable[[], object], field.default_factory)())  # a factory without arguments
     if field.default is PydanticUndefined:
         return None
     return yaml_value(field.default)
@@ -96,13 +101,23 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def field_table(model: type[BaseModel], link=None) -> str:
+def field_table(model: type[BaseModel], link: Link | None = None) -> str:
     """A Markdown table of `model`'s fields (every field, inherited ones included)."""
     rows = ["| field | type | default | constraints | description |", "| --- | --- | --- | --- | --- |"]
     for name, field in model.model_fields.items():
         value = default(field)
-        rows.append("| " + " | ".join(_cell(cell) for cell in (
-            f"`{name}`", type_name(field.annotation, link),
-            "required" if value is None else f"`{value}`",
-            constraints(field), field.description or "")) + " |")
+        rows.append(
+            "| "
+            + " | ".join(
+                _cell(cell)
+                for cell in (
+                    f"`{name}`",
+                    type_name(field.annotation, link),
+                    "required" if value is None else f"`{value}`",
+                    constraints(field),
+                    field.description or "",
+                )
+            )
+            + " |"
+        )
     return "\n".join(rows)

@@ -17,8 +17,7 @@ from cas_spec.docsgen.fields import field_table, models_in
 PLUGIN_SECTIONS = (
     ("strategies", "strategy", "Strategies", "The `kind` of an entry of `levels`."),
     ("schedulers", "scheduler", "Schedulers", "`scheduler.kind`; its `options` are checked against the table."),
-    ("verifiers", "verifier", "Verifiers", "`verifier` (`auto` picks `greedy` at temperature 0, else "
-     "`sampling`)."),
+    ("verifiers", "verifier", "Verifiers", "`verifier` (`auto` picks `greedy` at temperature 0, else `sampling`)."),
 )
 
 
@@ -86,16 +85,28 @@ def render(plugins: Plugins | None = None) -> str:
         for name in registry.names():
             cls = registry.get(name)
             options = cls.Options
-            out += ["", f"### {kind} `{name}`", "", summary(cls), "",
-                    f"Class `{cls.__module__}.{cls.__qualname__}`; options "
-                    f"`{options.__module__}.{options.__qualname__}`.", ""]
+            out += [
+                "",
+                f"### {kind} `{name}`",
+                "",
+                summary(cls),
+                "",
+                f"Class `{cls.__module__}.{cls.__qualname__}`; options `{options.__module__}.{options.__qualname__}`.",
+                "",
+            ]
             if options is NoOptions or not options.model_fields:
                 out.append("No options.")
             else:
                 out.append(field_table(options))
-    out += ["", "## Adapters", "",
-            "Chosen by the model's `config.model_type`; not configured in YAML.", "",
-            "| adapter | model types | |", "| --- | --- | --- |"]
+    out += [
+        "",
+        "## Adapters",
+        "",
+        "Chosen by the model's `config.model_type`; not configured in YAML.",
+        "",
+        "| adapter | model types | |",
+        "| --- | --- | --- |",
+    ]
     for name in plugins.adapters.names():
         cls = plugins.adapters.get(name)
         types = ", ".join(f"`{t}`" for t in cls.model_types)

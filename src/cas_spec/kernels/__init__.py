@@ -63,8 +63,24 @@ from cas_spec.kernels.select import DEFAULT_NS, Selection, plan_from_timings, se
 from cas_spec.kernels.threads import threads
 
 __all__ = [
-    "ATTENTION_NAME", "DEFAULT_NS", "KERNELS", "STOCK_PLAN", "LinearPlan", "MissingMaskError", "Selection",
-    "attention_kernel", "available_kernels", "cached_copy_bytes", "extra_memory_bytes", "kernel_status",
-    "linear_kernels", "plan_from_timings", "register_attention", "release_copies", "sdpa_gqa_attention", "select_plan", "threads",
+    "ATTENTION_NAME",
+    "DEFAULT_NS",
+    "KERNELS",
+    "STOCK_PLAN",
+    "LinearPlan",
+    "MissingMaskError",
+    "Selection",
+    "attention_kernel",
+    "available_kernels",
+    "cached_copy_bytes",
+    "extra_memory_bytes",
+    "kernel_status",
+    "linear_kernels",
+    "plan_from_timings",
+    "register_attention",
+    "release_copies",
+    "sdpa_gqa_attention",
+    "select_plan",
+    "threads",
     "time_forwards",
 ]

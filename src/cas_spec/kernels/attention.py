@@ -25,9 +25,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 NAME = "cas_sdpa"
 FOLD_MAX_QUERIES = 8  # fold a group's query heads up to this many new tokens (slower at 16)
@@ -46,7 +50,7 @@ def sdpa_gqa_attention(
     dropout: float = 0.0,
     scaling: float | None = None,
     is_causal: bool | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """`query` [B, H, q, D], `key`/`value` [B, Hkv, k, D] → ([B, q, H, D], None)."""
     if kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None:
@@ -58,30 +62,41 @@ def sdpa_gqa_attention(
         if q_len != kv_len:
             raise MissingMaskError(
                 f"{NAME}: {q_len} queries over {kv_len} keys without a mask; register the mask "
-                f"function too (AttentionMaskInterface.register({NAME!r}, sdpa_mask))")
+                f"function too (AttentionMaskInterface.register({NAME!r}, sdpa_mask))"
+            )
         use_is_causal = True  # upper-left aligned: right only when q_len == kv_len
     batch, heads = query.shape[:2]
     kv_heads = key.shape[1]
     dropout_p = dropout if module.training else 0.0
     groups = heads // kv_heads
-    if (groups > 1 and q_len <= FOLD_MAX_QUERIES and not use_is_causal
-            and (attention_mask is None or attention_mask.shape[1] == 1)):
+    if (
+        groups > 1
+        and q_len <= FOLD_MAX_QUERIES
+        and not use_is_causal
+        and (attention_mask is None or attention_mask.shape[1] == 1)
+    ):
         # the query heads sharing a K/V head become one head over groups × q_len query rows
         folded = query.reshape(batch, kv_heads, groups * q_len, query.shape[-1])
         mask = None if attention_mask is None else _folded_mask(module, attention_mask, groups)
-        out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, dropout_p=dropout_p,
-                                             scale=scaling)
+        out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, dropout_p=dropout_p, scale=scaling)
         return out.reshape(batch, heads, q_len, value.shape[-1]).transpose(1, 2), None
     out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=attention_mask, dropout_p=dropout_p,
-        scale=scaling, is_causal=use_is_causal, enable_gqa=groups > 1)
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        dropout_p=dropout_p,
+        scale=scaling,
+        is_causal=use_is_causal,
+        enable_gqa=groups > 1,
+    )
     return out.transpose(1, 2), None
 
 
 _memo: tuple = (None, None, None, None)  # (layer index, key, mask, folded mask), replaced whole
 
 
-def _folded_mask(module, mask: torch.Tensor, groups: int) -> torch.Tensor:
+def _folded_mask(module: torch.nn.Module, mask: torch.Tensor, groups: int) -> torch.Tensor:
     """`mask` tiled `groups` times along the query axis, built once per forward.
 
     Every layer of one forward receives the same mask object; the tiled copy is reused while the
@@ -116,7 +131,7 @@ def register_attention(name: str = NAME) -> str:
 
 
 @contextlib.contextmanager
-def attention_kernel(model, name: str | None = NAME) -> Iterator[object]:
+def attention_kernel(model: torch.nn.Module, name: str | None = NAME) -> Iterator[object]:
     """Within the block `model` uses attention implementation `name` (`None`: unchanged).
 
     `cas_sdpa` is registered on first use; other names must already be known to transformers.
@@ -127,11 +142,12 @@ def attention_kernel(model, name: str | None = NAME) -> Iterator[object]:
         return
     if name == NAME:
         register_attention()
-    previous = model.config._attn_implementation
+    hf = cast("PreTrainedModel", model)
+    previous = hf.config._attn_implementation
     try:
         if name != previous:
-            model.set_attn_implementation(name)
+            hf.set_attn_implementation(name)
         yield model
     finally:
-        if model.config._attn_implementation != previous:
-            model.set_attn_implementation(previous)
+        if hf.config._attn_implementation != previous:
+            hf.set_attn_implementation(previous)

@@ -7,8 +7,8 @@ present file is reused (about 2 s per build with g++ 12, then nothing). Builds g
 temporary folder beside the target and an atomic rename: concurrent builders leave one complete
 library. The caller loads it with `ctypes` and probes it numerically before use.
 
-The kernels package is a leaf: the cache folder is read from the same environment variable as
-`cas_spec.core.models.cache_dir`, not imported from there.
+The kernels package is a leaf: it imports nothing of cas_spec but `cas_spec.paths` (the cache
+folder), itself a leaf.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-CACHE_ENV = "CAS_SPEC_CACHE"  # the variable `cas_spec.core.models.cache_dir` reads
+from cas_spec.paths import cache_dir
+
 _OFF = ("0", "false", "no", "off")
 
 
@@ -68,10 +69,6 @@ def compiler() -> str | None:
     return None
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "cas-spec")
-
-
 def library_path(stem: str, source: str, compiler: str, flags: Sequence[str]) -> Path:
     """Where the library for this source, compiler and flags lives (built or not)."""
     digest = hashlib.sha256("\0".join((source, compiler, *flags)).encode()).hexdigest()[:16]
@@ -85,8 +82,9 @@ def build(source: str, compiler: str, flags: Sequence[str], target: Path) -> Non
         src = Path(tmp) / (target.stem.split("-")[0] + ".cpp")
         src.write_text(source)
         out = Path(tmp) / target.name
-        result = subprocess.run([compiler, *flags, "-o", str(out), str(src)], capture_output=True, text=True,
-                                timeout=300)
+        result = subprocess.run(
+            [compiler, *flags, "-o", str(out), str(src)], capture_output=True, text=True, timeout=300
+        )
         if result.returncode != 0:
             raise RuntimeError(f"compiling failed: {(result.stderr or result.stdout).strip()[-500:]}")
         os.replace(out, target)

@@ -26,7 +26,7 @@ layout with prefetch 5.7 ms, without 19 ms; summing a float tensor of the same 1
 at memory speed), 2 rows 5.6, 4 rows 10.1 (compute-bound from 3 rows: ~50 GMAC/s); float32 MKL/the
 `native` kernel need ~28 ms for 1 row. A call from Python costs ~4.4 µs (packed ctypes arguments;
 `nn.Linear` ~6 µs for a tiny layer). In a full draft forward (`benchmarks/int8_kernel_cost.py`) see
-`cas_spec.strategies.quantization` for the cost relative to a target step and the agreement.
+`cas_spec.strategies.dsia.quantization` for the cost relative to a target step and the agreement.
 
 Availability: x86-64 with AVX2, a C++ compiler, and a passing numerical probe; `CAS_SPEC_INT8_KERNEL=0`
 disables it. `status()` says why not. `Int8Linear` falls back to `linear_reference` (the same
@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,16 +50,15 @@ from torch import nn
 from cas_spec.kernels import compiled
 from cas_spec.kernels.int8_source import SOURCE
 
-
 FLAGS = ("-O3", "-mavx2", "-ffp-contract=off", "-fPIC", "-shared", "-std=c++17")
 ENV_SWITCH = "CAS_SPEC_INT8_KERNEL"
 ALIGN = 32  # the input dimension is padded to a multiple of this (one k-step)
 GROUP = 8  # output rows interleaved per k-step in the packed weight (the C++ GROUP)
 
 _lock = threading.Lock()
-_fn = None  # cas_int8_linear once loaded
-_packed_fn = None  # cas_int8_linear_packed once loaded
-_quantize_fn = None  # cas_int8_quantize_rows once loaded
+_fn: Callable[..., None] | None = None  # cas_int8_linear once loaded
+_packed_fn: Callable[..., None] | None = None  # cas_int8_linear_packed once loaded
+_quantize_fn: Callable[..., None] | None = None  # cas_int8_quantize_rows once loaded
 _why: str | None = "not loaded yet"
 
 
@@ -97,7 +98,7 @@ def quantize_weight(weight: torch.Tensor, per_channel: bool = True) -> tuple[tor
             amax = amax.amax().expand_as(amax)
         inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
         q = torch.zeros(w.shape[0], padded(w.shape[1]), dtype=torch.int8)
-        q[:, :w.shape[1]] = torch.round(w * inv[:, None]).clamp_(-127, 127).to(torch.int8)
+        q[:, : w.shape[1]] = torch.round(w * inv[:, None]).clamp_(-127, 127).to(torch.int8)
         return pack(q), (amax / 127.0).contiguous()
 
 
@@ -114,8 +115,9 @@ def quantize_rows_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 CHUNK = 4096  # output channels per float matmul in the reference (bounds its temporary to CHUNK·K floats)
 
 
-def linear_reference(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                     in_features: int) -> torch.Tensor:
+def linear_reference(
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, in_features: int
+) -> torch.Tensor:
     """The W8A8 product in torch float32 for any number of rows (the fallback of `Int8Linear`):
     `qweight` packed (`pack`). Equal to the kernel up to the float32 summation order of the integer
     products (exact while partial sums stay below 2^24)."""
@@ -127,7 +129,7 @@ def linear_reference(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor
     out = torch.empty(x2.shape[0], n_out, dtype=torch.float32)
     for j in range(0, n_out, CHUNK):
         stop = min(j + CHUNK, n_out)
-        w = unpack(qweight[j:-(-stop // GROUP) * GROUP])[:stop - j, :in_features].to(torch.float32)
+        w = unpack(qweight[j : -(-stop // GROUP) * GROUP])[: stop - j, :in_features].to(torch.float32)
         torch.mm(xf, w.t(), out=out[:, j:stop])
     out.mul_(sx[:, None] * scale[None, :])
     if bias is not None:
@@ -172,7 +174,7 @@ def _load() -> str | None:
     try:
         lib = compiled.load(library_path(compiler), (SOURCE, compiler, FLAGS))
         fn, pfn, qfn = lib.cas_int8_linear, lib.cas_int8_linear_packed, lib.cas_int8_quantize_rows
-    except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     fn.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, ptr, ptr, ptr]
@@ -182,7 +184,7 @@ def _load() -> str | None:
     _fn, _packed_fn, _quantize_fn = fn, pfn, qfn
     try:
         why = _probe()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         why = f"the compiled int8 kernel failed in the probe: {type(exc).__name__}: {exc}"
     if why is not None:
         _fn = _packed_fn = _quantize_fn = None
@@ -217,8 +219,9 @@ def _rows(x: torch.Tensor, in_features: int) -> torch.Tensor:
     return x2
 
 
-def linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-           in_features: int) -> torch.Tensor:
+def linear(
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, in_features: int
+) -> torch.Tensor:
     """The W8A8 product with the compiled kernel (call `status()` first): `x [..., in_features]` CPU
     float32 (any strides), `qweight` packed (`quantize_weight`) and contiguous, `scale [N]` and
     `bias [N]` float32 contiguous. Returns float32 `[..., N]`."""
@@ -228,8 +231,19 @@ def linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: to
         raise ValueError(f"qweight {tuple(qweight.shape)} is not a packed int8 weight for {n_out} x {in_features}")
     out = torch.empty(rows, n_out, dtype=torch.float32)
     if rows:
-        _fn(x2.data_ptr(), rows, in_features, x2.stride(0), qweight.data_ptr(), n_out, qweight.shape[1],
-            scale.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr())
+        assert _fn is not None, "call status() first"
+        _fn(
+            x2.data_ptr(),
+            rows,
+            in_features,
+            x2.stride(0),
+            qweight.data_ptr(),
+            n_out,
+            qweight.shape[1],
+            scale.data_ptr(),
+            None if bias is None else bias.data_ptr(),
+            out.data_ptr(),
+        )
     return out.view(*x.shape[:-1], n_out)
 
 
@@ -241,6 +255,7 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.empty(rows, kp, dtype=torch.int8)
     qa = torch.empty(rows, kp, dtype=torch.uint8)
     s = torch.empty(rows, dtype=torch.float32)
+    assert _quantize_fn is not None, "call status() first"
     _quantize_fn(x2.data_ptr(), rows, k, x2.stride(0), kp, q.data_ptr(), qa.data_ptr(), s.data_ptr())
     return q[:, :k], s
 
@@ -263,6 +278,11 @@ class Int8Linear(nn.Module):
     `linear_reference` (the same quantization in torch). For drafting: no gradient flows through it."""
 
     max_kernel_rows: int = MAX_KERNEL_ROWS
+    # buffers, and the kernel's constant arguments (`_refresh`), as nn.Module's __getattr__ returns them
+    qweight: torch.Tensor
+    scale: torch.Tensor
+    bias: torch.Tensor | None
+    _kernel_args: tuple[int, int, ctypes.Array[ctypes.c_int64]] | None
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
@@ -283,6 +303,7 @@ class Int8Linear(nn.Module):
             twin.qweight.copy_(qweight)
             twin.scale.copy_(scale)
             if linear.bias is not None:
+                assert twin.bias is not None  # built with a bias above
                 twin.bias.copy_(linear.bias.detach().to(torch.float32))
         return twin.eval()
 
@@ -297,7 +318,7 @@ class Int8Linear(nn.Module):
                 out = torch.empty(*shape[:-1], args[1])
                 try:
                     fn(x.data_ptr(), rows, args[0], out.data_ptr())
-                except Exception as exc:  # noqa: BLE001 - stop using it, answer with the reference
+                except Exception as exc:
                     disable(f"int8 kernel failed on use: {type(exc).__name__}: {exc}")
                 else:
                     return out
@@ -306,12 +327,17 @@ class Int8Linear(nn.Module):
     def _forward_slow(self, x: torch.Tensor) -> torch.Tensor:
         last = x.shape[-1]
         rows = x.numel() // last if last else 0
-        if (0 < rows <= self.max_kernel_rows and last == self.in_features and x.device.type == "cpu"
-                and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
-                and self._kernel_args is not None and ready()):
+        if (
+            0 < rows <= self.max_kernel_rows
+            and last == self.in_features
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            and self._kernel_args is not None
+            and ready()
+        ):
             try:
                 return linear(x, self.qweight, self.scale, self.bias, self.in_features).to(x.dtype)
-            except Exception as exc:  # noqa: BLE001 - stop using it, answer with the reference
+            except Exception as exc:
                 disable(f"int8 kernel failed on use: {type(exc).__name__}: {exc}")
         with torch.no_grad():
             return linear_reference(x, self.qweight, self.scale, self.bias, self.in_features)
@@ -321,30 +347,44 @@ class Int8Linear(nn.Module):
         buffers are not what the kernel reads (moved off the CPU, converted to another dtype)."""
         q, s, b = self._buffers.get("qweight"), self._buffers.get("scale"), self._buffers.get("bias")
         n = self.out_features
-        ok = (q is not None and s is not None and q.dtype is torch.int8 and q.device.type == "cpu"
-              and q.is_contiguous() and q.shape == (-(-n // GROUP) * GROUP, padded(self.in_features))
-              and s.dtype is torch.float32 and s.device.type == "cpu" and s.is_contiguous() and s.shape == (n,)
-              and (b is None or (b.dtype is torch.float32 and b.device.type == "cpu" and b.is_contiguous()
-                                 and b.shape == (n,))))
+        ok = (
+            q is not None
+            and s is not None
+            and q.dtype is torch.int8
+            and q.device.type == "cpu"
+            and q.is_contiguous()
+            and q.shape == (-(-n // GROUP) * GROUP, padded(self.in_features))
+            and s.dtype is torch.float32
+            and s.device.type == "cpu"
+            and s.is_contiguous()
+            and s.shape == (n,)
+            and (
+                b is None
+                or (b.dtype is torch.float32 and b.device.type == "cpu" and b.is_contiguous() and b.shape == (n,))
+            )
+        )
         if ok:
-            packed = (ctypes.c_int64 * 6)(q.data_ptr(), n, q.shape[1], s.data_ptr(),
-                                          0 if b is None else b.data_ptr(), self.in_features)
+            assert q is not None and s is not None  # checked in `ok`
+            packed = (ctypes.c_int64 * 6)(
+                q.data_ptr(), n, q.shape[1], s.data_ptr(), 0 if b is None else b.data_ptr(), self.in_features
+            )
             # (address of the packed arguments, out_features, the array that keeps them alive)
             self.__dict__["_kernel_args"] = (ctypes.addressof(packed), n, packed)
         else:
             self.__dict__["_kernel_args"] = None
 
-    def __setattr__(self, name: str, value) -> None:
+    def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
         if name in ("qweight", "scale", "bias") and "_kernel_args" in self.__dict__:
             self._refresh()
 
-    def _apply(self, fn, recurse: bool = True):  # .to(), .half(), ...: buffers may be replaced
+    # .to(), .half(), ...: buffers may be replaced
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True):
         out = super()._apply(fn, recurse)
         self._refresh()
         return out
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._refresh()
 
@@ -359,7 +399,7 @@ class Int8Linear(nn.Module):
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float32 weight this twin stands for, `[out, in]` (a new tensor)."""
-        q = unpack(self.qweight)[:self.out_features, :self.in_features]
+        q = unpack(self.qweight)[: self.out_features, : self.in_features]
         return q.to(torch.float32) * self.scale[:, None]
 
     @property

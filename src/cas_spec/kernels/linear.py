@@ -35,6 +35,7 @@ import contextlib
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -130,7 +131,7 @@ def _probe_onednn() -> str | None:
             ref = F.linear(x, w, b)
         if out.shape != ref.shape or not torch.allclose(out, ref, atol=1e-4, rtol=1e-4):
             return "oneDNN linear gave wrong results in the probe"
-    except Exception as exc:  # noqa: BLE001 - private ops: any failure means "not usable"
+    except Exception as exc:
         return f"oneDNN linear failed in the probe: {type(exc).__name__}: {exc}"
     return None
 
@@ -241,14 +242,14 @@ def _run(module: nn.Linear, kernel: str, x: torch.Tensor) -> torch.Tensor:
         if _ok("native"):
             try:
                 return _native_linear(x, weight, bias)
-            except Exception as exc:  # noqa: BLE001 - disable it, answer with stock
+            except Exception as exc:
                 _disable("native", f"native kernel failed on use: {type(exc).__name__}: {exc}")
         return F.linear(x, weight, bias)
     if kernel == "onednn":
         if _onednn_ok():
             try:
                 return _onednn_linear(x, _copy(module, "onednn"), bias)
-            except Exception as exc:  # noqa: BLE001 - private op: disable it, answer with stock
+            except Exception as exc:
                 _disable_onednn(f"oneDNN linear failed on use: {type(exc).__name__}: {exc}")
                 module.__dict__.get("_cas_copies", {}).pop("onednn", None)
     return F.linear(x, weight, bias)
@@ -257,16 +258,25 @@ def _run(module: nn.Linear, kernel: str, x: torch.Tensor) -> torch.Tensor:
 class _DispatchMixin:
     """Mixed into a dynamic subclass of the module's class; reads the plan from `_cas_plan`."""
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - nn.Linear's name
+    # what the nn.Linear it is mixed into has (`_cas_plan`: set in its __dict__ by `linear_kernels`)
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    _cas_plan: LinearPlan
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight = self.weight
-        if (input.dtype is torch.float32 and input.device.type == "cpu" and weight.dtype is torch.float32
-                and weight.device.type == "cpu"
-                and not (torch.is_grad_enabled() and (weight.requires_grad or input.requires_grad))):
+        if (
+            input.dtype is torch.float32
+            and input.device.type == "cpu"
+            and weight.dtype is torch.float32
+            and weight.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (weight.requires_grad or input.requires_grad))
+        ):
             last = input.shape[-1]
             rows = input.numel() // last if last else 0
             kernel = self._cas_plan.kernel_for(rows)
             if kernel != "stock":
-                return _run(self, kernel, input)
+                return _run(cast(nn.Linear, self), kernel, input)
         return F.linear(input, weight, self.bias)
 
 
@@ -288,7 +298,7 @@ def _linears(model: nn.Module) -> Iterator[nn.Linear]:
         original = getattr(cls, "_cas_original_class", cls)
         if original is nn.Linear and id(module) not in seen:
             seen.add(id(module))
-            yield module
+            yield cast(nn.Linear, module)  # its class is nn.Linear or our dispatch subclass of it
 
 
 def _needed_copies(plan: LinearPlan) -> tuple[str, ...]:
@@ -308,7 +318,7 @@ def linear_kernels(model: nn.Module, plan: LinearPlan, *, prebuild: bool = True)
     """
     if not isinstance(plan, LinearPlan):
         raise TypeError(f"plan must be a LinearPlan, got {type(plan).__name__}")
-    saved: list[tuple[nn.Module, type, object]] = []
+    saved: list[tuple[nn.Linear, type, object]] = []
     try:
         for module in _linears(model):
             cls = type(module)
@@ -319,7 +329,7 @@ def linear_kernels(model: nn.Module, plan: LinearPlan, *, prebuild: bool = True)
                 for kernel in _needed_copies(plan):
                     try:
                         _copy(module, kernel)
-                    except Exception as exc:  # noqa: BLE001
+                    except Exception as exc:
                         if kernel != "onednn":
                             raise
                         _disable_onednn(f"oneDNN weight packing failed: {type(exc).__name__}: {exc}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -124,7 +125,7 @@ FLAGS = ("-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-std=c++17")
 ENV_SWITCH = "CAS_SPEC_NATIVE_KERNEL"
 
 _lock = threading.Lock()
-_fn = None  # the ctypes function once loaded
+_fn: Callable[..., None] | None = None  # the ctypes function once loaded
 _why: str | None = "not loaded yet"
 
 
@@ -158,10 +159,17 @@ def _load() -> str | None:
         if not target.exists():
             _build(compiler, target)
         fn = ctypes.CDLL(str(target)).cas_linear_rows
-    except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                   ctypes.c_void_p, ctypes.c_void_p]
+    fn.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
     fn.restype = None
     _fn = fn
     gen = torch.Generator().manual_seed(0)
@@ -201,6 +209,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if bias is not None and not bias.is_contiguous():
         bias = bias.contiguous()
     out = torch.empty(x2.shape[0], n_out, dtype=x.dtype, device=x.device)
-    _fn(x2.data_ptr(), x2.shape[0], n_in, weight.data_ptr(), n_out,
-        None if bias is None else bias.data_ptr(), out.data_ptr())
+    assert _fn is not None, "call status() first"
+    _fn(
+        x2.data_ptr(),
+        x2.shape[0],
+        n_in,
+        weight.data_ptr(),
+        n_out,
+        None if bias is None else bias.data_ptr(),
+        out.data_ptr(),
+    )
     return out.view(*x.shape[:-1], n_out)

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -31,6 +31,9 @@ from cas_spec.kernels.linear import (
 )
 from cas_spec.kernels.threads import threads as thread_count
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig, PreTrainedModel
+
 DEFAULT_NS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16)
 
 ConfigFactory = Callable[[], contextlib.AbstractContextManager]
@@ -41,7 +44,7 @@ def _dynamic_cache(model: torch.nn.Module) -> Any:
     """transformers' `DynamicCache`, recording the past so that sliding-window layers can crop."""
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=cast("PreTrainedConfig", model.config))
     cache.activate_past_recording()
     return cache
 
@@ -69,7 +72,8 @@ def time_forwards(
     from tqdm import tqdm
 
     device = next(model.parameters()).device
-    vocab = model.get_input_embeddings().num_embeddings
+    embeddings = cast(torch.nn.Embedding, cast("PreTrainedModel", model).get_input_embeddings())
+    vocab = embeddings.num_embeddings
     gen = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, vocab, (1, cache_tokens), generator=gen).to(device)
     new = torch.randint(0, vocab, (1, max(ns)), generator=gen).to(device)
@@ -87,8 +91,9 @@ def time_forwards(
             cache.crop(-n)
             return elapsed
 
-        with tqdm(total=(repeats + 1) * len(ns) * len(names), desc=desc, file=sys.stderr,
-                  disable=not progress, leave=False) as bar:
+        with tqdm(
+            total=(repeats + 1) * len(ns) * len(names), desc=desc, file=sys.stderr, disable=not progress, leave=False
+        ) as bar:
             for r in range(repeats + 1):
                 for i, n in enumerate(ns):
                     shift = (r + i) % len(names)
@@ -123,9 +128,11 @@ class Selection:
         kernels = list(next(iter(self.timings.values())))
         base = (min(self.timings), "stock") if "stock" in kernels else (min(self.timings), kernels[0])
         rel = self.relative(base)
-        lines = [f"forward over n new tokens on a {self.cache_tokens}-token cache, {self.threads} thread(s), "
-                 f"median of {self.repeats}; ms (relative to a {base[1]} {base[0]}-token forward)",
-                 "  n  " + "".join(f"{k:>17}" for k in kernels) + "   chosen"]
+        lines = [
+            f"forward over n new tokens on a {self.cache_tokens}-token cache, {self.threads} thread(s), "
+            f"median of {self.repeats}; ms (relative to a {base[1]} {base[0]}-token forward)",
+            "  n  " + "".join(f"{k:>17}" for k in kernels) + "   chosen",
+        ]
         for n, row in self.timings.items():
             cells = "".join(f"{row[k] * 1e3:>9.2f} ({rel[n][k]:.2f})" for k in kernels)
             lines.append(f"{n:>3}  {cells}   {self.plan.kernel_for(n)}")
@@ -200,9 +207,18 @@ def select_plan(
     plans = {k: LinearPlan.uniform(k) for k in candidates}
     configs = {k: (lambda plan=plan: linear_kernels(model, plan)) for k, plan in plans.items()}
     with attention_kernel(model, attention):
-        times = time_forwards(model, configs, ns, cache_tokens=cache_tokens, repeats=repeats,
-                              threads=threads, seed=seed, progress=progress, desc="selecting linear kernels",
-                              new_cache=new_cache)
+        times = time_forwards(
+            model,
+            configs,
+            ns,
+            cache_tokens=cache_tokens,
+            repeats=repeats,
+            threads=threads,
+            seed=seed,
+            progress=progress,
+            desc="selecting linear kernels",
+            new_cache=new_cache,
+        )
     timings = medians(times)
     plan = plan_from_timings(timings, candidates, tolerance=tolerance, above=above)
     if release:

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from cas_spec.core.state import DecodingState
 from cas_spec.core.tree import chain_tree
 from cas_spec.core.types import EMPTY_DRAFT, DraftResult, StepTimings, TokenTree, Verdict
-from cas_spec.schedulers.acceptance import AcceptanceEstimate, best_draft_length
-from cas_spec.schedulers.latency import LatencyModel
+from cas_spec.schedulers.estimators.acceptance import AcceptanceEstimate, best_draft_length
+from cas_spec.schedulers.estimators.latency import LatencyModel
 from cas_spec.schedulers.single_level import SingleLevelScheduler
 
 
@@ -40,29 +40,36 @@ class ChainOptions(BaseModel):
 class ChainScheduler(SingleLevelScheduler):
     name = "chain"
     Options = ChainOptions
+    options: ChainOptions
 
     def start(self, state: DecodingState) -> None:
         self.estimate = AcceptanceEstimate(decay=self.options.ema_decay)
         self.skipped = 0
-        self.costs, self.context = state.target.costs, state.target.length
-        self.latency = LatencyModel(self.costs, [self.level], draft_costs=getattr(state.target, "draft_costs", None))
+        self.context = state.context_length
+        self.latency = LatencyModel(state.costs, [self.level])
 
     def build_tree(self, state: DecodingState) -> TokenTree:
         limit = min(self.options.k, state.max_depth)
-        costs = self.costs = state.target.costs
-        self.context = state.target.length
-        if not self.options.adaptive or costs is None:
+        costs = state.costs
+        self.context = state.context_length
+        if not self.options.adaptive or not costs.measured:
             return chain_tree(state.root_token, self.level.draft(state, (), limit), self.level.name)
-        context, alpha = state.target.length, self.estimate.alpha
+        context, alpha = state.context_length, self.estimate.alpha
         # a level never measured drafts in full to be priced; later, whenever drafting was off for
         # `probe_interval` steps
         probing = self.skipped + 1 >= self.options.probe_interval or not self.latency.known(self.level.name)
         if not probing:  # a level whose drafting costs: decide how much to draft before paying for it
             name = self.level.name
-            limit = best_draft_length(alpha, limit, costs.cost, context, self.latency.draft(name, 0, 1, context),
-                                      self.latency.draft(name, 1, 0, context))
+            limit = best_draft_length(
+                alpha,
+                limit,
+                costs.verify,
+                context,
+                self.latency.draft(name, 0, 1, context),
+                self.latency.draft(name, 1, 0, context),
+            )
         draft = self.level.draft(state, (), limit) if limit else EMPTY_DRAFT
-        keep = len(draft) if probing else best_draft_length(alpha, len(draft), costs.cost, context)
+        keep = len(draft) if probing else best_draft_length(alpha, len(draft), costs.verify, context)
         self.skipped = 0 if keep else self.skipped + 1
         return chain_tree(state.root_token, _trim(draft, keep), self.level.name)
 
@@ -74,5 +81,8 @@ class ChainScheduler(SingleLevelScheduler):
 def _trim(draft: DraftResult, keep: int) -> DraftResult:
     if keep >= len(draft):
         return draft
-    return DraftResult(tokens=draft.tokens[:keep], confidence=draft.confidence[:keep],
-                       draft_probs=None if draft.draft_probs is None else draft.draft_probs[:keep])
+    return DraftResult(
+        tokens=draft.tokens[:keep],
+        confidence=draft.confidence[:keep],
+        draft_probs=None if draft.draft_probs is None else draft.draft_probs[:keep],
+    )

@@ -62,39 +62,54 @@ from __future__ import annotations
 
 from dataclasses import replace
 from itertools import accumulate
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cas_spec.core.interfaces import DraftStrategy, Scheduler
+from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.state import DecodingState
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import DraftResult, SamplingParams, TokenTree
 from cas_spec.schedulers.static_tree import StaticTreeScheduler, static_tree
+
+if TYPE_CHECKING:
+    from cas_spec.core.levels import Level
 
 
 class CSDraftingOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     order: list[str] | None = Field(
-        None, description="Level names, strongest first, cheapest lookup last; default: the YAML order.")
+        None, description="Level names, strongest first, cheapest lookup last; default: the YAML order."
+    )
     k_matrix: list[list[int]] | None = Field(
-        None, description="n × n (n levels in order); row s is the call reviewed by level s − 1 (row 0: "
-        "the target), entry j the tokens level j's output adds there. Default: the paper code's configs.")
+        None,
+        description="n × n (n levels in order); row s is the call reviewed by level s − 1 (row 0: "
+        "the target), entry j the tokens level j's output adds there. Default: the paper code's configs.",
+    )
     k_form: Literal["increments", "cumulative"] = Field(
-        "increments", description="increments as in the official code; cumulative as in the paper.")
+        "increments", description="increments as in the official code; cumulative as in the paper."
+    )
     leniency: float = Field(3.0, ge=1.0, description="l of intermediate reviews (paper: 2, 5 FLAN-T5; 3 LLaMA).")
     cascade: Literal["both", "vertical", "horizontal"] = Field(
-        "both", description="both cascades, vertical only (first entry of each row) or horizontal only (row 0, "
-        "direct drafts).")
+        "both",
+        description="both cascades, vertical only (first entry of each row) or horizontal only (row 0, direct drafts).",
+    )
     lookup_tokens: int | None = Field(
-        10, ge=1, description="Tokens asked of a level that cannot review per direct draft (code: 10); null = "
-        "what the k-matrix entry still needs.")
-    pass_laws: bool = Field(True, description="Sampling: hand each token's exact law to the verifier (else point "
-                            "masses; both exact).")
-    tree: bool = Field(False, description="Tr+VC: the runners-up of the strongest level's reviews join the chain "
-                       "as siblings, as many as SWIFT's widths give (the static_tree scheduler's defaults).")
+        10,
+        ge=1,
+        description="Tokens asked of a level that cannot review per direct draft (code: 10); null = "
+        "what the k-matrix entry still needs.",
+    )
+    pass_laws: bool = Field(
+        True, description="Sampling: hand each token's exact law to the verifier (else point masses; both exact)."
+    )
+    tree: bool = Field(
+        False,
+        description="Tr+VC: the runners-up of the strongest level's reviews join the chain "
+        "as siblings, as many as SWIFT's widths give (the static_tree scheduler's defaults).",
+    )
     max_nodes: int = Field(32, ge=2, le=1024, description="Most tree nodes with `tree`, root included.")
 
     @model_validator(mode="after")
@@ -109,13 +124,14 @@ class CSDraftingOptions(BaseModel):
                 raise ValueError(f"k_matrix row {s} has a negative entry: {row}")
             if any(row[:s]):
                 raise ValueError(f"k_matrix row {s}: entries left of the diagonal are unused and must be 0: {row}")
-            if self.k_form == "cumulative" and any(b < a for a, b in zip(row[s:], row[s + 1:])):
+            if self.k_form == "cumulative" and any(b < a for a, b in zip(row[s:], row[s + 1 :])):
                 raise ValueError(f"k_matrix row {s}: cumulative entries must not decrease: {row}")
         return self
 
 
 def default_k_matrix(n: int) -> list[list[int]]:
     """The official code's configurations for 1–3 levels (increments), extended the same way."""
+
     def entry(s: int, j: int) -> int:
         if j < s:
             return 0
@@ -124,6 +140,7 @@ def default_k_matrix(n: int) -> list[list[int]]:
         if s == 0:
             return 5 if j == 0 else 14
         return 1 if j == s else 10
+
     return [[entry(s, j) for j in range(n)] for s in range(n)]
 
 
@@ -151,6 +168,7 @@ def lenient_step(p: torch.Tensor, law: torch.Tensor | None, token: int, leniency
             r = p / (1.0 - p_x)
             r[token] = 0.0
             return r
+
         return accept, out, residual
     q = law.to(p)
     capped = torch.minimum(q, leniency * p)
@@ -163,23 +181,21 @@ def lenient_step(p: torch.Tensor, law: torch.Tensor | None, token: int, leniency
 
 
 class _Token:
-    __slots__ = ("token", "level", "confidence", "q", "law", "runners_up")
+    __slots__ = ("confidence", "law", "level", "q", "runners_up", "token")
 
     def __init__(self, token: int, level: str, confidence: float, q: float, law: torch.Tensor | None):
         self.token, self.level, self.confidence, self.q, self.law = token, level, confidence, q, law
         self.runners_up: tuple[tuple[int, float], ...] = ()  # the strongest reviewer's, with `tree`
 
 
-def _can_review(strategy: DraftStrategy) -> bool:
-    return type(strategy).review is not DraftStrategy.review
-
-
 class CSDraftingScheduler(Scheduler):
     name = "cs_drafting"
     Options = CSDraftingOptions
+    options: CSDraftingOptions
 
     @classmethod
-    def check_levels(cls, options: CSDraftingOptions, level_names: list[str]) -> list[str]:
+    def check_levels(cls, options: BaseModel, level_names: list[str]) -> list[str]:
+        options = cast(CSDraftingOptions, options)
         where = "scheduler.options"
         if not level_names:
             return ["levels: cs_drafting needs at least one level (the cheapest, a lookup, last)"]
@@ -194,18 +210,20 @@ class CSDraftingScheduler(Scheduler):
                 problems.append(f"{where}.order: level '{name}' is listed more than once")
         k = options.k_matrix
         if k is not None and order and len(k) != len(order):
-            problems.append(f"{where}.k_matrix: expected {len(order)} × {len(order)} (one row and one column per "
-                            f"level in order: {', '.join(order)}), got {len(k)} × {len(k)}")
+            problems.append(
+                f"{where}.k_matrix: expected {len(order)} × {len(order)} (one row and one column per "
+                f"level in order: {', '.join(order)}), got {len(k)} × {len(k)}"
+            )
         return problems
 
-    def __init__(self, options, levels):
+    def __init__(self, options: BaseModel | None, levels: list[Level]):
         super().__init__(options, levels)
         o = self.options
         by_name = {level.name: level for level in levels}
         self.order = [by_name[n] for n in o.order] if o.order is not None else list(levels)
         n = len(self.order)
         self.k = increments(o.k_matrix, o.k_form) if o.k_matrix is not None else default_k_matrix(n)
-        self.reviews = [_can_review(level.strategy) for level in self.order]
+        self.reviews = [level.strategy.can_review for level in self.order]
         horizontal = o.cascade == "horizontal"
         self.leaf = [horizontal or i == n - 1 or not self.reviews[i] for i in range(n)]
         self.plans: list[list[tuple[int, int]]] = []  # per call row s: (level index, threshold) in turn
@@ -227,19 +245,30 @@ class CSDraftingScheduler(Scheduler):
         # Greedy reviews compare softmax probabilities as the paper's code does; review() would
         # return one-hot argmax rows under greedy sampling parameters.
         self.review_state = replace(state, sampling=SamplingParams(temperature=1.0)) if self.greedy else state
-        tokens = self._call(state, (), 0, state.max_depth)[:state.max_depth]
+        tokens = self._call(state, (), 0, state.max_depth)[: state.max_depth]
         laws = not self.greedy and self.options.pass_laws
         if not self.options.tree:
             node = 0
             for tok in tokens:
                 node = builder.add(node, tok.token, tok.level, tok.confidence, tok.law if laws else None)
             return builder.build()
-        chain = DraftResult(tokens=tuple(t.token for t in tokens), confidence=tuple(t.confidence for t in tokens),
-                            alternatives=tuple(t.runners_up for t in tokens))
+        chain = DraftResult(
+            tokens=tuple(t.token for t in tokens),
+            confidence=tuple(t.confidence for t in tokens),
+            alternatives=tuple(t.runners_up for t in tokens),
+        )
         o = StaticTreeScheduler.Options()
         widths = o.widths if self.greedy else o.sampling_widths
-        return static_tree(state.root_token, chain, None, o.thresholds, widths, self.options.max_nodes,
-                           levels=[t.level for t in tokens], laws=[t.law if laws else None for t in tokens])
+        return static_tree(
+            state.root_token,
+            chain,
+            None,
+            o.thresholds,
+            widths,
+            self.options.max_nodes,
+            levels=[t.level for t in tokens],
+            laws=[t.law if laws else None for t in tokens],
+        )
 
     # -- the recursion ----------------------------------------------------------------------
     def _call(self, state: DecodingState, prefix: tuple[int, ...], s: int, room: int) -> list[_Token]:
@@ -267,12 +296,20 @@ class CSDraftingScheduler(Scheduler):
         out = []
         for j, token in enumerate(draft.tokens):
             confidence = draft.confidence[j] if draft.confidence else 1.0
-            out.append(_Token(token, level.name, confidence, min(confidence, 1.0) if model else 1.0,
-                              None if laws is None else laws[j]))
+            out.append(
+                _Token(
+                    token,
+                    level.name,
+                    confidence,
+                    min(confidence, 1.0) if model else 1.0,
+                    None if laws is None else laws[j],
+                )
+            )
         return out
 
-    def _review(self, state: DecodingState, prefix: tuple[int, ...], i: int, draft: list[_Token],
-                room: int) -> list[_Token]:
+    def _review(
+        self, state: DecodingState, prefix: tuple[int, ...], i: int, draft: list[_Token], room: int
+    ) -> list[_Token]:
         """Level i reviews `draft` (continuing `prefix`); returns the accepted prefix plus one token."""
         level = self.order[i]
         tokens = tuple(t.token for t in draft)
@@ -285,8 +322,9 @@ class CSDraftingScheduler(Scheduler):
                 tok.runners_up = _runners_up(rows[j], tok.token)
         return out
 
-    def _reviewed(self, state: DecodingState, name: str, draft: list[_Token], rows: torch.Tensor,
-                  room: int) -> list[_Token]:
+    def _reviewed(
+        self, state: DecodingState, name: str, draft: list[_Token], rows: torch.Tensor, room: int
+    ) -> list[_Token]:
         """`draft` after the review whose distributions are `rows` (see the module docstring)."""
         m = len(draft)
         if self.greedy:

@@ -22,18 +22,27 @@ safety net for what the model cannot see (a drafter that got slower, a machine t
 
 from __future__ import annotations
 
+from typing import Any
+
 from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.state import DecodingState
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import StepTimings, TokenTree, Verdict
-from cas_spec.schedulers.latency import verify_cost
 
 
 class NeverSlowerGate(Scheduler):
     name = "gate"
 
-    def __init__(self, inner: Scheduler, margin: float = 0.03, patience: float = 3.0, min_steps: int = 8,
-                 hold: int = 16, max_hold: int = 512, decay: float = 0.8):
+    def __init__(
+        self,
+        inner: Scheduler,
+        margin: float = 0.03,
+        patience: float = 3.0,
+        min_steps: int = 8,
+        hold: int = 16,
+        max_hold: int = 512,
+        decay: float = 0.8,
+    ):
         super().__init__(inner.options, inner.levels)
         self.inner = inner
         self.margin, self.patience, self.min_steps, self.decay = margin, patience, min_steps, decay
@@ -46,7 +55,7 @@ class NeverSlowerGate(Scheduler):
         generations would pay for it most)."""
         self.inner.start(state)
         previous = getattr(self, "_state", None)
-        if previous is None or previous.target is not state.target:
+        if previous is None or previous.costs is not state.costs:
             self.forward_seconds: float | None = None  # EMA of a one-token target forward
             self.overhead_seconds: float | None = None  # EMA of a plain step's time outside its forward
             self.hold = self.base_hold
@@ -59,11 +68,11 @@ class NeverSlowerGate(Scheduler):
         self.triggers = 0  # times the gate switched speculation off
         self._plain = False
         self._state = state
-        self._context = state.target.length
+        self._context = state.context_length
 
     def build_tree(self, state: DecodingState) -> TokenTree:
         self._plain = state.step < self.plain_until
-        self._context = state.target.length
+        self._context = state.context_length
         if self._plain:
             self.plain_steps += 1
             return TreeBuilder(state.root_token).build()
@@ -80,13 +89,17 @@ class NeverSlowerGate(Scheduler):
     def _measure(self, tree: TokenTree, timings: StepTimings) -> None:
         if timings.verify <= 0:
             return
-        forward = timings.verify / verify_cost(self._state.target.costs, tree.size, self._context)
-        self.forward_seconds = forward if self.forward_seconds is None else \
-            self.decay * self.forward_seconds + (1 - self.decay) * forward
+        forward = timings.verify / self._state.costs.verify(tree.size, self._context)
+        self.forward_seconds = (
+            forward if self.forward_seconds is None else self.decay * self.forward_seconds + (1 - self.decay) * forward
+        )
         if self._plain:
             overhead = max(timings.total - timings.verify, 0.0)
-            self.overhead_seconds = overhead if self.overhead_seconds is None else \
-                self.decay * self.overhead_seconds + (1 - self.decay) * overhead
+            self.overhead_seconds = (
+                overhead
+                if self.overhead_seconds is None
+                else self.decay * self.overhead_seconds + (1 - self.decay) * overhead
+            )
 
     def observe(self, tree: TokenTree, verdict: Verdict, timings: StepTimings) -> None:
         if timings.total <= 0:
@@ -110,7 +123,7 @@ class NeverSlowerGate(Scheduler):
         elif self.clean_steps >= self.min_steps:
             self.hold = self.base_hold
 
-    def __getattr__(self, name):  # the wrapped scheduler's state (e.g. a dytc's `alpha`)
+    def __getattr__(self, name: str) -> Any:  # the wrapped scheduler's state (e.g. a dytc's `alpha`)
         if name == "inner":
             raise AttributeError(name)
         return getattr(self.inner, name)

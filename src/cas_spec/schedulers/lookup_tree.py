@@ -2,10 +2,10 @@
 
 The level (a `prompt_lookup` level) proposes up to `candidates` continuations from distinct
 matches of the context's suffix, longest n-gram first and, for each n, the most recent occurrence
-first (`PromptLookup.candidates`; the index keeps the last `candidates` occurrences of every
-n-gram). Each is at most `k` tokens long. The proposals are merged into a trie below the root:
+first (`PromptLookup.candidates`, a strategy declaring `offers_candidates`; the index keeps the last
+`candidates` occurrences of every n-gram, as the scheduler asks through `offer_candidates`). Each is at most `k` tokens long. The proposals are merged into a trie below the root:
 branches that share a prefix share nodes (a token is added under a parent only once). A level
-without `candidates` (any other strategy) proposes its one draft: the tree is a chain.
+that offers no candidates (any other strategy) proposes its one draft: the tree is a chain.
 
 Model (cost-aware trimming, `adaptive: true` with a measured cost table):
 - Each candidate key (n-gram length n, occurrence index j) has a per-token acceptance estimate
@@ -22,7 +22,7 @@ Model (cost-aware trimming, `adaptive: true` with a measured cost table):
   better siblings: Σ children ≤ parent. A child's value never exceeds its parent's.
 - A tree T verified in one forward commits E(T) = 1 + Σ_(v ∈ T) a_v tokens on average (bonus
   included) at the relative cost cost(|T| + 1) of a target forward over its nodes and the root
-  (the measured table, `state.target.costs`). Drafting by lookup is taken as free. The best tree
+  (the measured table, `state.costs`). Drafting by lookup is taken as free. The best tree
   of s drafted nodes is the s nodes of highest value (a valid tree, as values fall with depth),
   and the scheduler verifies the s ≤ `max_nodes` − 1 that maximises E / cost, s = 0 (a plain
   step) included. Where the alternatives rarely hold the right token this is the chain of the
@@ -34,8 +34,9 @@ point mass, exact for any set of siblings.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,6 +44,9 @@ from cas_spec.core.state import DecodingState
 from cas_spec.core.tree import TreeBuilder
 from cas_spec.core.types import StepTimings, TokenTree, Verdict
 from cas_spec.schedulers.single_level import SingleLevelScheduler
+
+if TYPE_CHECKING:
+    from cas_spec.core.levels import Level
 
 
 class LookupTreeOptions(BaseModel):
@@ -74,12 +78,12 @@ class MatchEstimate:
 
 @dataclass(frozen=True)
 class Proposal:
-    key: tuple[int, int]  # (n-gram length, occurrence index); (0, 0) for a level without candidates
+    key: tuple[int, ...]  # (n-gram length, occurrence index); (0, 0) for a level without candidates
     tokens: tuple[int, ...]
     confidence: float  # match length n
 
 
-def best_tree_size(values: list[float], cost, context: int) -> int:
+def best_tree_size(values: list[float], cost: Callable[[int, int], float], context: int) -> int:
     """How many of the nodes (values sorted descending) to verify: maximise
     (1 + Σ_(i<s) values[i]) / cost(s + 1, context) over s = 0 … len(values); 0 = a plain step."""
     best, best_value, total = 0, 1.0 / cost(1, context), 1.0
@@ -94,47 +98,52 @@ def best_tree_size(values: list[float], cost, context: int) -> int:
 class LookupTreeScheduler(SingleLevelScheduler):
     name = "lookup_tree"
     Options = LookupTreeOptions
+    options: LookupTreeOptions
 
-    def __init__(self, options, levels):
+    def __init__(self, options: BaseModel | None, levels: list[Level]):
         super().__init__(options, levels)
-        keep = getattr(self.level.strategy, "keep_occurrences", None)
-        if keep is not None:
-            keep(self.options.candidates)
-        self.estimates: dict[tuple[int, int], MatchEstimate] = {}
+        if self.level.strategy.offers_candidates:
+            self.level.strategy.offer_candidates(self.options.candidates)
+        self.estimates: dict[tuple[int, ...], MatchEstimate] = {}
         self.pending: list[Proposal] = []
 
     def start(self, state: DecodingState) -> None:
         self.estimates = {}
         self.pending = []
 
-    def alpha(self, key: tuple[int, int]) -> float:
+    def alpha(self, key: tuple[int, ...]) -> float:
         estimate = self.estimates.get(key)
         return estimate.alpha if estimate is not None else MatchEstimate().alpha
 
     def propose(self, state: DecodingState, limit: int) -> list[Proposal]:
-        """The level's candidates (timed and counted on the level as its draft calls are)."""
-        level, strategy = self.level, self.level.strategy
-        if not hasattr(strategy, "candidates"):
+        """The level's candidates (a level that offers none proposes its one draft)."""
+        level = self.level
+        if not level.strategy.offers_candidates:
             draft = level.draft(state, (), limit)
-            return [Proposal((0, 0), draft.tokens, draft.confidence[0] if draft.confidence else 1.0)] if len(draft) else []
-        start = time.perf_counter()
-        try:
-            found = strategy.candidates(state, (), limit, self.options.candidates)
-        finally:
-            level.seconds += time.perf_counter() - start
-            level.calls += 1
-        proposals = [Proposal((m.n, m.occurrence), d.tokens[:limit], float(m.n)) for m, d in found if len(d)]
-        level.proposed += sum(len(p.tokens) for p in proposals)
-        return proposals
+            return (
+                [Proposal((0, 0), draft.tokens, draft.confidence[0] if draft.confidence else 1.0)] if len(draft) else []
+            )
+        found = level.candidates(state, (), limit, self.options.candidates)
+        return [
+            Proposal(c.key, c.draft.tokens[:limit], c.draft.confidence[0] if c.draft.confidence else 1.0)
+            for c in found
+            if len(c.draft)
+        ]
 
     def build_tree(self, state: DecodingState) -> TokenTree:
         options = self.options
         limit = min(options.k, state.max_depth)
         self.pending = self.propose(state, limit) if limit > 0 and options.max_nodes > 1 else []
-        costs = state.target.costs if options.adaptive else None
-        return merged_tree(state.root_token, self.pending, [self.alpha(p.key) for p in self.pending],
-                           self.level.name, options.max_nodes,
-                           None if costs is None else costs.cost, state.target.length if costs else 0)
+        costs = state.costs if options.adaptive and state.costs.measured else None
+        return merged_tree(
+            state.root_token,
+            self.pending,
+            [self.alpha(p.key) for p in self.pending],
+            self.level.name,
+            options.max_nodes,
+            None if costs is None else costs.verify,
+            state.context_length,
+        )
 
     def observe(self, tree: TokenTree, verdict: Verdict, timings: StepTimings) -> None:
         known = verdict.new_tokens
@@ -144,30 +153,38 @@ class LookupTreeScheduler(SingleLevelScheduler):
             while matched < horizon and proposal.tokens[matched] == known[matched]:
                 matched += 1
             self.estimates.setdefault(proposal.key, MatchEstimate()).update(
-                matched, matched < horizon, self.options.ema_decay)
+                matched, matched < horizon, self.options.ema_decay
+            )
         self.pending = []
 
 
-def merged_tree(root: int, proposals: list[Proposal], alphas: list[float], level: str | None,
-                max_nodes: int, cost=None, context: int = 0) -> TokenTree:
+def merged_tree(
+    root: int,
+    proposals: list[Proposal],
+    alphas: list[float],
+    level: str | None,
+    max_nodes: int,
+    cost: Callable[[int, int], float] | None = None,
+    context: int = 0,
+) -> TokenTree:
     """The trie of `proposals` (in order), valued and trimmed as the module docstring states."""
     tokens, parents, raw, confidence = [root], [-1], [1.0], [1.0]
     children: list[dict[int, int]] = [{}]
     for proposal, alpha in zip(proposals, alphas):
-        node, value = 0, 1.0
+        node, reach = 0, 1.0
         for token in proposal.tokens:
-            value *= alpha
+            reach *= alpha
             child = children[node].get(token)
             if child is None:
                 child = len(tokens)
                 tokens.append(token)
                 parents.append(node)
-                raw.append(value)
+                raw.append(reach)
                 confidence.append(proposal.confidence)
                 children.append({})
                 children[node][token] = child
             else:
-                raw[child] = max(raw[child], value)
+                raw[child] = max(raw[child], reach)
                 confidence[child] = max(confidence[child], proposal.confidence)
             node = child
     value = list(raw)
@@ -181,7 +198,7 @@ def merged_tree(root: int, proposals: list[Proposal], alphas: list[float], level
         for child in sorted(kids.values(), key=lambda c: (-raw[c], c)):
             value[child] = min(raw[child], max(left, 0.0))
             left -= value[child]
-    order = sorted(range(1, len(tokens)), key=lambda v: (-value[v], v))[:max(max_nodes - 1, 0)]
+    order = sorted(range(1, len(tokens)), key=lambda v: (-value[v], v))[: max(max_nodes - 1, 0)]
     keep = len(order) if cost is None else best_tree_size([value[v] for v in order], cost, context)
     builder = TreeBuilder(root)
     index = {0: 0}

@@ -24,32 +24,48 @@ from pydantic import Field
 
 from cas_spec.core.errors import ConfigError
 from cas_spec.core.state import DecodingState
-from cas_spec.core.types import EMPTY_DRAFT, DraftResult
-from cas_spec.strategies.quanto_activation import QuantizeChoice, shared_twins
-from cas_spec.strategies.self_draft import SelfDraftOptions, SelfDraftStrategy, draft_chain
-from cas_spec.strategies.variants import ModelVariant, build_variant
+from cas_spec.core.types import EMPTY_DRAFT, DraftResult, SetupContext
+from cas_spec.strategies.dsia.self_draft import SelfDraftOptions, SelfDraftStrategy, draft_chain
+from cas_spec.strategies.dsia.twins import QuantizeChoice, quantize_backend, shared_twins
+from cas_spec.strategies.dsia.variants import ModelVariant, build_variant
 
 
 class EarlyExitOptions(SelfDraftOptions):
     exit_layer: int = Field(8, ge=1, description="Number of decoder layers the draft runs before the LM head.")
     reuse_kv: bool = Field(True, description="Draft tokens read the early layers' KV from the shared cache.")
-    quantize: QuantizeChoice = Field("none", description="Also run the kept layers' Linear modules in int8: "
-                                     "none, auto, native_int8, dynamic_int8 or quanto (a mixing-DSIA level).")
+    quantize: QuantizeChoice = Field(
+        "none",
+        description="Also run the kept layers' Linear modules in int8: "
+        "none, auto, native_int8, dynamic_int8 or quanto (a mixing-DSIA level).",
+    )
 
 
 class EarlyExit(SelfDraftStrategy):
     name = "early_exit"
     Options = EarlyExitOptions
+    options: EarlyExitOptions
+
+    def setup(self, context: SetupContext) -> None:
+        super().setup(context)
+        layers = self.target.adapter.num_layers
+        if self.options.exit_layer >= layers:
+            raise ConfigError(
+                [f"early_exit.exit_layer: {self.options.exit_layer} is not below the model's {layers} layers"]
+            )
+
+    def head_backend(self) -> str | None:
+        return quantize_backend(self.options.quantize)
 
     def build_variant(self, state: DecodingState) -> ModelVariant:
-        target = state.target
+        target = self.target
         layers = target.adapter.num_layers
-        if self.options.exit_layer >= layers:
-            raise ConfigError([f"early_exit.exit_layer: {self.options.exit_layer} is not below the "
-                               f"model's {layers} layers"])
-        twins = shared_twins(state, self.options.quantize)
-        return build_variant(target.adapter, exit_layer=self.options.exit_layer, linear_twins=twins,
-                             description=f"first {self.options.exit_layer} of {layers} layers")
+        twins = shared_twins(target, self.options.quantize, state.tokens)
+        return build_variant(
+            target.adapter,
+            exit_layer=self.options.exit_layer,
+            linear_twins=twins,
+            description=f"first {self.options.exit_layer} of {layers} layers",
+        )
 
     def draft(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int) -> DraftResult:
         if self.options.reuse_kv:
@@ -57,7 +73,7 @@ class EarlyExit(SelfDraftStrategy):
         variant = self.variant(state)
         drafted = EMPTY_DRAFT
         for _ in range(max_tokens):  # each pass re-feeds root, prefix and every token drafted so far
-            step = draft_chain(variant, state, (*prefix, *drafted.tokens), 1, self.stop_threshold(state))
+            step = draft_chain(self.target, variant, state, (*prefix, *drafted.tokens), 1, self.stop_threshold(state))
             if not len(step):
                 break
             drafted = _concat(drafted, step)
@@ -66,5 +82,8 @@ class EarlyExit(SelfDraftStrategy):
 
 def _concat(a: DraftResult, b: DraftResult) -> DraftResult:
     probs = [p for p in (a.draft_probs, b.draft_probs) if p is not None]
-    return DraftResult(tokens=a.tokens + b.tokens, confidence=a.confidence + b.confidence,
-                       draft_probs=torch.cat(probs) if probs else None)
+    return DraftResult(
+        tokens=a.tokens + b.tokens,
+        confidence=a.confidence + b.confidence,
+        draft_probs=torch.cat(probs) if probs else None,
+    )

@@ -37,6 +37,7 @@ longer matches only choose among earlier occurrences of the same 16 tokens. Henc
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable
 from functools import lru_cache
@@ -60,10 +61,12 @@ class MaxGramOptions(BaseModel):
     max_ngram: int = Field(16, ge=1, le=64, description="Longest suffix looked up (any match of 1 or more counts).")
     num_tokens: int = Field(10, ge=1, le=256, description="Most tokens proposed per call (CS-Drafting: 10).")
     occurrence: Literal["earliest", "latest"] = Field(
-        "latest", description="Which occurrence of the longest match is copied (paper: earliest).")
+        "latest", description="Which occurrence of the longest match is copied (paper: earliest)."
+    )
     bigram: bool = Field(True, description="Fill what the lookup cannot with a greedy bigram chain.")
     corpus_ids: str | None = Field(
-        None, description="JSON bigram table (list by token id) or {\"token_ids\": [...]} backing the chain.")
+        None, description='JSON bigram table (list by token id) or {"token_ids": [...]} backing the chain.'
+    )
 
     @field_validator("corpus_ids")
     @classmethod
@@ -94,7 +97,7 @@ class BigramTable:
             self.best[token] = follower
 
     def add_text(self, ids: list[int]) -> None:
-        for token, follower in zip(ids, ids[1:]):
+        for token, follower in itertools.pairwise(ids):
             self.add(token, follower)
 
 
@@ -120,8 +123,10 @@ def _table_from_texts(texts: object, path: str) -> dict[int, int]:
             raise ValueError(f"corpus_ids {path}: token_ids must be a list of token ids or a list of such lists")
         bad = next((i for i, t in enumerate(ids) if not _is_id(t, 0)), None)
         if bad is not None:
-            raise ValueError(f"corpus_ids {path}: token_ids{f'[{d}]' if ids is not texts else ''}[{bad}] is "
-                             f"{ids[bad]!r}; expected a token id (an integer ≥ 0)")
+            raise ValueError(
+                f"corpus_ids {path}: token_ids{f'[{d}]' if ids is not texts else ''}[{bad}] is "
+                f"{ids[bad]!r}; expected a token id (an integer ≥ 0)"
+            )
         table.add_text(ids)
     return table.best
 
@@ -139,9 +144,11 @@ def _load(path: str, mtime_ns: int, size: int) -> dict[int, int]:
     elif isinstance(data, dict) and set(data) == {"token_ids"}:
         table = _table_from_texts(data["token_ids"], path)
     else:
-        raise ValueError(f"corpus_ids {path}: expected a JSON list (a bigram table indexed by token id) or an "
-                         f"object {{\"token_ids\": [...]}}, got {type(data).__name__}"
-                         + (f" with keys {sorted(data)}" if isinstance(data, dict) else ""))
+        raise ValueError(
+            f"corpus_ids {path}: expected a JSON list (a bigram table indexed by token id) or an "
+            f'object {{"token_ids": [...]}}, got {type(data).__name__}'
+            + (f" with keys {sorted(data)}" if isinstance(data, dict) else "")
+        )
     if not table:
         raise ValueError(f"corpus_ids {path}: holds no bigram")
     return table
@@ -158,16 +165,17 @@ def load_corpus_bigrams(path: str) -> dict[int, int]:
     return _load(path, stat.st_mtime_ns, stat.st_size)
 
 
-class _FirstWins(dict):
+class _FirstWins(dict[tuple[int, ...], int]):
     """An index table that keeps the first end position stored per n-gram (the earliest occurrence)."""
 
-    def __setitem__(self, key, value):
+    def __setitem__(self, key: tuple[int, ...], value: int) -> None:
         self.setdefault(key, value)
 
 
 class MaxGram(DraftStrategy):
     name = "max_gram"
     Options = MaxGramOptions
+    options: MaxGramOptions
 
     def __init__(self, options: MaxGramOptions | None = None):
         super().__init__(options)
@@ -207,7 +215,7 @@ class MaxGram(DraftStrategy):
         committed, total = len(tokens), len(tokens) + len(prefix)
         # Never build `tokens + prefix` (O(context)): the lookups read only the last max_ngram
         # tokens of S + the draft, the copies only what follows a match.
-        tail = tokens[-self.options.max_ngram:] + list(prefix)
+        tail = tokens[-self.options.max_ngram :] + list(prefix)
         out: list[int] = []
         confidence: list[float] = []
         while len(out) < count:
@@ -216,16 +224,17 @@ class MaxGram(DraftStrategy):
                 break
             end, n = match  # end < committed: at least one committed token follows the match
             stop = min(end + count - len(out), total)
-            copied = tokens[end:min(stop, committed)] + list(prefix[:max(stop - committed, 0)])
+            copied = tokens[end : min(stop, committed)] + list(prefix[: max(stop - committed, 0)])
             out += copied
             tail += copied
             confidence += [float(n)] * len(copied)
         if self.options.bigram and tail:
             current = tail[-1]
             while len(out) < count:
-                current = self.context.best.get(current, self.corpus.get(current))
-                if current is None:
+                found = self.context.best.get(current, self.corpus.get(current))
+                if found is None:
                     break
+                current = found
                 out.append(current)
                 confidence.append(BIGRAM_CONFIDENCE)
         if not out:

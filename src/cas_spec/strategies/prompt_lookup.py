@@ -11,7 +11,7 @@ dictionary look-ups, independent of context length: no scan over the context per
 `PromptLookup.candidates` returns several matches at once (each n-gram length, and the last few
 occurrences of each n-gram, longest and most recent first) for schedulers that verify them
 together as a tree (`lookup_tree`). The index keeps the earlier occurrences only when a scheduler
-asks for them (`keep_occurrences`), and at most that many per n-gram: memory stays bounded.
+asks for them (`offer_candidates`), and at most that many per n-gram: memory stays bounded.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cas_spec.core.interfaces import DraftStrategy
 from cas_spec.core.state import DecodingState
-from cas_spec.core.types import EMPTY_DRAFT, DraftResult
+from cas_spec.core.types import EMPTY_DRAFT, Candidate, DraftResult
 
 
 class PromptLookupOptions(BaseModel):
@@ -77,7 +77,7 @@ class NgramIndex:
         for end in range(self.next_end, len(tokens)):
             for n in self.sizes:
                 if end >= n:
-                    key = tuple(tokens[end - n:end])
+                    key = tuple(tokens[end - n : end])
                     table = self.tables[n]
                     if keep:
                         previous = table.get(key)
@@ -125,9 +125,11 @@ class NgramIndex:
 class PromptLookup(DraftStrategy):
     name = "prompt_lookup"
     Options = PromptLookupOptions
-    occurrences = 1  # occurrences kept per n-gram; raised by `keep_occurrences`
+    options: PromptLookupOptions
+    offers_candidates = True
+    occurrences = 1  # occurrences kept per n-gram; raised by `offer_candidates`
 
-    def keep_occurrences(self, count: int) -> None:
+    def offer_candidates(self, count: int) -> None:
         """Keep the last `count` occurrences of every n-gram from the next `start` on (a tree
         scheduler that verifies several matches calls this once, when the pipeline is built)."""
         self.occurrences = max(self.occurrences, count)
@@ -144,25 +146,26 @@ class PromptLookup(DraftStrategy):
         end, n = match
         return self._proposal(tokens, prefix, end, n, min(self.options.num_tokens, max_tokens))
 
-    def candidates(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int,
-                   count: int) -> list[tuple[Match, DraftResult]]:
+    def candidates(self, state: DecodingState, prefix: tuple[int, ...], max_tokens: int, count: int) -> list[Candidate]:
         """Up to `count` proposals from distinct matches (`NgramIndex.candidates` order), each as
-        `draft` would make it from that match; the first is exactly `draft`'s proposal."""
+        `draft` would make it from that match, keyed (n-gram length, occurrence); the first is
+        exactly `draft`'s proposal."""
         tokens = state.tokens
         self.index.extend(tokens)
         size = min(self.options.num_tokens, max_tokens)
         if size <= 0:
             return []
-        return [(match, self._proposal(tokens, prefix, match.end, match.n, size))
-                for match in self.index.candidates(self._tail(tokens, prefix), count)]
+        return [
+            Candidate((match.n, match.occurrence), self._proposal(tokens, prefix, match.end, match.n, size))
+            for match in self.index.candidates(self._tail(tokens, prefix), count)
+        ]
 
     def _tail(self, tokens: list[int], prefix: tuple[int, ...]) -> list[int]:
         # Never build `tokens + prefix`: copying the context would make every call O(context). The
         # lookup reads only the last max_ngram tokens, the proposal only what follows the match.
-        return tokens[-self.options.max_ngram:] + list(prefix) if prefix else tokens
+        return tokens[-self.options.max_ngram :] + list(prefix) if prefix else tokens
 
     @staticmethod
     def _proposal(tokens: list[int], prefix: tuple[int, ...], end: int, n: int, count: int) -> DraftResult:
-        following = tokens[end:end + count] + list(prefix[:max(end + count - len(tokens), 0)])
-        return DraftResult(tokens=tuple(continue_match(following, 0, count)),
-                           confidence=(float(n),) * count)
+        following = tokens[end : end + count] + list(prefix[: max(end + count - len(tokens), 0)])
+        return DraftResult(tokens=tuple(continue_match(following, 0, count)), confidence=(float(n),) * count)

@@ -17,9 +17,17 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "StrategyContract": "contracts", "SchedulerContract": "contracts", "PluginContract": "contracts",
-    "tiny_llama": "models", "tiny_gemma3": "models", "tiny_model": "models", "peaked_llama": "models",
-    "repetitive_prompt": "models", "sampling_llama": "models", "IdTokenizer": "models", "ARCHITECTURES": "models",
+    "StrategyContract": "contracts",
+    "SchedulerContract": "contracts",
+    "PluginContract": "contracts",
+    "tiny_llama": "models",
+    "tiny_gemma3": "models",
+    "tiny_model": "models",
+    "peaked_llama": "models",
+    "repetitive_prompt": "models",
+    "sampling_llama": "models",
+    "IdTokenizer": "models",
+    "ARCHITECTURES": "models",
 }
 
 __all__ = sorted(_LAZY)

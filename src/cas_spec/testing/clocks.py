@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
+from typing import TYPE_CHECKING, cast
+
+from cas_spec.core import engine
+
+if TYPE_CHECKING:
+    from cas_spec.pipeline import Pipeline
 
 
 def _zero() -> float:
@@ -18,13 +24,12 @@ def _zero() -> float:
 
 
 @contextlib.contextmanager
-def frozen_clock(pipe) -> Iterator[None]:
+def frozen_clock(pipe: Pipeline) -> Iterator[None]:
     """Within the block, the engine's and `pipe`'s levels' clocks read 0; restored in `finally`."""
-    from cas_spec.core import engine
 
     saved_time, saved_clocks = engine.time, [level.clock for level in pipe.levels]
     try:
-        engine.time = SimpleNamespace(perf_counter=_zero)
+        engine.time = cast(ModuleType, SimpleNamespace(perf_counter=_zero))  # the engine reads only perf_counter
         for level in pipe.levels:
             level.clock = _zero
         yield

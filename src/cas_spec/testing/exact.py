@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 import torch
 
 from cas_spec.core.sampling import target_probs
-from cas_spec.core.tree import TreeBuilder
-from cas_spec.core.types import SamplingParams, TokenTree
 from cas_spec.core.verify import candidate_step
+from cas_spec.plugin import SamplingParams, TokenTree, TreeBuilder
 
 Sequence_ = tuple[int, ...]
+PLAIN_SAMPLING = SamplingParams(temperature=1.0)  # unwarped sampling: the default law
 
 
 # -- distributions --------------------------------------------------------------------------------
@@ -112,8 +112,12 @@ class TargetLaw:
             if len(emitted) >= self.length or (emitted and emitted[-1] in self.eos) or emitted not in self.conditionals:
                 out = [(emitted, 1.0)]
             else:
-                out = [(seq, p * w) for token, p in enumerate(self.conditionals[emitted].tolist()) if p > 0
-                       for seq, w in self.continuation(emitted + (token,))]
+                out = [
+                    (seq, p * w)
+                    for token, p in enumerate(self.conditionals[emitted].tolist())
+                    if p > 0
+                    for seq, w in self.continuation(emitted + (token,))
+                ]
             self._continuations[emitted] = out
         return self._continuations[emitted]
 
@@ -124,8 +128,13 @@ class TargetLaw:
             out[seq] = out.get(seq, 0.0) + weight * w
 
 
-def law_from(next_probs: Callable[[list[Sequence_]], torch.Tensor], length: int, eos: Iterable[int] = (),
-             sampling: SamplingParams = SamplingParams(temperature=1.0), prompt: Sequence[int] = ()) -> TargetLaw:
+def law_from(
+    next_probs: Callable[[list[Sequence_]], torch.Tensor],
+    length: int,
+    eos: Iterable[int] = (),
+    sampling: SamplingParams = PLAIN_SAMPLING,
+    prompt: Sequence[int] = (),
+) -> TargetLaw:
     """The `TargetLaw` of a sampler whose next-token law after each continuation in a batch is
     `next_probs(continuations)` ([B, V] float64 rows): a model (`target_law`) or a synthetic one."""
     eos = tuple(eos)
@@ -146,8 +155,13 @@ def law_from(next_probs: Callable[[list[Sequence_]], torch.Tensor], length: int,
     return TargetLaw(tuple(int(t) for t in prompt), length, eos, sampling, conditionals, law)
 
 
-def target_law(model, prompt: Sequence[int], length: int, eos: Iterable[int] = (),
-               sampling: SamplingParams = SamplingParams(temperature=1.0)) -> TargetLaw:
+def target_law(
+    model: torch.nn.Module,
+    prompt: Sequence[int],
+    length: int,
+    eos: Iterable[int] = (),
+    sampling: SamplingParams = PLAIN_SAMPLING,
+) -> TargetLaw:
     """Exact law of plain sampling's first `length` tokens after `prompt` (one batched forward
     per depth: 1 + V + … + V^(length−1) sequences, fine for V ≈ 10 and length ≤ 3), warped by
     `sampling` as the verifier warps the target's logits."""
@@ -220,6 +234,17 @@ def total_variation(a: Mapping, b: Mapping) -> float:
     return 0.5 * sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b))
 
 
-__all__ = ["TargetLaw", "as_distribution", "first_step_law", "law_from", "path_tokens", "point_mass",
-           "random_distribution",
-           "row_errors", "step_law", "target_law", "total_variation", "tree_from_branches"]
+__all__ = [
+    "TargetLaw",
+    "as_distribution",
+    "first_step_law",
+    "law_from",
+    "path_tokens",
+    "point_mass",
+    "random_distribution",
+    "row_errors",
+    "step_law",
+    "target_law",
+    "total_variation",
+    "tree_from_branches",
+]

@@ -15,19 +15,22 @@
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
+from cas_spec import pipeline as _pipeline
 from cas_spec.core.config import load_config
-from cas_spec.core.pipeline import Pipeline
 from cas_spec.core.plugins import ENTRY_POINT_GROUP, Plugins, build_plugins
 from cas_spec.core.sampling import make_generator
-from cas_spec.core.state import DecodingState
-from cas_spec.core.types import SamplingParams, TokenTree, Verdict
+from cas_spec.pipeline import Pipeline
+from cas_spec.plugin import DecodingState, SamplingParams, TokenTree, Verdict, Verifier
 from cas_spec.testing.models import IdTokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
 
 _PLUGIN_SETS: list[tuple[tuple, bool, Plugins]] = []  # (extra, with entry points, plugins), built once each
 
@@ -50,10 +53,13 @@ def plugin_set(plugin_name: str, kind: str, extra: Iterable[object] = ()) -> Plu
     return plugins if plugin_name in plugins.registry(kind) else _cached(extra, entry_points=True)
 
 
-def build_pipeline(config: Mapping[str, Any], model, plugins: Plugins, tokenizer=None) -> Pipeline:
+def build_pipeline(
+    config: Mapping[str, Any], model: torch.nn.Module, plugins: Plugins, tokenizer: Any = None
+) -> _pipeline.Pipeline:
     """A `Pipeline` of `config` (a dict as in YAML) on `model`, with `plugins`."""
-    return Pipeline(load_config(dict(config), plugins=plugins), model, tokenizer or IdTokenizer(),
-                    plugins=plugins)
+    return _pipeline.build_pipeline(
+        load_config(dict(config), plugins=plugins), model, tokenizer or IdTokenizer(), plugins=plugins
+    )
 
 
 # -- cost models -----------------------------------------------------------------------------
@@ -95,10 +101,12 @@ class StopGeneration(BaseException):
 
 
 class _RecordingVerifier:
-    def __init__(self, inner, recorder: Recorder):
+    def __init__(self, inner: Verifier, recorder: Recorder):
         self.inner, self.recorder, self.name = inner, recorder, inner.name
 
-    def verify(self, tree, target_logits, sampling, generator):
+    def verify(
+        self, tree: TokenTree, target_logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
+    ) -> Verdict:
         verdict = self.inner.verify(tree, target_logits, sampling, generator)
         steps = self.recorder.steps
         steps.append(Step(tree, target_logits.detach().clone(), verdict))
@@ -115,7 +123,7 @@ class Recorder:
         self.steps: list[Step] = []
         self.stop_after = stop_after
         choose = pipe.verifier_for
-        pipe.verifier_for = lambda sampling: _RecordingVerifier(choose(sampling), self)
+        vars(pipe)["verifier_for"] = lambda sampling: _RecordingVerifier(choose(sampling), self)  # shadows the method
 
     def clear(self) -> None:
         self.steps.clear()
@@ -138,14 +146,21 @@ class Recorder:
         return [t for step in self.steps for t in step.verdict.new_tokens]
 
 
-def prepared_state(pipe: Pipeline, prompt: Sequence[int], sampling: SamplingParams,
-                   max_depth: int = 8) -> DecodingState:
+def prepared_state(
+    pipe: Pipeline, prompt: Sequence[int], sampling: SamplingParams, max_depth: int = 8
+) -> DecodingState:
     """The state a scheduler sees at the first step after `prompt`: the target prefilled, every
     level's `start` called. Draft with `pipe.levels[i].strategy.draft(state, prefix, k)`."""
     pipe.target.prefill(list(prompt[:-1]))
-    state = DecodingState(tokens=list(prompt), prompt_length=len(prompt), sampling=sampling,
-                          generator=make_generator(sampling, pipe.target.device), target=pipe.target,
-                          max_depth=max_depth)
+    state = DecodingState(
+        tokens=list(prompt),
+        prompt_length=len(prompt),
+        sampling=sampling,
+        generator=make_generator(sampling, pipe.target.device),
+        costs=pipe.costs,
+        context_length=pipe.target.length,
+        max_depth=max_depth,
+    )
     for level in pipe.levels:
         level.strategy.start(state)
     return state
@@ -180,13 +195,13 @@ class Tripwire:
         self.fired = where
         raise InjectedFault(f"injected fault in step {self.step}: {where}")
 
-    def _patch(self, obj, name: str, make) -> None:
+    def _patch(self, obj: object, name: str, make: Callable[[Any, str], Callable[..., Any]]) -> None:
         self._patched.append((obj, name, vars(obj).get(name, _MISSING)))
         setattr(obj, name, make(getattr(obj, name), name))
 
     def __enter__(self) -> Tripwire:
-        def build_tree(original, name):
-            def wrapper(state):
+        def build_tree(original: Callable[[DecodingState], TokenTree], name: str) -> Callable[..., Any]:
+            def wrapper(state: DecodingState) -> TokenTree:
                 self.steps += 1
                 self._live = self.steps == self.step
                 try:
@@ -196,15 +211,16 @@ class Tripwire:
                 if live and self.fired is None:
                     self._fire("when build_tree returned (no level was called)")
                 return tree
+
             return wrapper
 
-        def level_call(original, name):
-            def wrapper(*args, **kwargs):
+        def level_call(original: Callable[..., Any], name: str) -> Callable[..., Any]:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
                 if not self._live or self.fired is not None:
                     return original(*args, **kwargs)
                 count = 0
 
-                def hook(module, inputs):
+                def hook(module: torch.nn.Module, inputs: tuple[Any, ...]) -> None:
                     nonlocal count
                     count += 1
                     if count == self.forward and self.fired is None:
@@ -216,9 +232,11 @@ class Tripwire:
                 finally:
                     handle.remove()
                 if self.fired is not None:
-                    raise AssertionError(f"the plugin swallowed the exception raised in its model forward "
-                                         f"({self.fired}) and went on")
+                    raise AssertionError(
+                        f"the plugin swallowed the exception raised in its model forward ({self.fired}) and went on"
+                    )
                 self._fire(f"after {name} returned ({count} model forwards)")
+
             return wrapper
 
         self._patch(self.pipe.scheduler, "build_tree", build_tree)
@@ -227,7 +245,7 @@ class Tripwire:
             self._patch(level.strategy, "review", level_call)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for obj, name, before in reversed(self._patched):
             if before is _MISSING:
                 delattr(obj, name)  # the instance attribute goes; the class's method shows again
@@ -238,8 +256,12 @@ class Tripwire:
 
 # -- the model and its cache -------------------------------------------------------------------------
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                 "_global_backward_pre_hooks")
+_GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
 
 
 @dataclass(frozen=True)
@@ -261,12 +283,17 @@ class ModelSnapshot:
 
         return cls(
             modules=tuple((n, type(m).__qualname__, id(m)) for n, m in named),
-            hooks=tuple((n, counts) for n, m in named
-                        if any(counts := tuple(len(getattr(m, h, {})) for h in _HOOK_DICTS))),
-            patched=tuple((n, a, id(v)) for n, m in named for a, v in sorted(vars(m).items())
-                          if callable(v) and not isinstance(v, torch.nn.Module) and hasattr(type(m), a)),
+            hooks=tuple(
+                (n, counts) for n, m in named if any(counts := tuple(len(getattr(m, h, {})) for h in _HOOK_DICTS))
+            ),
+            patched=tuple(
+                (n, a, id(v))
+                for n, m in named
+                for a, v in sorted(vars(m).items())
+                if callable(v) and not isinstance(v, torch.nn.Module) and hasattr(type(m), a)
+            ),
             training=tuple(n for n, m in named if m.training),
-            config=model.config.to_json_string() if hasattr(model, "config") else "",
+            config=cast("PreTrainedConfig", model.config).to_json_string() if hasattr(model, "config") else "",
             global_state=(*(len(getattr(module_mod, h, {})) for h in _GLOBAL_HOOKS), torch.is_grad_enabled()),
             tensors={k: v.detach().clone() for k, v in model.state_dict().items()},
         )
@@ -300,36 +327,60 @@ def cache_problems(pipe: Pipeline, committed: Sequence[int], atol: float = 1e-5)
     (prompt + committed tokens; the newest is the next root, so the cache holds all but it):
     the length of every layer, every stored key and value, and the next logits."""
     target, adapter, model = pipe.target, pipe.adapter, pipe.model
+    cache = target.cache
+    assert cache is not None, "cache_problems reads the cache of a prefilled target"
     problems = []
     want_length = len(committed) - 1
     if target.length != want_length:
         problems.append(f"target.length is {target.length}; the committed tokens need {want_length}")
-    lengths = [layer.get_seq_length() for layer in target.cache.layers]
+    lengths = [layer.get_seq_length() for layer in cache.layers]
     if any(n != want_length for n in lengths):
         problems.append(f"cache layers hold {lengths} tokens; each should hold {want_length}")
     reference = adapter.new_cache()
     device = target.device
     ids = torch.tensor([list(committed)], dtype=torch.long, device=device)
     model(input_ids=ids[:, :-1], past_key_values=reference, use_cache=True)
-    for i, (got, want) in enumerate(zip(target.cache.layers, reference.layers)):
-        n = min(got.keys.shape[-2], want.keys.shape[-2])
+    for i, (got, want) in enumerate(zip(cache.layers, reference.layers)):
+        got_keys, want_keys = got.keys, want.keys
+        assert got_keys is not None and want_keys is not None  # layers of prefilled caches
+        n = min(got_keys.shape[-2], want_keys.shape[-2])
         for what in ("keys", "values"):
             a, b = getattr(got, what)[..., -n:, :], getattr(want, what)[..., -n:, :]
             if not torch.allclose(a, b, atol=atol, rtol=atol):
-                problems.append(f"layer {i} {what} differ from a plain forward over the committed tokens "
-                                f"(max {float((a - b).abs().max()):.2e})")
+                problems.append(
+                    f"layer {i} {what} differ from a plain forward over the committed tokens "
+                    f"(max {float((a - b).abs().max()):.2e})"
+                )
     if problems:
         return problems
     full = model(input_ids=ids).logits[0, -1].float()
-    view = adapter.prefix_view(target.cache, target.length)
-    nxt = model(input_ids=ids[:, -1:], past_key_values=view, use_cache=True,
-                position_ids=torch.tensor([[target.length]], device=device)).logits[0, -1].float()
+    view = adapter.prefix_view(cache, target.length)
+    nxt = (
+        model(
+            input_ids=ids[:, -1:],
+            past_key_values=view,
+            use_cache=True,
+            position_ids=torch.tensor([[target.length]], device=device),
+        )
+        .logits[0, -1]
+        .float()
+    )
     if not torch.allclose(nxt, full, atol=10 * atol, rtol=10 * atol):
-        problems.append(f"the next logits from the cache differ from a plain forward "
-                        f"(max {float((nxt - full).abs().max()):.2e})")
+        problems.append(
+            f"the next logits from the cache differ from a plain forward (max {float((nxt - full).abs().max()):.2e})"
+        )
     return problems
 
 
-__all__ = ["InjectedFault", "ModelSnapshot", "Recorder", "Step", "StopGeneration", "Tripwire", "build_pipeline",
-           "cache_problems",
-           "plugin_set", "prepared_state"]
+__all__ = [
+    "InjectedFault",
+    "ModelSnapshot",
+    "Recorder",
+    "Step",
+    "StopGeneration",
+    "Tripwire",
+    "build_pipeline",
+    "cache_problems",
+    "plugin_set",
+    "prepared_state",
+]

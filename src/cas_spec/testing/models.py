@@ -8,6 +8,8 @@ a few milliseconds on one CPU thread, which is what makes token-for-token checks
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 #: The architectures a contract checks by default: the Llama family and Gemma 3.
@@ -15,9 +17,19 @@ ARCHITECTURES = ("llama", "qwen2", "mistral", "gemma3")
 GEMMA3_LAYER_TYPES = ("sliding_attention", "sliding_attention", "full_attention", "sliding_attention")
 
 
-def tiny_llama(seed: int = 0, *, vocab: int = 96, hidden: int = 32, layers: int = 3, heads: int = 4,
-               kv_heads: int = 2, intermediate: int = 48, max_positions: int = 256, family: str = "llama",
-               attn: str = "sdpa"):
+def tiny_llama(
+    seed: int = 0,
+    *,
+    vocab: int = 96,
+    hidden: int = 32,
+    layers: int = 3,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 48,
+    max_positions: int = 256,
+    family: str = "llama",
+    attn: str = "sdpa",
+):
     """A random Llama-family model (`family`: llama, qwen2 or mistral); eos 2, bos 1, pad 0."""
     import transformers
 
@@ -26,27 +38,58 @@ def tiny_llama(seed: int = 0, *, vocab: int = 96, hidden: int = 32, layers: int 
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
     }[family]
-    config = config_cls(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
-                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                        max_position_embeddings=max_positions, bos_token_id=1, eos_token_id=2,
-                        pad_token_id=0, attn_implementation=attn)
+    config = config_cls(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        attn_implementation=attn,
+    )
     torch.manual_seed(seed)
     return model_cls(config).eval()
 
 
-def tiny_gemma3(seed: int = 0, *, vocab: int = 96, hidden: int = 32, heads: int = 4, kv_heads: int = 1,
-                head_dim: int = 16, intermediate: int = 48, window: int = 8,
-                layer_types: tuple[str, ...] = GEMMA3_LAYER_TYPES, max_positions: int = 512, attn: str = "sdpa"):
+def tiny_gemma3(
+    seed: int = 0,
+    *,
+    vocab: int = 96,
+    hidden: int = 32,
+    heads: int = 4,
+    kv_heads: int = 1,
+    head_dim: int = 16,
+    intermediate: int = 48,
+    window: int = 8,
+    layer_types: tuple[str, ...] = GEMMA3_LAYER_TYPES,
+    max_positions: int = 512,
+    attn: str = "sdpa",
+):
     """A random Gemma 3 text model with a small sliding window (8), so short sequences cross it;
     eos 1, bos 2, pad 0. Layers 0 and 2 size the sliding and full masks (their attention always runs)."""
     import transformers
 
-    config = transformers.Gemma3TextConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
-        num_hidden_layers=len(layer_types), num_attention_heads=heads, num_key_value_heads=kv_heads,
-        head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=window, layer_types=list(layer_types),
-        max_position_embeddings=max_positions, bos_token_id=2, eos_token_id=1, pad_token_id=0,
-        attn_implementation=attn)
+    config = transformers.Gemma3TextConfig(  # type: ignore[call-arg]  # attn_implementation: a PreTrainedConfig kwarg
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=len(layer_types),
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        query_pre_attn_scalar=head_dim,
+        sliding_window=window,
+        layer_types=list(layer_types),
+        max_position_embeddings=max_positions,
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+        attn_implementation=attn,
+    )
     torch.manual_seed(seed)
     model = transformers.Gemma3ForCausalLM(config).eval()
     with torch.no_grad():  # random RMSNorm weights (stock init is 0 = identity) make layers differ more
@@ -92,7 +135,7 @@ def repetitive_prompt(seed: int, vocab: int, length: int = 40) -> list[int]:
     g = torch.Generator().manual_seed(seed)
     motif = torch.randint(3, vocab, (7,), generator=g).tolist()
     noise = torch.randint(3, vocab, (length,), generator=g).tolist()
-    return noise[: length // 2] + motif + noise[length // 2:] + motif[:4]
+    return noise[: length // 2] + motif + noise[length // 2 :] + motif[:4]
 
 
 class IdTokenizer:
@@ -100,13 +143,20 @@ class IdTokenizer:
 
     chat_template = None
 
-    def __call__(self, text, add_special_tokens=True):
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
         return {"input_ids": [int(t) for t in text.split()]}
 
-    def decode(self, ids, skip_special_tokens=True):
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return " ".join(str(i) for i in ids)
 
 
-__all__ = ["ARCHITECTURES", "IdTokenizer", "peaked_llama", "repetitive_prompt", "sampling_llama", "tiny_gemma3",
-           "tiny_llama",
-           "tiny_model"]
+__all__ = [
+    "ARCHITECTURES",
+    "IdTokenizer",
+    "peaked_llama",
+    "repetitive_prompt",
+    "sampling_llama",
+    "tiny_gemma3",
+    "tiny_llama",
+    "tiny_model",
+]

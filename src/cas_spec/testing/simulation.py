@@ -26,13 +26,21 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
-from cas_spec.core.interfaces import DraftStrategy, Scheduler
-from cas_spec.core.levels import Level
-from cas_spec.core.state import DecodingState
-from cas_spec.core.types import DraftResult, SamplingParams, StepTimings, TokenTree, Verdict
+from cas_spec.plugin import (
+    CostView,
+    DecodingState,
+    DraftResult,
+    DraftStrategy,
+    Level,
+    SamplingParams,
+    Scheduler,
+    StepTimings,
+    TokenTree,
+    Verdict,
+)
+from cas_spec.testing.harness import PriorCost
 
 FORWARD = 0.1  # seconds of a one-token target forward in the simulation
 VOCAB = 1000  # tokens 10..VOCAB-1 are drawn for the continuation; wrong proposals use 1..9
@@ -56,17 +64,6 @@ class FlatCosts:
 
     def cost(self, n: int, context: int = 0) -> float:
         return 1.0 + self.slope * (n - 1)
-
-
-@dataclass(frozen=True)
-class PriorCost:
-    """A calibrated draft cost (a `LevelDraftCost` stand-in): per call + per token, in forwards."""
-
-    per_call: float
-    per_token: float
-
-    def cost(self, calls: int, tokens: int, context: int) -> float:
-        return calls * self.per_call + tokens * self.per_token
 
 
 @dataclass
@@ -136,6 +133,7 @@ class Scripted:
 class SimulationResult:
     scheduler: Scheduler
     costs: Any = None  # the verification cost table the scheduler saw
+    view: CostView | None = None  # the cost view built from it and the levels' calibrated costs
     trees: list[TokenTree] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)  # simulated seconds of each step
@@ -157,7 +155,8 @@ class SimulationResult:
 
 def greedy_verdict(tree: TokenTree, truth: tuple[int, ...]) -> Verdict:
     """The longest path of `tree` that follows `truth`, then the bonus token."""
-    node, path = 0, []
+    node = 0
+    path: list[int] = []
     while True:
         want = truth[len(path)]
         nxt = next((c for c in tree.children[node] if int(tree.tokens[c]) == want), None)
@@ -167,9 +166,16 @@ def greedy_verdict(tree: TokenTree, truth: tuple[int, ...]) -> Verdict:
         node = nxt
 
 
-def simulate(scheduler_cls: type[Scheduler], options: Mapping[str, Any], specs: list[Scripted], steps: int,
-             costs: Any = None, seed: int = 0, max_depth: int = 32, result: SimulationResult | None = None
-             ) -> SimulationResult:
+def simulate(
+    scheduler_cls: type[Scheduler],
+    options: Mapping[str, Any],
+    specs: list[Scripted],
+    steps: int,
+    costs: Any = None,
+    seed: int = 0,
+    max_depth: int = 32,
+    result: SimulationResult | None = None,
+) -> SimulationResult:
     """Run `scheduler_cls(options)` over scripted levels for `steps` steps (see the module
     docstring). Pass a previous `result` to continue its scheduler (a next generation)."""
     clock, world = Clock(), World(seed)
@@ -180,13 +186,21 @@ def simulate(scheduler_cls: type[Scheduler], options: Mapping[str, Any], specs: 
     else:
         scheduler = result.scheduler
         for level in scheduler.levels:
-            level.strategy.world, level.strategy.clock, level.clock = world, clock, clock
+            strategy = cast(ScriptedStrategy, level.strategy)  # built by the first `simulate` call
+            strategy.world, strategy.clock, level.clock = world, clock, clock
             level.reset_counters()
     costs = result.costs
-    draft_costs = {s.name: PriorCost(s.per_call, s.per_token) for s in specs if s.calibrated}
-    target = SimpleNamespace(costs=costs, length=100, draft_costs=draft_costs)
-    state = DecodingState(tokens=[1] * 101, prompt_length=101, sampling=SamplingParams(), generator=None,
-                          target=target, max_depth=max_depth)
+    if result.view is None:  # one view per simulated pipeline: schedulers carry learning over on it
+        result.view = CostView(costs, {s.name: PriorCost(s.per_call, s.per_token) for s in specs if s.calibrated})
+    state = DecodingState(
+        tokens=[1] * 101,
+        prompt_length=101,
+        sampling=SamplingParams(),
+        generator=None,
+        costs=result.view,
+        context_length=100,
+        max_depth=max_depth,
+    )
     scheduler.start(state)
     for step in range(steps):
         state.step = step
@@ -203,5 +217,14 @@ def simulate(scheduler_cls: type[Scheduler], options: Mapping[str, Any], specs: 
     return result
 
 
-__all__ = ["FORWARD", "Clock", "FlatCosts", "PriorCost", "Scripted", "ScriptedStrategy", "SimulationResult",
-           "World", "greedy_verdict", "simulate"]
+__all__ = [
+    "FORWARD",
+    "Clock",
+    "FlatCosts",
+    "Scripted",
+    "ScriptedStrategy",
+    "SimulationResult",
+    "World",
+    "greedy_verdict",
+    "simulate",
+]

@@ -67,8 +67,9 @@ def chi2_goodness(counts: Mapping, probs: Mapping, trials: int) -> tuple[float, 
     return _pearson(counts, expected, cells), len(cells) - 1
 
 
-def chi2_mean_law(laws: Sequence[Mapping], exact: Mapping, cell: Callable[[Any], Hashable] | None = None,
-                  atol: float = 1e-6) -> tuple[float, int]:
+def chi2_mean_law(
+    laws: Sequence[Mapping], exact: Mapping, cell: Callable[[Any], Hashable] | None = None, atol: float = 1e-6
+) -> tuple[float, int]:
     """(statistic, df) of the mean of `laws` (one exact conditional law per run) against `exact`,
     scaled as counts of len(laws) trials, on the cells `cell(outcome)` (default: the outcomes;
     a coarser partition, such as the token at one position, concentrates the counts). Mass above
@@ -97,7 +98,7 @@ def _project(law: Mapping, cell: Callable[[Any], Hashable]) -> dict:
 Draw = tuple  # (token, q [V], group): a drafted token, the q it claims, a hashable group (its depth)
 
 
-def _draft_test(draws: Iterable[Draw], cell_of) -> tuple[float, int]:
+def _draft_test(draws: Iterable[Draw], cell_of: Callable[[torch.Tensor], list[int]]) -> tuple[float, int]:
     observed: dict = {}
     expected: dict = {}
     for token, q, group in draws:
@@ -111,8 +112,8 @@ def _draft_test(draws: Iterable[Draw], cell_of) -> tuple[float, int]:
     assert not impossible, f"drafted tokens to which their own q gives probability 0: {sorted(impossible)}"
     if not observed:
         return 0.0, 0
-    cells = pooled_cells(expected)
-    return _pearson(observed, expected, cells), len(cells) - 1
+    pooled = pooled_cells(expected)
+    return _pearson(observed, expected, pooled), len(pooled) - 1
 
 
 def chi2_draft_tokens(draws: Iterable[Draw]) -> tuple[float, int]:
@@ -135,4 +136,4 @@ def chi2_calibration(draws: Iterable[Draw], edges: Sequence[float] = CALIBRATION
     return _draft_test(draws, lambda q: torch.bucketize(q, bounds, right=True).tolist())
 
 
-__all__ = ["chi2_critical", "chi2_draft_tokens", "chi2_goodness", "chi2_mean_law", "chi2_calibration", "pooled_cells"]
+__all__ = ["chi2_calibration", "chi2_critical", "chi2_draft_tokens", "chi2_goodness", "chi2_mean_law", "pooled_cells"]

@@ -13,26 +13,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from hypothesis import strategies as st
 
-from cas_spec.core.tree import TreeBuilder
-from cas_spec.core.types import DraftResult, SamplingParams, TokenTree
+from cas_spec.plugin import DraftResult, SamplingParams, TokenTree, TreeBuilder
 from cas_spec.testing.exact import as_distribution, point_mass
 
 
 @st.composite
-def distributions(draw, vocab: int) -> torch.Tensor:
+def distributions(draw: st.DrawFn, vocab: int) -> torch.Tensor:
     """A [V] float64 distribution. Small integer weights make exact coincidences (p == q, ties,
     zeros) common; float weights cover the generic case; point masses the extremes."""
     kind = draw(st.sampled_from(["int", "float", "point"]))
     if kind == "point":
         return point_mass(vocab, draw(st.integers(0, vocab - 1)))
+    weights: Sequence[float]
     if kind == "int":
         weights = draw(st.lists(st.integers(0, 3), min_size=vocab, max_size=vocab).filter(lambda w: sum(w) > 0))
     else:
-        weights = draw(st.lists(st.one_of(st.just(0.0), st.floats(0.01, 1.0)), min_size=vocab,
-                                max_size=vocab).filter(lambda w: sum(w) > 0))
+        weights = draw(
+            st.lists(st.one_of(st.just(0.0), st.floats(0.01, 1.0)), min_size=vocab, max_size=vocab).filter(
+                lambda w: sum(w) > 0
+            )
+        )
     return as_distribution(weights)
 
 
@@ -42,14 +47,14 @@ def token_sequences(vocab: int, min_size: int = 0, max_size: int = 16) -> st.Sea
 
 
 @st.composite
-def _sampled_token(draw, vocab: int) -> tuple[int, torch.Tensor]:
+def _sampled_token(draw: st.DrawFn, vocab: int) -> tuple[int, torch.Tensor]:
     q = draw(distributions(vocab))
     support = [t for t, w in enumerate(q.tolist()) if w > 0]
     return draw(st.sampled_from(support)), q.float()
 
 
 @st.composite
-def token_trees(draw, vocab: int, max_nodes: int = 12, sampled: bool = True) -> TokenTree:
+def token_trees(draw: st.DrawFn, vocab: int, max_nodes: int = 12, sampled: bool = True) -> TokenTree:
     """A `TokenTree` of 1 to `max_nodes` nodes. Each node's parent is any earlier node and its
     token any id (a small vocabulary makes shared prefixes and equal siblings frequent); with
     `sampled`, a node may carry the q it was "drawn" from (its token in q's support)."""
@@ -65,7 +70,7 @@ def token_trees(draw, vocab: int, max_nodes: int = 12, sampled: bool = True) -> 
 
 
 @st.composite
-def sampling_params(draw, greedy: bool | None = None) -> SamplingParams:
+def sampling_params(draw: st.DrawFn, greedy: bool | None = None) -> SamplingParams:
     """Greedy (temperature 0) or temperature in [0.1, 2] with optional top-k and top-p."""
     if greedy or (greedy is None and draw(st.booleans())):
         return SamplingParams()
@@ -77,8 +82,12 @@ def sampling_params(draw, greedy: bool | None = None) -> SamplingParams:
     )
 
 
+def _other_than(token: int) -> Callable[[int], bool]:
+    return lambda t: t != token
+
+
 @st.composite
-def draft_results(draw, vocab: int, max_tokens: int = 8, sampled: bool | None = None) -> DraftResult:
+def draft_results(draw: st.DrawFn, vocab: int, max_tokens: int = 8, sampled: bool | None = None) -> DraftResult:
     """A `DraftResult` of 0 to `max_tokens` tokens: point masses (no q) or, with `sampled`, each
     token with the q row it was drawn from (its token in the support); confidence per token, and
     runners-up (distinct tokens, never the drafted one) with probabilities."""
@@ -94,12 +103,14 @@ def draft_results(draw, vocab: int, max_tokens: int = 8, sampled: bool | None = 
             token = draw(st.integers(0, vocab - 1))
             confidence.append(draw(st.floats(0.0, 1.0)))
         tokens.append(token)
-        others = draw(st.lists(st.integers(0, vocab - 1).filter(lambda t, tok=token: t != tok), unique=True,
-                               max_size=3))
+        others = draw(st.lists(st.integers(0, vocab - 1).filter(_other_than(token)), unique=True, max_size=3))
         alternatives.append(tuple((t, draw(st.floats(0.0, 1.0))) for t in others))
-    return DraftResult(tokens=tuple(tokens), confidence=tuple(confidence),
-                       draft_probs=torch.stack(rows) if rows and with_q else None,
-                       alternatives=tuple(alternatives))
+    return DraftResult(
+        tokens=tuple(tokens),
+        confidence=tuple(confidence),
+        draft_probs=torch.stack(rows) if rows and with_q else None,
+        alternatives=tuple(alternatives),
+    )
 
 
 __all__ = ["distributions", "draft_results", "sampling_params", "token_sequences", "token_trees"]

@@ -14,8 +14,9 @@ class GreedyVerifier(Verifier):
 
     name = "greedy"
 
-    def verify(self, tree: TokenTree, target_logits: torch.Tensor, sampling: SamplingParams,
-               generator: torch.Generator | None) -> Verdict:
+    def verify(
+        self, tree: TokenTree, target_logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
+    ) -> Verdict:
         argmax = target_logits.argmax(dim=-1).tolist()
         tokens = tree.tokens.tolist()
         nodes, bonus = greedy_walk(tree.children, tokens, argmax)

@@ -28,8 +28,9 @@ class SamplingVerifier(Verifier):
 
     name = "sampling"
 
-    def verify(self, tree: TokenTree, target_logits: torch.Tensor, sampling: SamplingParams,
-               generator: torch.Generator | None) -> Verdict:
+    def verify(
+        self, tree: TokenTree, target_logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
+    ) -> Verdict:
         probs = target_probs(target_logits, sampling).double()  # [N, V]
         tokens = tree.tokens.tolist()
         path: list[int] = []

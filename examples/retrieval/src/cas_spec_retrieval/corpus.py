@@ -19,8 +19,10 @@ def corpus_files(path: str | Path) -> list[Path]:
     if root.is_file():
         return [root]
     if root.is_dir():
-        files = sorted((p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES),
-                       key=lambda p: p.relative_to(root).as_posix())
+        files = sorted(
+            (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES),
+            key=lambda p: p.relative_to(root).as_posix(),
+        )
         if not files:
             raise ValueError(f"corpus {path}: the directory holds no {' or '.join(SUFFIXES)} file")
         return files

@@ -42,7 +42,7 @@ def suffix_array(tokens: np.ndarray) -> np.ndarray:
     while n:
         second = np.full(n, -1, dtype=np.int64)
         if k < n:
-            second[:n - k] = rank[k:]
+            second[: n - k] = rank[k:]
         order = np.lexsort((second, rank))
         first_sorted, second_sorted = rank[order], second[order]
         new_group = np.ones(n, dtype=bool)
@@ -92,8 +92,11 @@ class SuffixIndex:
 
     def save(self, path: Path) -> None:
         with open(path, "wb") as f:
-            np.savez(f, tokens=np.frombuffer(self.tokens, dtype=np.int32),
-                     suffixes=np.frombuffer(self.suffixes, dtype=np.int32))
+            np.savez(
+                f,
+                tokens=np.frombuffer(self.tokens, dtype=np.int32),
+                suffixes=np.frombuffer(self.suffixes, dtype=np.int32),
+            )
 
     @classmethod
     def load(cls, path: Path) -> SuffixIndex:
@@ -107,9 +110,11 @@ class SuffixIndex:
         """Suffix-array range of the suffixes that start with `pattern`, within [lo, hi)."""
         m, tokens = len(pattern), self.tokens
         hi = len(self.suffixes) if hi is None else hi
-        key = lambda p: tokens[p:p + m]  # noqa: E731
-        return (bisect_left(self.suffixes, pattern, lo, hi, key=key),
-                bisect_right(self.suffixes, pattern, lo, hi, key=key))
+        key = lambda p: tokens[p : p + m]  # noqa: E731
+        return (
+            bisect_left(self.suffixes, pattern, lo, hi, key=key),
+            bisect_right(self.suffixes, pattern, lo, hi, key=key),
+        )
 
     def _followed(self, pattern: array) -> tuple[int, int]:
         """Range of the occurrences of `pattern` that a token follows (not the end, not a separator)."""
@@ -117,7 +122,7 @@ class SuffixIndex:
         ended = array("i", pattern)
         ended.append(SEPARATOR)  # pattern + separator sorts after pattern alone, before pattern + token
         m, tokens = len(ended), self.tokens
-        return bisect_right(self.suffixes, ended, lo, hi, key=lambda p: tokens[p:p + m]), hi
+        return bisect_right(self.suffixes, ended, lo, hi, key=lambda p: tokens[p : p + m]), hi
 
     def occurrences(self, pattern: Sequence[int]) -> list[int]:
         """Start positions of `pattern` followed by a token, sorted (for tests and inspection)."""
@@ -131,7 +136,7 @@ class SuffixIndex:
         low, high = min_ngram, min(max_ngram, len(context))
         while low <= high:  # bisection: a length that matches implies every shorter one does
             n = (low + high) // 2
-            lo, hi = self._followed(array("i", context[len(context) - n:]))
+            lo, hi = self._followed(array("i", context[len(context) - n :]))
             if lo < hi:
                 best, low = Match(lo, hi, n), n + 1
             else:
@@ -142,19 +147,22 @@ class SuffixIndex:
         """Up to `count` tokens: the most frequent continuation of `match`'s occurrences."""
         tokens, suffixes, size = self.tokens, self.suffixes, len(self.tokens)
         lo, hi, depth = match.lo, match.hi, match.n
-        pattern = tokens[suffixes[lo]:suffixes[lo] + depth]
+        pattern = tokens[suffixes[lo] : suffixes[lo] + depth]
         out: list[int] = []
         while len(out) < count:
             if hi - lo == 1:  # one occurrence left: copy what follows it up to the document's end
                 start = suffixes[lo] + depth
-                for token in tokens[start:start + count - len(out)]:
+                for token in tokens[start : start + count - len(out)]:
                     if token == SEPARATOR:
                         break
                     out.append(token)
                 break
             step = -(-(hi - lo) // max_candidates)
-            counts = Counter(tokens[p + depth] for p in (suffixes[j] for j in range(lo, hi, step))
-                             if p + depth < size and tokens[p + depth] != SEPARATOR)
+            counts = Counter(
+                tokens[p + depth]
+                for p in (suffixes[j] for j in range(lo, hi, step))
+                if p + depth < size and tokens[p + depth] != SEPARATOR
+            )
             if not counts:
                 break
             best = min(counts, key=lambda t: (-counts[t], t))

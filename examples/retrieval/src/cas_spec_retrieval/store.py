@@ -17,9 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from cas_spec.core.errors import ConfigError
-from cas_spec.core.models import cache_dir
-
+from cas_spec.plugin import ConfigError, cache_dir
 from cas_spec_retrieval.corpus import corpus_digest, read_documents
 from cas_spec_retrieval.index import SuffixIndex
 

@@ -13,19 +13,15 @@ Deterministic: `draft_probs` is None (point masses for the verifier) and the con
 token is the match length n, as for `prompt_lookup`. Never touches the model. Token ids the
 model cannot embed (a tokenizer larger than the model's vocabulary) end a proposal.
 
-The tokenizer: the `tokenizer` option (a local folder or a Hugging Face name) when given, else a
-`tokenizer` attribute of the target when the engine provides one, else the tokenizer saved
-with the model (`AutoTokenizer.from_pretrained(model.name_or_path)`).
+The tokenizer: the `tokenizer` option (a local folder or a Hugging Face name) when given, else the
+pipeline's tokenizer, which `setup` receives (`SetupContext.tokenizer`).
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cas_spec.core.errors import ConfigError
-from cas_spec.core.interfaces import DraftStrategy
-from cas_spec.core.types import EMPTY_DRAFT, DraftResult
-
+from cas_spec.plugin import EMPTY_DRAFT, ConfigError, DraftResult, DraftStrategy, SetupContext
 from cas_spec_retrieval.corpus import check_corpus
 from cas_spec_retrieval.store import load_index
 
@@ -34,7 +30,7 @@ class RetrievalOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     corpus: str = Field(description="UTF-8 text file, or folder of .txt/.md files (relative to the working folder).")
-    tokenizer: str | None = Field(None, description="Tokenizer folder or name; default: the target model's.")
+    tokenizer: str | None = Field(None, description="Tokenizer folder or name; default: the pipeline's.")
     max_ngram: int = Field(8, ge=1, le=64, description="Longest context suffix looked up.")
     min_ngram: int = Field(2, ge=1, le=64, description="Shortest context suffix accepted as a match.")
     num_tokens: int = Field(10, ge=1, le=256, description="Most tokens proposed per call.")
@@ -52,21 +48,25 @@ class RetrievalOptions(BaseModel):
         return self
 
 
-def resolve_tokenizer(option: str | None, target):
+def resolve_tokenizer(option: str | None, pipeline_tokenizer):
     """The tokenizer to index the corpus with (see the module's docstring); ConfigError if none loads."""
-    if option is None and getattr(target, "tokenizer", None) is not None:
-        return target.tokenizer
-    source = option or getattr(target.model, "name_or_path", "") or ""
-    if not source:
-        raise ConfigError(["retrieval.tokenizer: the model was not loaded from a folder, so its tokenizer "
-                           "is unknown; set the `tokenizer` option to the tokenizer's folder"])
-    from transformers import AutoTokenizer
+    if option is None:
+        if pipeline_tokenizer is None:
+            raise ConfigError(
+                [
+                    "retrieval.tokenizer: the pipeline has no tokenizer; set the `tokenizer` "
+                    "option to the tokenizer's folder"
+                ]
+            )
+        return pipeline_tokenizer
+    from transformers import AutoTokenizer  # only when the option names one: transformers loads slowly
 
     try:
-        return AutoTokenizer.from_pretrained(str(source))
+        return AutoTokenizer.from_pretrained(option)
     except Exception as exc:  # transformers raises OSError, ValueError, ... depending on the cause
-        raise ConfigError([f"retrieval.tokenizer: cannot load a tokenizer from '{source}' "
-                           f"({type(exc).__name__}: {exc})"]) from None
+        raise ConfigError(
+            [f"retrieval.tokenizer: cannot load a tokenizer from '{option}' ({type(exc).__name__}: {exc})"]
+        ) from None
 
 
 class Retrieval(DraftStrategy):
@@ -75,19 +75,18 @@ class Retrieval(DraftStrategy):
 
     index = None  # the corpus's `SuffixIndex`, set by `setup`
 
-    def setup(self, target) -> None:
-        self.index = load_index(self.options.corpus, resolve_tokenizer(self.options.tokenizer, target))
-        self.vocab_size = getattr(target.model.config, "vocab_size", None)
+    def setup(self, context: SetupContext) -> None:
+        self.index = load_index(self.options.corpus, resolve_tokenizer(self.options.tokenizer, context.tokenizer))
+        self.vocab_size = context.vocab_size
 
     def draft(self, state, prefix: tuple[int, ...], max_tokens: int) -> DraftResult:
         if self.index is None:
             raise RuntimeError("retrieval: draft() before setup(); build it through a pipeline")
         opts = self.options
-        context = (state.tokens[-opts.max_ngram:] + list(prefix))[-opts.max_ngram:]
+        context = (state.tokens[-opts.max_ngram :] + list(prefix))[-opts.max_ngram :]
         match = self.index.longest_match(context, opts.min_ngram, opts.max_ngram)
         if match is None:
             return EMPTY_DRAFT
         tokens = self.index.continuation(match, min(opts.num_tokens, max_tokens), opts.max_candidates)
-        if self.vocab_size is not None:
-            tokens = tokens[:next((i for i, t in enumerate(tokens) if t >= self.vocab_size), len(tokens))]
+        tokens = tokens[: next((i for i, t in enumerate(tokens) if t >= self.vocab_size), len(tokens))]
         return DraftResult(tokens=tuple(tokens), confidence=(float(match.n),) * len(tokens))

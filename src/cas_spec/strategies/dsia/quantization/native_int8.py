@@ -7,7 +7,7 @@ call inside the compiled AVX2 kernel (so there is nothing to calibrate), float32
 so a draft over several rows quantizes each row as a 1-row draft would.
 
 Measured on SmolLM2-135M (`benchmarks/int8_kernel_cost.py`, 1 thread, 300 cached tokens, details in
-the docstring of `cas_spec.strategies.quantization`): a draft token costs 0.40-0.43 of a calibrated
+the docstring of `cas_spec.strategies.dsia.quantization`): a draft token costs 0.40-0.43 of a calibrated
 float32 target step (dynamic_int8 0.55-0.58), its argmax agrees with the target's greedy token at
 0.917 of 300 positions (dynamic_int8 0.900), 129 MiB of twins for 513 MiB of float32 weights.
 
@@ -40,5 +40,5 @@ def calibrating():
     yield  # activation scales are computed per token, per call
 
 
-def finish(twins) -> None:
+def finish(twins: list[nn.Module]) -> None:
     return None

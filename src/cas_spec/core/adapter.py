@@ -1,19 +1,33 @@
 """`ModelAdapter`: per-architecture access to a transformers causal LM.
 
 The engine and the strategies reach layers, norms, the LM head and the KV cache only through an
-adapter, so they never depend on one architecture's attribute names.
+adapter, so they never depend on one architecture's attribute names. Module surgery lives here
+too: `with_replacements` builds a layer that shares everything with the target's but some
+submodules, and `swapped` runs the target with other decoder layers and LM head for the length
+of a block (a draft pass), putting its own back in `finally`. Adapters register through the
+`register_adapters` hook; `resolve_adapter` picks the one whose `model_types` has the model's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from abc import ABC
-from typing import TYPE_CHECKING, ClassVar
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import nn
 
+from cas_spec.core.errors import UnsupportedModelError
+from cas_spec.core.kvcache import KVCache
+from cas_spec.core.tree import tree_attention_mask
+from cas_spec.core.types import TokenTree
+
 if TYPE_CHECKING:  # imported when first used: it loads transformers
     from cas_spec.core.kvcache import KVCache
+    from cas_spec.core.registry import Registry
 
 
 class ModelAdapter(ABC):
@@ -24,33 +38,33 @@ class ModelAdapter(ABC):
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.config = model.config
+        self.config: Any = model.config  # a transformers config: its attributes vary by architecture
 
     @classmethod
-    def supports(cls, config) -> bool:
+    def supports(cls, config: object) -> bool:
         return getattr(config, "model_type", None) in cls.model_types
 
     # -- structure -----------------------------------------------------------------------------
     @property
     def decoder(self) -> nn.Module:
         """The decoder stack (the module holding layers, norm, embeddings)."""
-        return getattr(self.model, self.model.base_model_prefix)
+        return cast(nn.Module, getattr(self.model, cast(str, self.model.base_model_prefix)))
 
     @property
     def layers(self) -> nn.ModuleList:
-        return self.decoder.layers
+        return cast(nn.ModuleList, self.decoder.layers)
 
     @property
     def final_norm(self) -> nn.Module:
-        return self.decoder.norm
+        return cast(nn.Module, self.decoder.norm)
 
     @property
     def embed_tokens(self) -> nn.Module:
-        return self.decoder.embed_tokens
+        return cast(nn.Module, self.decoder.embed_tokens)
 
     @property
     def lm_head(self) -> nn.Module:
-        return self.model.lm_head
+        return cast(nn.Module, self.model.lm_head)
 
     @property
     def num_layers(self) -> int:
@@ -101,7 +115,6 @@ class ModelAdapter(ABC):
     def new_cache(self) -> KVCache:
         """An empty in-place KV cache for this model (`core/kvcache.py`); sliding-window layers
         keep enough history to roll back, commit and view past the window."""
-        from cas_spec.core.kvcache import KVCache
 
         return KVCache(self.config)
 
@@ -125,17 +138,71 @@ class ModelAdapter(ABC):
         return min(lengths) if lengths else 0
 
     # -- tree attention ------------------------------------------------------------------------
-    def tree_attention_mask(self, tree, past_length: int, dtype: torch.dtype, device):
+    def tree_attention_mask(
+        self, tree: TokenTree, past_length: int, dtype: torch.dtype, device: torch.device | str
+    ) -> Any:
         """The `attention_mask` argument that verifies `tree` over `past_length` cached tokens:
         one additive 4-D mask (`core.tree.tree_attention_mask`); architectures whose layers see
         different keys (sliding windows) return what their model's forward takes instead."""
-        from cas_spec.core.tree import tree_attention_mask
-
         return tree_attention_mask(tree, past_length, dtype, device)
+
+    # -- module swapping -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def swapped(self, layers: nn.ModuleList, lm_head: nn.Module | None = None) -> Iterator[None]:
+        """Within the block the decoder runs `layers` and the model `lm_head` (None: its own); the
+        target's own modules are put back in `finally`, whatever the block raises. One attribute
+        assignment each way: nothing is copied."""
+        decoder, model = self.decoder, self.model
+        saved_layers = decoder._modules[self.layers_name]
+        saved_head = model._modules[self.lm_head_name]
+        try:
+            decoder._modules[self.layers_name] = layers
+            if lm_head is not None:
+                model._modules[self.lm_head_name] = lm_head
+            yield
+        finally:
+            decoder._modules[self.layers_name] = saved_layers
+            model._modules[self.lm_head_name] = saved_head
+
+    @staticmethod
+    def with_replacements(module: nn.Module, replacements: Mapping[str, nn.Module]) -> nn.Module:
+        """`module` with the submodules at the dotted paths in `replacements` swapped. Modules on
+        the way to a replacement are shallow copies; everything else (every parameter included) is
+        shared with `module`, which is left untouched."""
+        if not replacements:
+            return module
+        if "" in replacements:
+            return replacements[""]
+        clone = copy.copy(module)
+        clone._modules = dict(module._modules)
+        groups: dict[str, dict[str, nn.Module]] = defaultdict(dict)
+        for path, new in replacements.items():
+            head, _, rest = path.partition(".")
+            if head not in module._modules:
+                raise KeyError(f"{type(module).__name__} has no submodule '{head}'")
+            groups[head][rest] = new
+        for head, sub in groups.items():
+            child = module._modules[head]
+            assert child is not None
+            clone._modules[head] = ModelAdapter.with_replacements(child, sub)
+        return clone
+
+
+def resolve_adapter(model: nn.Module, registry: Registry[ModelAdapter]) -> ModelAdapter:
+    """The adapter of `registry` (a `Registry` of `ModelAdapter` classes) for `model`, or
+    `UnsupportedModelError` naming the supported model types."""
+    config = model.config
+    for name in registry.names():
+        cls = registry.get(name)
+        if cls.supports(config):
+            return cls(model)
+    supported = sorted({t for n in registry.names() for t in registry.get(n).model_types})
+    raise UnsupportedModelError(
+        f"unsupported model type '{getattr(config, 'model_type', '?')}'; supported: {', '.join(supported)}"
+    )
 
 
 def _checked(cache: object) -> KVCache:
-    from cas_spec.core.kvcache import KVCache
 
     if not isinstance(cache, KVCache):
         raise TypeError(f"expected a KVCache from `ModelAdapter.new_cache`, got {type(cache).__name__}")

@@ -71,7 +71,7 @@ def resolve_path(source: str | Path | None) -> tuple[str, str]:
             raise QuestionFileError(f"cannot read question file '{path}': {exc}") from None
     if str(source) in SHIPPED:
         name = SHIPPED[str(source)]
-        return f"{source} (shipped {name})", resources.files(__package__).joinpath("data", name).read_text("utf-8")
+        return f"{source} (shipped {name})", resources.files(__package__).joinpath(name).read_text("utf-8")
     if path.exists():
         raise QuestionFileError(f"question file '{path}' is not a file")
     raise QuestionFileError(f"no question file '{source}'; shipped: {', '.join(SHIPPED)}")
@@ -144,13 +144,19 @@ def parse_groups(text: str | None, available: Sequence[str]) -> list[str]:
         raise GroupError(f"--groups '{text}': empty group name")
     unknown = [name for name in names if name not in available]
     if unknown:
-        raise GroupError(f"unknown group{'s' if len(unknown) > 1 else ''} {', '.join(repr(u) for u in unknown)}; "
-                         f"this question file has: {', '.join(available)}")
+        raise GroupError(
+            f"unknown group{'s' if len(unknown) > 1 else ''} {', '.join(repr(u) for u in unknown)}; "
+            f"this question file has: {', '.join(available)}"
+        )
     return list(dict.fromkeys(names))
 
 
-def select(groups: dict[str, list[Question]], names: Sequence[str], per_group: int,
-           fits: Callable[[Question], bool] = lambda q: True) -> tuple[list[Question], list[Question]]:
+def select(
+    groups: dict[str, list[Question]],
+    names: Sequence[str],
+    per_group: int,
+    fits: Callable[[Question], bool] = lambda q: True,
+) -> tuple[list[Question], list[Question]]:
     """(chosen, skipped): up to `per_group` questions a group, round the group's categories in turn.
 
     `skipped` holds the questions passed over because `fits` rejected them (too long for the

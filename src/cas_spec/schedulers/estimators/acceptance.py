@@ -8,6 +8,7 @@ m + 1 tokens. α is estimated per level as an exponential moving average over ve
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -36,8 +37,14 @@ class AcceptanceEstimate:
         self.steps += 1
 
 
-def best_draft_length(alpha: float, available: int, cost, context: int, draft_cost: float = 0.0,
-                      call_cost: float = 0.0) -> int:
+def best_draft_length(
+    alpha: float,
+    available: int,
+    cost: Callable[[int, int], float],
+    context: int,
+    draft_cost: float = 0.0,
+    call_cost: float = 0.0,
+) -> int:
     """How many tokens to draft, or of `available` drafted tokens to verify: maximise
     E(m) / (cost(m + 1) + call_cost + m · draft_cost) over m ≥ 1, against 1 / cost(1) for m = 0.
 
@@ -85,7 +92,7 @@ class WindowedAcceptance:
     def update(self, eligible: int, accepted: int) -> None:
         """One verified step: `accepted` of the `eligible` tokens of this level (0, 0 if unused)."""
         self.history.append((eligible, accepted))
-        del self.history[:-self.window]
+        del self.history[: -self.window]
         if eligible <= 0:
             return
         self.steps += 1

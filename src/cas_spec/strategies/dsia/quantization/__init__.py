@@ -15,7 +15,7 @@ Backends (one module each):
 
 Use:
 
-    from cas_spec.strategies import quantization as qz
+    from cas_spec.strategies.dsia import quantization as qz
     twins = qz.build_twins(linears, "dynamic_int8")
     if qz.needs_calibration(backend):
         with qz.calibrating(backend):
@@ -29,7 +29,7 @@ Use:
 Measured on SmolLM2-135M, 1 thread, 300 cached tokens, on the dev box (AMD EPYC, 2 vCPUs shared
 with other work): `.venv/bin/python benchmarks/int8_kernel_cost.py` (21 interleaved repeats,
 median of the per-repeat ratios) — one draft token (a 1-token forward with every twin swapped in,
-through `build_variant`/`use_variant`) against one float32 target step under the calibrated
+through `build_variant`/`ModelAdapter.swapped`) against one float32 target step under the calibrated
 kernels (`native` linears, `cas_sdpa`; 41-43 ms): native_int8 c = 0.40-0.43 over four quiet runs
 (0.57 in a run with the host loaded), dynamic_int8 0.55-0.58 in the same runs; a forward over 4
 new tokens: native_int8 0.51-0.57, dynamic_int8 0.57 (from 3 rows the AVX2 kernel is compute-bound). The same forward with every
@@ -51,27 +51,27 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol, cast
 
 import torch
 from torch import nn
 
 BACKENDS: tuple[str, ...] = ("native_int8", "dynamic_int8", "quanto")  # in order of preference
 
-__all__ = ["BACKENDS", "available_backends", "build_twins", "calibrating", "finish", "needs_calibration",
-           "twin_bytes"]
+__all__ = ["BACKENDS", "available_backends", "build_twins", "calibrating", "finish", "needs_calibration", "twin_bytes"]
 
 
 def _module(backend: str):
     if backend == "native_int8":
-        from cas_spec.strategies.quantization import native_int8
+        from cas_spec.strategies.dsia.quantization import native_int8
 
         return native_int8
     if backend == "dynamic_int8":
-        from cas_spec.strategies.quantization import dynamic_int8
+        from cas_spec.strategies.dsia.quantization import dynamic_int8
 
         return dynamic_int8
     if backend == "quanto":
-        from cas_spec.strategies.quantization import quanto
+        from cas_spec.strategies.dsia.quantization import quanto
 
         return quanto
     raise ValueError(f"unknown quantization backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -88,13 +88,14 @@ def _require(backend: str):
     reason = module.unavailable_reason()
     if reason is not None:
         usable = [name for name, why in available_backends().items() if why is None]
-        raise RuntimeError(f"quantization backend {backend!r} is not available here: {reason}. "
-                           f"Available: {', '.join(usable) or 'none'}")
+        raise RuntimeError(
+            f"quantization backend {backend!r} is not available here: {reason}. "
+            f"Available: {', '.join(usable) or 'none'}"
+        )
     return module
 
 
-def build_twins(linears: Sequence[nn.Linear], backend: str, *, per_channel: bool = True
-                ) -> dict[nn.Linear, nn.Module]:
+def build_twins(linears: Sequence[nn.Linear], backend: str, *, per_channel: bool = True) -> dict[nn.Linear, nn.Module]:
     """A quantized twin for every given float `nn.Linear` (duplicates get one twin).
 
     The originals are untouched: same parameters bitwise, no attribute added or changed. A weight
@@ -140,9 +141,10 @@ def twin_bytes(twins: Mapping[nn.Linear, nn.Module]) -> int:
     """Bytes held by the twins: int8 weights (native_int8: padded to its packed layout), their scales
     (and zero points / column offsets for the fbgemm packing), biases and activation scales. Storage
     shared between twins is counted once."""
-    from cas_spec.strategies.quantization import dynamic_int8
+    from cas_spec.strategies.dsia.quantization import dynamic_int8
 
-    total, seen = 0, set()
+    total = 0
+    seen: set[tuple[int, int]] = set()
     for twin in twins.values():
         if isinstance(twin, dynamic_int8.DynamicLinear):
             total += dynamic_int8.nbytes(twin)
@@ -152,10 +154,14 @@ def twin_bytes(twins: Mapping[nn.Linear, nn.Module]) -> int:
     return total
 
 
-def _tensor_bytes(tensor: torch.Tensor, seen: set) -> int:
+class _Flattenable(Protocol):  # a traceable tensor subclass (quanto's QTensor)
+    def __tensor_flatten__(self) -> tuple[list[str], object]: ...
+
+
+def _tensor_bytes(tensor: torch.Tensor, seen: set[tuple[int, int]]) -> int:
     flatten = getattr(type(tensor), "__tensor_flatten__", None)
     if flatten is not None and type(tensor) not in (torch.Tensor, nn.Parameter):
-        names, _ = tensor.__tensor_flatten__()
+        names, _ = cast(_Flattenable, tensor).__tensor_flatten__()
         return sum(_tensor_bytes(getattr(tensor, name), seen) for name in names)
     if isinstance(tensor, nn.Parameter) and type(tensor.data) is not torch.Tensor:
         return _tensor_bytes(tensor.data, seen)

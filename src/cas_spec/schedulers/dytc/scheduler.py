@@ -75,43 +75,17 @@ outside the levels' draft calls) is reported in `GenerationStats.scheduling_seco
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from cas_spec.core.interfaces import Scheduler
 from cas_spec.core.levels import Level
 from cas_spec.core.state import DecodingState
 from cas_spec.core.types import DraftResult, StepTimings, TokenTree, Verdict
-from cas_spec.schedulers.dytc_estimates import DytcEstimates
-from cas_spec.schedulers.proposals import Proposal
-from cas_spec.schedulers.valued_tree import NodeInfo, ValuedTree, expected_gains
-
-
-class DytcOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ema_decay: float = Field(0.7, ge=0.0, lt=1.0, description="λ of the per-level acceptance EMA.")
-    window: int = Field(20, ge=1, description="Steps in the recent-acceptance window H.")
-    warmup: int = Field(20, ge=0, description="Steps before the EMA takes over from the running rate.")
-    prior_alpha: float = Field(0.6, gt=0.0, lt=1.0, description="Acceptance assumed for a level before it "
-                               "drafts, unless calibration measured its agreement with the target.")
-    objective: Literal["step_value", "astar"] = Field(
-        "step_value", description="Ranking of the expansions that pay: step_value = the largest net gain "
-        "in tokens at the step's bar; astar = the paper's A*-style T_s (see the module docstring).")
-    max_draft: int = Field(8, ge=1, le=64, description="Most tokens one draft call is asked for.")
-    max_nodes: int = Field(24, ge=2, le=256, description="Most tree nodes, root included (a hard bound).")
-    expand_nodes: int = Field(4, ge=1, le=64, description="Nodes with the most uncovered value weighed "
-                              "for a new branch at each growth step.")
-    siblings: int = Field(2, ge=0, le=8, description="Runners-up of a model draft added as siblings.")
-    sibling_min_prob: float = Field(0.1, ge=0.0, le=1.0, description="Least draft probability of a sibling.")
-    probe_interval: int = Field(16, ge=1, description="Steps after which an unused level drafts a probe.")
-    max_probe_interval: int = Field(64, ge=1, description="Longest probe interval after probes that missed.")
-    probe_tokens: int = Field(1, ge=1, le=64, description="Tokens a probe drafts.")
-    carry_over: bool = Field(True, description="Keep what was learned (costs, acceptance, calibration, probe "
-                             "intervals) from one generation of the pipeline to the next.")
-    free_cost: float = Field(0.02, ge=0.0, description="A level whose full draft costs less than this (in "
-                             "one-token target forwards) is asked for its proposal before it is weighed.")
+from cas_spec.schedulers.dytc.estimates import DytcEstimates
+from cas_spec.schedulers.dytc.options import DytcOptions
+from cas_spec.schedulers.dytc.proposals import Proposal
+from cas_spec.schedulers.dytc.valued_tree import NodeInfo, ValuedTree, expected_gains
 
 
 @dataclass
@@ -140,9 +114,10 @@ class Expansion:
 class DytcScheduler(Scheduler):
     name = "dytc"
     Options = DytcOptions
+    options: DytcOptions
 
     @classmethod
-    def check_levels(cls, options, level_names: list[str]) -> list[str]:
+    def check_levels(cls, options: BaseModel, level_names: list[str]) -> list[str]:
         return [] if level_names else ["levels: dytc needs at least one level to draft with"]
 
     def start(self, state: DecodingState) -> None:
@@ -150,26 +125,27 @@ class DytcScheduler(Scheduler):
         (`DytcEstimates`: costs, acceptance, calibration, probe intervals, the recent rate) carries
         over (`carry_over`, default on), so a level that does not pay is not tried afresh for every
         prompt; the EMAs adapt to the new text within a few steps."""
-        target = state.target
         known = getattr(self, "estimates", None)
-        if not self.options.carry_over or known is None or known.latency.costs is not target.costs:
-            self.estimates = DytcEstimates(self.options, self.levels, target.costs,
-                                           getattr(target, "draft_costs", None) or {})
+        if not self.options.carry_over or known is None or known.latency.costs is not state.costs:
+            self.estimates = DytcEstimates(self.options, self.levels, state.costs)
         self.estimates.restart()
         self.proposals: list[Proposal] = []
         self.pruned_tokens = getattr(self, "pruned_tokens", 0)  # drafted tokens left out of trees, ever (tests)
-        self._context = target.length
+        self._context = state.context_length
         self._spent = 0.0
         self._bar = 1.0
 
     # -- building ---------------------------------------------------------------------------
     def build_tree(self, state: DecodingState) -> TokenTree:
         o = self.options
-        context = self._context = state.target.length
+        context = self._context = state.context_length
         self.proposals = []
         self._spent = 0.0
-        step = _Step(state, ValuedTree(state.root_token),
-                     {lv.name for lv in self.levels if self.estimates.is_free(lv.name, context)})
+        step = _Step(
+            state,
+            ValuedTree(state.root_token),
+            {lv.name for lv in self.levels if self.estimates.is_free(lv.name, context)},
+        )
         tree = step.tree
         self._bottom = self.estimates.bottom_level(context)
         self._bar = max(self._best_single_option(step), self.estimates.rate)
@@ -190,8 +166,9 @@ class DytcScheduler(Scheduler):
             self.estimates.chosen(best.level.name)
         if tree.any_sampled:  # a drawn node stays whatever it drew (see the module docstring)
             return tree.build()
-        result = tree.pruned(lambda value, expected, size: self._worth(expected - value, size - 1)
-                             > self._worth(expected, size) + 1e-12)
+        result = tree.pruned(
+            lambda value, expected, size: self._worth(expected - value, size - 1) > self._worth(expected, size) + 1e-12
+        )
         self.pruned_tokens += tree.size - result.size
         return result
 
@@ -217,11 +194,15 @@ class DytcScheduler(Scheduler):
             if name in step.free:
                 draft = self._ask(step, 0, level)
                 confidence = (draft.confidence or (1.0,) * len(draft))[:limit]
-                gains = scratch.chain_gains(0, draft.tokens[:limit], [self.estimates.probability(name, c) for c in confidence])
+                gains = scratch.chain_gains(
+                    0, draft.tokens[:limit], [self.estimates.probability(name, c) for c in confidence]
+                )
                 options = [(added, new, 0.0) for new, added in gains]
             else:
-                options = [(added, k, self.estimates.latency.draft(name, 1, k, self._context))
-                           for k, added in expected_gains(scratch, 0, self.estimates.alpha[name].alpha, limit)]
+                options = [
+                    (added, k, self.estimates.latency.draft(name, 1, k, self._context))
+                    for k, added in expected_gains(scratch, 0, self.estimates.alpha[name].alpha, limit)
+                ]
             for added, new, cost in options:
                 best = max(best, (1.0 + added) / (cost + self.estimates.latency.verify(1 + new, self._context)))
         return best
@@ -241,8 +222,10 @@ class DytcScheduler(Scheduler):
         o, tree, state = self.options, step.tree, step.state
         current = self._worth(tree.expected, tree.size)
         room = o.max_nodes - tree.size
-        nodes = sorted((n for n in range(tree.size) if tree.depth(n) < state.max_depth and tree.open_mass(n) > 0),
-                       key=lambda n: -tree.open_mass(n))[:o.expand_nodes]
+        nodes = sorted(
+            (n for n in range(tree.size) if tree.depth(n) < state.max_depth and tree.open_mass(n) > 0),
+            key=lambda n: -tree.open_mass(n),
+        )[: o.expand_nodes]
         best: Expansion | None = None
         for node in nodes:
             limit = min(room, state.max_depth - tree.depth(node), o.max_draft)
@@ -253,8 +236,11 @@ class DytcScheduler(Scheduler):
                     candidate = self._weigh_known(step, node, level, limit)
                 else:
                     candidate = self._weigh_draft(tree, node, level, limit)
-                if candidate is not None and candidate.value > current + 1e-12 and (
-                        best is None or candidate.score > best.score):
+                if (
+                    candidate is not None
+                    and candidate.value > current + 1e-12
+                    and (best is None or candidate.score > best.score)
+                ):
                     best = candidate
         return best
 
@@ -275,7 +261,9 @@ class DytcScheduler(Scheduler):
         tokens = draft.tokens[:limit]
         if not tokens:
             return None
-        probabilities = [self.estimates.probability(level.name, c) for c in (draft.confidence or (1.0,) * len(draft))[:limit]]
+        probabilities = [
+            self.estimates.probability(level.name, c) for c in (draft.confidence or (1.0,) * len(draft))[:limit]
+        ]
         best, before = None, 0.0
         for m, (new, added) in enumerate(step.tree.chain_gains(node, tokens, probabilities), start=1):
             last, before = added - before, added
@@ -286,8 +274,18 @@ class DytcScheduler(Scheduler):
                 best = expansion
         return best
 
-    def _expansion(self, tree: ValuedTree, node: int, level: Level, tokens: int, proposal: DraftResult | None,
-                   gain: float, last: float, new_nodes: int, cost: float) -> Expansion:
+    def _expansion(
+        self,
+        tree: ValuedTree,
+        node: int,
+        level: Level,
+        tokens: int,
+        proposal: DraftResult | None,
+        gain: float,
+        last: float,
+        new_nodes: int,
+        cost: float,
+    ) -> Expansion:
         value = self._worth(tree.expected + gain, tree.size + new_nodes, cost)
         score = value
         if self.options.objective == "astar" and self._bottom is not None:
@@ -295,18 +293,38 @@ class DytcScheduler(Scheduler):
             heuristic = last * self.estimates.alpha[bottom].alpha
             bottom_cost = self.estimates.latency.draft(bottom, 1, 1, self._context)
             score = (1.0 + tree.expected + gain + heuristic) / (
-                self._spent + cost + bottom_cost + self.estimates.latency.verify(tree.size + new_nodes + 1, self._context))
+                self._spent
+                + cost
+                + bottom_cost
+                + self.estimates.latency.verify(tree.size + new_nodes + 1, self._context)
+            )
         return Expansion(node, level, tokens, proposal, value, score)
 
     # -- adding nodes ---------------------------------------------------------------------------
-    def _record(self, level: str, parent_path: tuple[int, ...], draft: DraftResult, probe: bool,
-                asked: int | None = None) -> None:
+    def _record(
+        self, level: str, parent_path: tuple[int, ...], draft: DraftResult, probe: bool, asked: int | None = None
+    ) -> None:
         calibration = self.estimates.calibration[level]
         confidence = draft.confidence or (1.0,) * len(draft)
-        alternatives = tuple(tuple((t, calibration.bucket(p, alternative=True)) for t, p in alts[: self.options.siblings])
-                             for alts in draft.alternatives) if draft.alternatives else ()
-        self.proposals.append(Proposal(level, parent_path, draft.tokens, tuple(calibration.bucket(c) for c in confidence),
-                                       alternatives, probe, asked))
+        alternatives = (
+            tuple(
+                tuple((t, calibration.bucket(p, alternative=True)) for t, p in alts[: self.options.siblings])
+                for alts in draft.alternatives
+            )
+            if draft.alternatives
+            else ()
+        )
+        self.proposals.append(
+            Proposal(
+                level,
+                parent_path,
+                draft.tokens,
+                tuple(calibration.bucket(c) for c in confidence),
+                alternatives,
+                probe,
+                asked,
+            )
+        )
 
     def _insert_known(self, tree: ValuedTree, node: int, level: str, draft: DraftResult, count: int) -> None:
         """Insert the first `count` tokens of a free level's (deterministic) proposal below `node`."""
@@ -335,13 +353,22 @@ class DytcScheduler(Scheduler):
                 break
             # Whether token i may join is decided before looking at it when it was sampled: on its
             # parent and α̂; a deterministic draft is judged on its own tokens.
-            gains = (expected_gains(tree, parent, alpha, len(draft) - i) if sampled
-                     else tree.chain_gains(parent, draft.tokens[i:], probabilities[i:]))
+            gains = (
+                expected_gains(tree, parent, alpha, len(draft) - i)
+                if sampled
+                else tree.chain_gains(parent, draft.tokens[i:], probabilities[i:])
+            )
             pays = self._extension_pays(tree, parent, gains)
             if not probe and not pays:
                 break
-            child, _ = tree.add(parent, token, probabilities[i], NodeInfo(name, sampled, probe), confidence[i],
-                                None if draft.draft_probs is None else draft.draft_probs[i])
+            child, _ = tree.add(
+                parent,
+                token,
+                probabilities[i],
+                NodeInfo(name, sampled, probe),
+                confidence[i],
+                None if draft.draft_probs is None else draft.draft_probs[i],
+            )
             kept += 1
             if draft.alternatives and not probe:
                 self._add_siblings(tree, parent, name, draft.alternatives[i])
@@ -353,10 +380,13 @@ class DytcScheduler(Scheduler):
         """Whether adding some prefix of a chain below `parent`, with (new nodes, added value) per
         prefix length as given, raises the step's worth."""
         current = self._worth(tree.expected, tree.size)
-        return any(new and self._worth(tree.expected + added, tree.size + new) > current + 1e-12
-                   for new, added in gains)
+        return any(
+            new and self._worth(tree.expected + added, tree.size + new) > current + 1e-12 for new, added in gains
+        )
 
-    def _add_siblings(self, tree: ValuedTree, parent: int, level: str, alternatives) -> None:
+    def _add_siblings(
+        self, tree: ValuedTree, parent: int, level: str, alternatives: tuple[tuple[int, float], ...]
+    ) -> None:
         """Runners-up of a drafted position as point-mass siblings, while each raises the step's worth."""
         o = self.options
         for token, prob in alternatives[: o.siblings]:
@@ -365,7 +395,8 @@ class DytcScheduler(Scheduler):
             probability = self.estimates.probability(level, prob, alternative=True)
             gain = tree.child_value(parent, probability)
             if tree.existing_child(parent, token) is not None or not (
-                    self._worth(tree.expected + gain, tree.size + 1) > self._worth(tree.expected, tree.size)):
+                self._worth(tree.expected + gain, tree.size + 1) > self._worth(tree.expected, tree.size)
+            ):
                 continue
             tree.add(parent, token, probability, NodeInfo(level, sampled=False), prob)
 
@@ -374,4 +405,4 @@ class DytcScheduler(Scheduler):
         self.estimates.learn(self.proposals, verdict.new_tokens, tree.size, self._context, self._spent, timings)
 
 
-__all__ = ["DytcOptions", "DytcScheduler"]
+__all__ = ["DytcScheduler"]

@@ -89,8 +89,15 @@ class ValuedTree:
     def any_sampled(self) -> bool:
         return any(info is not None and info.sampled for info in self.info)
 
-    def add(self, parent: int, token: int, probability: float, info: NodeInfo, confidence: float = 1.0,
-            draft_probs: torch.Tensor | None = None) -> tuple[int, bool]:
+    def add(
+        self,
+        parent: int,
+        token: int,
+        probability: float,
+        info: NodeInfo,
+        confidence: float = 1.0,
+        draft_probs: torch.Tensor | None = None,
+    ) -> tuple[int, bool]:
         """Add `token` below `parent`, or find the earlier sibling that holds it; returns (node,
         whether new).
 
@@ -115,7 +122,9 @@ class ValuedTree:
         self.expected += value
         return node, True
 
-    def chain_gains(self, parent: int, tokens: Sequence[int], probabilities: Sequence[float]) -> list[tuple[int, float]]:
+    def chain_gains(
+        self, parent: int, tokens: Sequence[int], probabilities: Sequence[float]
+    ) -> list[tuple[int, float]]:
         """For each prefix length m of a chain below `parent`: (new nodes, added value) if its first
         m tokens were added, following nodes that already hold a token (they add nothing)."""
         out: list[tuple[int, float]] = []
@@ -147,8 +156,11 @@ class ValuedTree:
         parents = self.builder.parents
         size, expected = self.size, self.expected
         while size > 1:
-            leaves = [i for i in range(1, self.size) if keep[i] and children[i] == 0
-                      and not (self.info[i] is not None and self.info[i].probe)]
+            leaves = [
+                i
+                for i in range(1, self.size)
+                if keep[i] and children[i] == 0 and not ((info := self.info[i]) is not None and info.probe)
+            ]
             if not leaves:
                 break
             worst = min(leaves, key=lambda i: (self.value[i], -i))
@@ -164,8 +176,13 @@ class ValuedTree:
         index = {old: new for new, old in enumerate(kept)}
         builder = TreeBuilder(self.builder.tokens[0])
         for old in kept[1:]:
-            builder.add(index[parents[old]], self.builder.tokens[old], self.builder.levels[old],
-                        self.builder.confidence[old], self.builder.draft_probs[old])
+            builder.add(
+                index[parents[old]],
+                self.builder.tokens[old],
+                self.builder.levels[old],
+                self.builder.confidence[old],
+                self.builder.draft_probs[old],
+            )
         return builder.build()
 
 

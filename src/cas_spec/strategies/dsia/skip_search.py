@@ -24,17 +24,22 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from filelock import FileLock
 
-from cas_spec.core.models import cache_dir
-from cas_spec.strategies.variants import Sublayer
+from cas_spec.paths import cache_dir, write_text_atomically
+from cas_spec.strategies.dsia.variants import Sublayer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
     """A short hash of the model's configuration and of a strided sample of every parameter."""
-    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    config = cast("PreTrainedConfig", model.config)
+    digest = hashlib.sha256(config.to_json_string(use_diff=False).encode())
     with torch.no_grad():
         for name, param in model.named_parameters():
             flat = param.detach().reshape(-1)
@@ -70,9 +75,7 @@ def save_cached(fingerprint: str, sparsity: float, entry: dict) -> None:
         except (OSError, ValueError):
             data = {}
         data[f"{sparsity:.4f}"] = entry
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(path)
+        write_text_atomically(path, json.dumps(data, indent=1))
 
 
 @dataclass
@@ -100,8 +103,11 @@ class SkipSearch:
 
     @property
     def done(self) -> bool:
-        return (self.evaluations >= self.budget or self.best_score >= self.target_score
-                or self.since_improvement >= self.patience)
+        return (
+            self.evaluations >= self.budget
+            or self.best_score >= self.target_score
+            or self.since_improvement >= self.patience
+        )
 
     def random_set(self) -> frozenset[Sublayer]:
         return frozenset(self.rng.sample(self.candidates, self.count))
@@ -128,8 +134,12 @@ class SkipSearch:
         return False
 
     def to_entry(self) -> dict:
-        return {"skip": sorted(str(s) for s in self.best), "score": round(self.best_score, 4),
-                "evaluations": self.evaluations, "done": self.done}
+        return {
+            "skip": sorted(str(s) for s in self.best),
+            "score": round(self.best_score, 4),
+            "evaluations": self.evaluations,
+            "done": self.done,
+        }
 
 
-__all__ = ["SkipSearch", "model_fingerprint", "load_cached", "save_cached", "cache_file"]
+__all__ = ["SkipSearch", "cache_file", "load_cached", "model_fingerprint", "save_cached"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import threading
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,7 +68,8 @@ def twin_class():
                     if not _calibrating_now():
                         raise RuntimeError(
                             "this quanto W8A8 twin is not calibrated: run forwards through it inside "
-                            "quantization.calibrating('quanto'), then quantization.finish(twins, 'quanto')")
+                            "quantization.calibrating('quanto'), then quantization.finish(twins, 'quanto')"
+                        )
                     self._cas_calibrated = True
                 out = super().forward(input)
                 if input.dim() == 1 and out.dim() == 2:  # quanto's int8 matmul returns [1, out]
@@ -98,8 +100,10 @@ def _twin(linear: nn.Linear) -> nn.Module:
 
 def build(linears: list[nn.Linear], *, per_channel: bool = True) -> list[nn.Module]:
     if not per_channel:
-        raise ValueError("the quanto backend quantizes weights per output channel only; "
-                         "per_channel=False is supported by dynamic_int8")
+        raise ValueError(
+            "the quanto backend quantizes weights per output channel only; "
+            "per_channel=False is supported by dynamic_int8"
+        )
     return [_twin(linear) for linear in linears]
 
 
@@ -116,19 +120,22 @@ def calibrating():
         _local.depth -= 1
 
 
-def finish(twins) -> None:
+def finish(twins: list[Any]) -> None:  # QuantoTwin modules (optimum-quanto is untyped)
     cls = twin_class()
     foreign = [t for t in twins if not isinstance(t, cls)]
     if foreign:
         raise TypeError(f"not quanto twins: {sorted({type(t).__name__ for t in foreign})}")
     missing = [t for t in twins if not t._cas_calibrated]
     if missing:
-        raise RuntimeError(f"{len(missing)} of {len(twins)} quanto twins never ran inside "
-                           "calibrating('quanto'); calibrate them with forwards on representative inputs "
-                           "(their static activation scales would otherwise be 1.0: garbage output)")
+        raise RuntimeError(
+            f"{len(missing)} of {len(twins)} quanto twins never ran inside "
+            "calibrating('quanto'); calibrate them with forwards on representative inputs "
+            "(their static activation scales would otherwise be 1.0: garbage output)"
+        )
     bad = [t for t in twins if not (torch.isfinite(t.input_scale).all() and (t.input_scale > 0).all())]
     if bad:
-        raise RuntimeError(f"{len(bad)} quanto twins have an invalid input scale after calibration "
-                           "(zero or non-finite inputs?)")
+        raise RuntimeError(
+            f"{len(bad)} quanto twins have an invalid input scale after calibration (zero or non-finite inputs?)"
+        )
     for twin in twins:
         twin._cas_ready = True

@@ -14,13 +14,15 @@ Everything learns from the step's `Proposal`s, scored against the committed text
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
+from cas_spec.core.cost_model import CostModel, DraftCost
 from cas_spec.core.levels import Level
 from cas_spec.core.types import StepTimings
-from cas_spec.schedulers.acceptance import ConfidenceCalibration, WindowedAcceptance
-from cas_spec.schedulers.latency import LatencyModel
-from cas_spec.schedulers.proposals import Proposal, score
+from cas_spec.schedulers.dytc.options import DytcOptions
+from cas_spec.schedulers.dytc.proposals import Proposal, score
+from cas_spec.schedulers.estimators.acceptance import ConfidenceCalibration, WindowedAcceptance
+from cas_spec.schedulers.estimators.latency import LatencyModel
 
 PROBE_SURPRISE = 0.1  # a probe that moves α̂ by more than this is followed up at the shortest interval
 RATE_DECAY = 0.9  # EMA of R, the recent rate, per step
@@ -28,12 +30,18 @@ BURST_CLIP = 2.0  # a step counts for at most this many times R
 
 
 class DytcEstimates:
-    def __init__(self, options, levels: Sequence[Level], costs, draft_costs: Mapping):
+    def __init__(self, options: DytcOptions, levels: Sequence[Level], costs: CostModel):
         self.options = options
-        self.latency = LatencyModel(costs, levels, draft_costs=draft_costs)
-        self.alpha = {lv.name: WindowedAcceptance(prior=prior(draft_costs.get(lv.name), options.prior_alpha),
-                                                  decay=options.ema_decay, window=options.window,
-                                                  warmup=options.warmup) for lv in levels}
+        self.latency = LatencyModel(costs, levels)
+        self.alpha = {
+            lv.name: WindowedAcceptance(
+                prior=prior(costs.draft(lv.name), options.prior_alpha),
+                decay=options.ema_decay,
+                window=options.window,
+                warmup=options.warmup,
+            )
+            for lv in levels
+        }
         self.calibration = {lv.name: ConfidenceCalibration() for lv in levels}
         self.probe_every = {lv.name: options.probe_interval for lv in levels}
         self.last_used = {lv.name: 0 for lv in levels}
@@ -43,8 +51,7 @@ class DytcEstimates:
         """A new generation: the levels' counters were reset. A level never measured is probed
         at once, the others after their interval."""
         self.latency.restart()
-        self.last_used = {name: 0 if self.latency.known(name) else -self.probe_every[name]
-                          for name in self.probe_every}
+        self.last_used = {name: 0 if self.latency.known(name) else -self.probe_every[name] for name in self.probe_every}
 
     # -- what the scheduler asks -------------------------------------------------------------
     def probability(self, level: str, confidence: float, alternative: bool = False) -> float:
@@ -72,8 +79,15 @@ class DytcEstimates:
         self.probe_every[name] = self.options.probe_interval
 
     # -- learning ---------------------------------------------------------------------------
-    def learn(self, proposals: Sequence[Proposal], committed: Sequence[int], tree_size: int, context: int,
-              spent: float, timings: StepTimings) -> None:
+    def learn(
+        self,
+        proposals: Sequence[Proposal],
+        committed: Sequence[int],
+        tree_size: int,
+        context: int,
+        spent: float,
+        timings: StepTimings,
+    ) -> None:
         """Learn from a verified step: its timings, its rate, and every proposal scored against
         the `committed` tokens."""
         self.latency.observe(tree_size, context, timings)
@@ -88,15 +102,16 @@ class DytcEstimates:
             estimate.update(scores.eligible.get(name, 0), scores.hits.get(name, 0))
             if name in scores.probed:  # probe again soon if it moved the estimate, else back off
                 moved = abs(estimate.alpha - before) > PROBE_SURPRISE
-                self.probe_every[name] = o.probe_interval if moved else min(2 * self.probe_every[name],
-                                                                            o.max_probe_interval)
+                self.probe_every[name] = (
+                    o.probe_interval if moved else min(2 * self.probe_every[name], o.max_probe_interval)
+                )
 
 
-def prior(calibrated, default: float) -> float:
+def prior(calibrated: DraftCost | None, default: float) -> float:
     """A level's acceptance before it has drafted: its calibrated agreement with the target
     (`costs/draft_costs.py`, model levels), kept inside (0.05, 0.95), else `default`."""
-    agreement = getattr(calibrated, "agreement", None)
+    agreement = calibrated.agreement if calibrated is not None else None
     return default if agreement is None else min(max(agreement, 0.05), 0.95)
 
 
-__all__ = ["BURST_CLIP", "DytcEstimates", "PROBE_SURPRISE", "prior"]
+__all__ = ["BURST_CLIP", "PROBE_SURPRISE", "DytcEstimates", "prior"]
