@@ -112,7 +112,7 @@ def test_the_hook_reference_has_every_hookspec_and_every_interface_method():
     specs = [spec.__name__ for spec in hookspecs_in_order()]
     assert sorted(specs) == sorted(HOOKS.values())  # the manager calls exactly these
     for name in specs:
-        assert f"### `{name}(registry)`" in text, f"hook {name} is not in the hook reference"
+        assert f"### `{name}(registry: Registry[" in text, f"hook {name} is not in the hook reference"
     for cls in BASE_CLASSES:
         for definer, name in _members(cls):
             assert f"#### `{definer.__name__}.{name}`" in text, (
