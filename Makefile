@@ -2,13 +2,14 @@
 #   make demo   generate an answer with the default pipeline on SmolLM2-135M and print statistics
 #   make test   run the test suite
 #   make lint   ruff (lint and format) and mypy, as CI runs them before the tests
+#   make test-lowest  the tiny-model layer again on the oldest supported transformers (.venv-lowest)
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROMPT ?= Summarize in one sentence: The Eiffel Tower is a wrought-iron lattice tower in Paris, France. It was built from 1887 to 1889 as the centerpiece of the 1889 World's Fair. The Eiffel Tower is the most visited monument in the world.
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint test-lowest setup clean
 
 setup: $(STAMP)
 
@@ -40,5 +41,20 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+LOWEST := .venv-lowest
+# The engine, the contracts and every plugin on tiny random models (no downloads), on the oldest
+# transformers pyproject.toml allows; the full suite runs on the newest (`make test`).
+TINY_LAYER := tests/core tests/contracts tests/adapters tests/verifiers tests/strategies tests/schedulers tests/test_compat.py
+
+$(LOWEST)/.installed: pyproject.toml constraints-lowest.txt
+	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
+	PIP_CONSTRAINT=constraints-lowest.txt $(LOWEST)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "is ignored" || true
+	PIP_CONSTRAINT=constraints-lowest.txt $(LOWEST)/bin/python -m pip install -q --disable-pip-version-check -e ".[testing]" 2>&1 | grep -v "is ignored" || true
+	$(LOWEST)/bin/python -c "import transformers; print('lowest: transformers', transformers.__version__)"
+	touch $@
+
+test-lowest: $(LOWEST)/.installed
+	$(LOWEST)/bin/python -m pytest $(TINY_LAYER) -m "not real_model and not slow" -p no:cacheprovider
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LOWEST) build src/*.egg-info .pytest_cache .hypothesis

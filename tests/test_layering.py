@@ -35,6 +35,7 @@ LAYERS = {
     "bench": 7,
     "testing": 7,
     "docsgen": 7,
+    "transformers_hook": 7,
     "__init__": 7,
     "__main__": 7,
 }

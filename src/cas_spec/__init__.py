@@ -5,6 +5,9 @@
     result = pipe.generate("What is the capital of France?")
     print(result.text, result.stats.mean_acceptance_length)
 
+    # inside transformers' own generate (greedy: identical output; sampling: the same distribution)
+    out = model.generate(**inputs, custom_generate=cas_spec.custom_generate("default"), max_new_tokens=64)
+
     # any loaded model and tokenizer an adapter supports, like model.generate:
     result = cas_spec.generate(model, tokenizer, "Hello", max_new_tokens=32, output_scores=True)
 
@@ -17,6 +20,7 @@ from cas_spec.core.errors import CasSpecError, ConfigError, InputError, UserErro
 from cas_spec.core.stats import format_stats
 from cas_spec.core.types import GenerationStats, LevelStats, SamplingParams
 from cas_spec.pipeline import GenerationResult, Pipeline, build_pipeline, generate, load_pipeline
+from cas_spec.transformers_hook import custom_generate
 
 __version__ = "0.1.0"
 
@@ -32,6 +36,7 @@ __all__ = [
     "SamplingParams",
     "UserError",
     "build_pipeline",
+    "custom_generate",
     "format_stats",
     "generate",
     "load_config",

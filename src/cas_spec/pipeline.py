@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -22,7 +22,7 @@ import torch
 from cas_spec.core.adapter import ModelAdapter, resolve_adapter
 from cas_spec.core.config import PipelineConfig, load_config
 from cas_spec.core.cost_model import UNCALIBRATED, CostView
-from cas_spec.core.engine import generate_tokens
+from cas_spec.core.engine import StopCheck, generate_tokens
 from cas_spec.core.errors import InputError
 from cas_spec.core.interfaces import Scheduler, Verifier
 from cas_spec.core.interop import GenerationOptions, StreamerBridge, options_from_generation_config
@@ -115,18 +115,23 @@ class Pipeline:
         temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
+        min_p: float | None = None,
         seed: int | None = None,
         on_text: Callable[[str], None] | None = None,
         generation_config: GenerationConfig | None = None,
         streamer: Streamer | None = None,
         output_scores: bool | None = None,
+        eos_token_ids: Sequence[int] | None = None,
+        stop: StopCheck | None = None,
     ) -> GenerationResult:
         """Generate a continuation of `prompt` (text or token ids); `on_text` receives streamed text.
 
         transformers interop: `generation_config` (a `GenerationConfig`, resolved against the
         model's own as `model.generate` does; explicit keyword arguments override it), `streamer`
         (anything with `put(tensor)` and `end()`, fed as `generate` feeds it) and `output_scores`
-        (`GenerationResult.scores`). See `cas_spec.core.interop`.
+        (`GenerationResult.scores`). See `cas_spec.core.interop`. `eos_token_ids` replaces the
+        model's (and a generation config's) end tokens; `stop` ends generation as other stopping
+        criteria would (`cas_spec.core.engine.StopCheck`).
         """
         if self._generating_thread == threading.get_ident():
             raise InputError(
@@ -149,7 +154,9 @@ class Pipeline:
                 generation_config,
                 bridge,
                 output_scores,
-                dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
+                dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed),
+                eos_token_ids,
+                stop,
             )
         finally:
             self._generating_thread = None
@@ -168,6 +175,8 @@ class Pipeline:
         bridge: StreamerBridge | None,
         output_scores: bool | None,
         sampling_overrides: dict[str, Any],
+        eos_token_ids: Sequence[int] | None = None,
+        stop: StopCheck | None = None,
     ) -> GenerationResult:
         if max_new_tokens is not None and max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -189,6 +198,7 @@ class Pipeline:
             raise InputError(f"the prompt has {len(prompt_ids)} tokens; the model's context holds {limit}")
         sampling = self.sampling(options, **sampling_overrides)
         eos = options.eos_token_ids if options and options.eos_token_ids is not None else self.adapter.eos_token_ids
+        eos = eos if eos_token_ids is None else tuple(eos_token_ids)
         if output_scores is None:
             output_scores = bool(options and options.output_scores)
 
@@ -216,6 +226,7 @@ class Pipeline:
                 on_tokens=on_tokens,
                 on_logits=step_logits.append if output_scores else None,
                 costs=self.costs,
+                stop=stop,
             )
         if text_streamer is not None:
             text_streamer.flush()
@@ -234,7 +245,7 @@ class Pipeline:
         """The pipeline's sampling settings (or a generation config's), with non-None overrides."""
         params = SamplingParams(**self.config.sampling.model_dump())
         if base is not None:
-            params = replace(params, temperature=base.temperature, top_k=base.top_k, top_p=base.top_p)
+            params = replace(params, temperature=base.temperature, top_k=base.top_k, top_p=base.top_p, min_p=base.min_p)
         return replace(params, **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -1,8 +1,8 @@
 """`warp_logits` / `target_probs` against transformers' own logits warpers.
 
 Plain sampling in transformers applies TemperatureLogitsWarper (if temperature != 1),
-TopKLogitsWarper (if top_k is set and non-zero) and TopPLogitsWarper (if top_p < 1), in this
-order, to float32 scores. Speculative sampling is only lossless w.r.t. that distribution if
+TopKLogitsWarper (if top_k is set and non-zero), TopPLogitsWarper (if top_p < 1) and
+MinPLogitsWarper (if min_p is set), in this order, to float32 scores. Speculative sampling is only lossless w.r.t. that distribution if
 `target_probs` reproduces it bit for bit, ties and edge cases included.
 """
 
@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from transformers.generation.logits_process import (
     LogitsProcessorList,
+    MinPLogitsWarper,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -27,9 +28,12 @@ from cas_spec.core.types import SamplingParams
 TEMPERATURES = [0.3, 0.7, 1.0, 1.5]
 TOP_KS = [None, 1, 2, 3, 7, 8, 50]  # 8 == V, 50 ≥ V in the grid test
 TOP_PS = [None, 0.1, 0.5, 0.9, 0.95, 1.0]
+MIN_PS = [None, 0.05, 0.3, 0.9]
 
 
-def reference_warp(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None):
+def reference_warp(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, min_p: float | None = None
+):
     """transformers' warpers, chosen and ordered as `GenerationMixin._get_logits_processor` does."""
     processors = LogitsProcessorList()
     if temperature != 1.0:
@@ -38,15 +42,17 @@ def reference_warp(logits: torch.Tensor, temperature: float, top_k: int | None, 
         processors.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
     if top_p is not None and top_p < 1.0:
         processors.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+    if min_p is not None:
+        processors.append(MinPLogitsWarper(min_p=min_p, min_tokens_to_keep=1))
     scores = logits.float().reshape(-1, logits.shape[-1]).clone()
     input_ids = torch.zeros(scores.shape[0], 1, dtype=torch.long)
     return processors(input_ids, scores).reshape(logits.shape)
 
 
-def assert_same_warp(logits, temperature, top_k, top_p):
-    sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+def assert_same_warp(logits, temperature, top_k, top_p, min_p=None):
+    sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     ours = warp_logits(logits, sampling)
-    ref = reference_warp(logits, temperature, top_k, top_p)
+    ref = reference_warp(logits, temperature, top_k, top_p, min_p)
     assert ours.dtype == torch.float32
     # Same removed set, and bit-identical values where kept.
     assert torch.equal(torch.isinf(ours), torch.isinf(ref)), (ours, ref)
@@ -73,6 +79,20 @@ def test_warp_matches_transformers_grid(temperature, top_k, top_p):
         assert_same_warp(logits, temperature, top_k, top_p)
 
 
+@pytest.mark.parametrize("min_p", MIN_PS)
+@pytest.mark.parametrize("top_k,top_p", [(None, None), (3, None), (None, 0.9), (7, 0.5)])
+def test_min_p_matches_transformers_after_the_other_warpers(min_p, top_k, top_p):
+    for logits in _logits_bank():
+        for temperature in (0.7, 1.0):
+            assert_same_warp(logits, temperature, top_k, top_p, min_p)
+
+
+def test_min_p_drops_what_is_less_likely_than_a_share_of_the_top_token():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    warped = warp_logits(probs.log(), SamplingParams(temperature=1.0, min_p=0.4))  # threshold 0.2
+    assert torch.isfinite(warped).tolist() == [True, True, False, False]
+
+
 @st.composite
 def warp_problems(draw):
     vocab = draw(st.integers(1, 12))
@@ -93,7 +113,8 @@ def warp_problems(draw):
     temperature = draw(st.sampled_from([1.0, 0.5, 2.0]) | st.floats(0.05, 5.0))
     top_k = draw(st.none() | st.integers(1, vocab + 3))
     top_p = draw(st.none() | st.sampled_from([1.0, 0.5]) | st.floats(0.01, 1.0))
-    return logits, temperature, top_k, top_p
+    min_p = draw(st.none() | st.floats(0.0, 1.0))
+    return logits, temperature, top_k, top_p, min_p
 
 
 @given(warp_problems())

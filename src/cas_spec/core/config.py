@@ -71,6 +71,9 @@ class SamplingConfig(_Strict):
     temperature: float = Field(default=0.0, ge=0.0, description="0 = greedy decoding.")
     top_k: int | None = Field(default=None, ge=1, description="Keep only the k most likely tokens.")
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
+    min_p: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Drop tokens less likely than min_p times the most likely one."
+    )
     seed: int | None = Field(default=None, description="Seed that makes a sampled run reproducible.")
 
 

@@ -22,6 +22,9 @@ from cas_spec.core.types import GenerationStats, SamplingParams, StepTimings, To
 
 TokenCallback = Callable[[list[int]], None]
 LogitsCallback = Callable[[torch.Tensor], None]  # [n, V]: the target logits of a step's n committed tokens
+# (tokens so far, a step's new tokens) -> how many of the new tokens to keep when generation ends
+# inside them (at least 1), or None to go on: stopping criteria beyond EOS, checked token by token.
+StopCheck = Callable[[Sequence[int], Sequence[int]], int | None]
 
 
 def generate_tokens(
@@ -36,13 +39,15 @@ def generate_tokens(
     on_tokens: TokenCallback | None = None,
     on_logits: LogitsCallback | None = None,
     costs: CostModel = UNCALIBRATED,
+    stop: StopCheck | None = None,
 ) -> tuple[list[int], GenerationStats]:
     """Generate up to `max_new_tokens` tokens after `prompt_ids`; returns (new tokens, statistics).
 
     Callers validate inputs (`Pipeline.generate` does); here `prompt_ids` is non-empty and fits
     the context. After each step `on_tokens` receives the committed tokens and `on_logits` the
     target logits each of them was verified or sampled against (one row per token). `costs` is the
-    read-only cost view the scheduler and strategies see on the state.
+    read-only cost view the scheduler and strategies see on the state. `stop` ends generation
+    inside a step's tokens as plain decoding would have ended it after one of them.
     """
     context_length = target.adapter.context_length
     eos = set(eos_token_ids)
@@ -92,6 +97,11 @@ def generate_tokens(
         hit_eos = next((i for i, t in enumerate(new) if t in eos), None)
         if hit_eos is not None:
             new = new[: hit_eos + 1]
+        kept = stop(state.tokens, new) if stop is not None else None
+        if kept is not None and hit_eos is not None and kept >= len(new):
+            kept = None  # the same token ends it: EOS says why
+        if kept is not None:
+            new, hit_eos = new[: max(kept, 1)], None
         state.tokens.extend(new)
         state.step += 1
         timings = StepTimings(
@@ -107,6 +117,9 @@ def generate_tokens(
             on_logits(_committed_logits(target_logits, verdict, len(new)))
         if hit_eos is not None:
             stop_reason = "eos"
+            break
+        if kept is not None:
+            stop_reason = "stopping_criteria"
             break
 
     new_tokens = state.tokens[state.prompt_length :]
@@ -141,4 +154,4 @@ def _check_tree(tree: TokenTree, state: DecodingState, scheduler: Scheduler) -> 
         )
 
 
-__all__ = ["LogitsCallback", "TokenCallback", "generate_tokens"]
+__all__ = ["LogitsCallback", "StopCheck", "TokenCallback", "generate_tokens"]

@@ -55,7 +55,6 @@ _NEUTRAL: dict[str, tuple[object, ...]] = {
     "typical_p": (1.0,),
     "epsilon_cutoff": (0.0,),
     "eta_cutoff": (0.0,),
-    "min_p": (),
     "top_h": (),
     "renormalize_logits": (False,),
     "remove_invalid_values": (False,),
@@ -75,6 +74,7 @@ class GenerationOptions:
     temperature: float  # 0 = greedy
     top_k: int | None
     top_p: float | None
+    min_p: float | None
     eos_token_ids: tuple[int, ...] | None
     output_scores: bool
 
@@ -110,7 +110,7 @@ def options_from_generation_config(config: Any, model: object, prompt_length: in
         raise InputError(
             "generation_config options that cas-spec cannot honour: "
             + ", ".join(unsupported)
-            + " (cas-spec decodes one sequence, greedy or sampled with temperature, top_k and top_p)"
+            + " (cas-spec decodes one sequence, greedy or sampled with temperature, top_k, top_p and min_p)"
         )
 
     def get(name: str) -> Any:
@@ -125,7 +125,7 @@ def options_from_generation_config(config: Any, model: object, prompt_length: in
                 f"generation_config.max_length={config.max_length} leaves no room after a prompt "
                 f"of {prompt_length} tokens"
             )
-    temperature, top_k, top_p = 0.0, None, None
+    temperature, top_k, top_p, min_p = 0.0, None, None, None
     if get("do_sample"):
         temperature, top_k, top_p = float(get("temperature")), int(get("top_k")), float(get("top_p"))
         if temperature <= 0:
@@ -134,6 +134,9 @@ def options_from_generation_config(config: Any, model: object, prompt_length: in
             raise InputError(f"generation_config: top_p must be in (0, 1], got {top_p}")
         top_k = top_k if top_k > 0 else None  # transformers: top_k=0 disables top-k
         top_p = top_p if top_p < 1.0 else None
+        min_p = float(config.min_p) if getattr(config, "min_p", None) else None
+        if min_p is not None and not 0.0 <= min_p <= 1.0:
+            raise InputError(f"generation_config: min_p must be in [0, 1], got {min_p}")
     eos = config.eos_token_id
     if eos is not None:
         eos = tuple(int(t) for t in eos) if isinstance(eos, list | tuple) else (int(eos),)
@@ -142,6 +145,7 @@ def options_from_generation_config(config: Any, model: object, prompt_length: in
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
+        min_p=min_p,
         eos_token_ids=eos,
         output_scores=bool(config.output_scores),
     )

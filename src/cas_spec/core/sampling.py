@@ -1,6 +1,6 @@
 """Turning target logits into the distribution p that plain sampling draws from.
 
-Temperature, then top-k, then top-p, in float32, in the order and with the tie rules of
+Temperature, then top-k, then top-p, then min-p, in float32, in the order and with the tie rules of
 transformers' logits warpers. The autoregressive path and the sampling verifier both call
 `target_probs`, so speculative sampling reproduces plain sampling's distribution exactly.
 """
@@ -13,7 +13,7 @@ from cas_spec.core.types import SamplingParams
 
 
 def warp_logits(logits: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
-    """[..., V] logits → [..., V] float32 logits after temperature, top-k and top-p (-inf = removed)."""
+    """[..., V] logits → [..., V] float32 logits after temperature, top-k, top-p and min-p (-inf = removed)."""
     logits = logits.float()
     if sampling.temperature > 0 and sampling.temperature != 1.0:
         logits = logits / sampling.temperature
@@ -27,6 +27,10 @@ def warp_logits(logits: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
         remove_sorted = cumulative <= (1 - sampling.top_p)
         remove_sorted[..., -1:] = False  # always keep the most likely token
         remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
+        logits = logits.masked_fill(remove, float("-inf"))
+    if sampling.min_p is not None and sampling.min_p > 0.0:
+        probs = logits.softmax(dim=-1)
+        remove = probs < sampling.min_p * probs.amax(dim=-1, keepdim=True)  # never the most likely token
         logits = logits.masked_fill(remove, float("-inf"))
     return logits
 

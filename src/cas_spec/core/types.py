@@ -23,6 +23,7 @@ class SamplingParams:
     temperature: float = 0.0  # 0: greedy; otherwise logits are divided by it before the softmax
     top_k: int | None = None  # keep the k most likely tokens (None: all)
     top_p: float | None = None  # keep the smallest set of tokens with this much probability (None: all)
+    min_p: float | None = None  # drop tokens less likely than min_p × the most likely one's probability (None: none)
     seed: int | None = None  # seeds the generation's torch.Generator (None: unseeded)
 
     @property
@@ -150,7 +151,7 @@ class GenerationStats:
     verify_seconds: float
     overhead_seconds: float  # decoding time spent outside drafting and target forwards
     decode_seconds: float  # all decoding after prefill
-    stop_reason: str  # "eos", "max_new_tokens" or "context_limit"
+    stop_reason: str  # "eos", "max_new_tokens", "context_limit" or "stopping_criteria"
     acceptance_lengths: tuple[int, ...] = ()  # tokens committed by each target forward
     scheduling_seconds: float = 0.0  # drafting time outside the levels' draft calls: the scheduler's own work
     adapt_seconds: float = 0.0  # the levels' online adaptation after steps (e.g. a skip-set search)
