@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from cas_spec import load_pipeline
 from cas_spec.testing.models import repetitive_prompt
@@ -104,3 +105,26 @@ def test_engine_autoregressive_equals_transformers_generate_on_smollm2(smollm2):
     got = plain.generate("What is the capital of France?", max_new_tokens=24)
     assert got.token_ids == hf_greedy(model, got.prompt_token_ids, 24)[: len(got.token_ids)]
     assert "Paris" in got.text
+
+
+def test_the_engine_times_verification_after_the_device_finished_it(monkeypatch):
+    """On CUDA a forward returns before it ran: the engine synchronizes before reading its clock.
+    No GPU here: a fake `torch.cuda.synchronize` and a target that says it is on CUDA."""
+    from cas_spec.core.target import Target
+
+    calls: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    model = tiny_llama(0)
+    target = Target(model, None)  # type: ignore[arg-type]  # only `device` is read
+    target.synchronize()
+    assert calls == []  # the CPU has nothing queued
+    monkeypatch.setattr(Target, "device", property(lambda self: torch.device("cuda", 0)))
+    target.synchronize()
+    assert calls == [torch.device("cuda", 0)]
+
+    monkeypatch.undo()
+    steps: list[int] = []
+    monkeypatch.setattr(Target, "synchronize", lambda self: steps.append(1))
+    pipe = load_pipeline(CHAIN_PLD, model=model, tokenizer=IdTokenizer())
+    result = pipe.generate(repetitive_prompt(0, model.config.vocab_size), max_new_tokens=16)
+    assert len(steps) == result.stats.target_forwards + 1  # every verification, and the prefill

@@ -54,6 +54,7 @@ def generate_tokens(
     recorder = StatsRecorder(levels)
     start = time.perf_counter()
     target.prefill(list(prompt_ids[:-1]))
+    target.synchronize()
     prefill_seconds = time.perf_counter() - start
 
     state = DecodingState(
@@ -88,6 +89,7 @@ def generate_tokens(
         drafted_at = time.perf_counter()
         _check_tree(tree, state, scheduler)
         target_logits = target.forward_tree(tree)
+        target.synchronize()  # time the verification forward, not its launch
         verified_at = time.perf_counter()
         verdict = verifier.verify(tree, target_logits, sampling, state.generator)
         target.commit(tree, verdict.accepted_nodes)

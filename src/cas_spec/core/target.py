@@ -44,7 +44,8 @@ class Target:
 
     A strategy that declares `runs_target` receives it in `setup` and may read `model`, `adapter`,
     `length`, `device` and `dtype`, and call `draft_pass`, `forward` (inside a draft pass), `score`
-    and `forward_uncached`. `prefill`, `forward_tree`, `commit` and `restore` are the engine's."""
+    and `forward_uncached`. `prefill`, `forward_tree`, `commit`, `restore` and `synchronize` are the
+    engine's."""
 
     def __init__(self, model: nn.Module, adapter: ModelAdapter):
         self.model = model
@@ -59,6 +60,13 @@ class Target:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (CUDA runs forwards asynchronously), so that a clock
+        read next times the work and not its launch; nothing to do on the CPU."""
+        device = self.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     @torch.inference_mode()
     def prefill(self, tokens: Sequence[int]) -> None:
