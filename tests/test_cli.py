@@ -55,6 +55,7 @@ def test_generate_prints_only_text_on_stdout_and_stats_on_stderr(capsys, stories
     assert re.fullmatch(r"\d+\.\d\d tokens per target forward", stat(err, "mean acceptance"))
     assert stat(err, "new tokens").startswith("24 (prompt ")
     assert "level pld" in err
+    assert re.fullmatch(r"model \d+\.\d MiB, KV cache \d+\.\d MiB", stat(err, "memory"))  # pld holds no tensors
     assert expected.text not in err
 
 
@@ -395,7 +396,7 @@ def test_console_script_in_a_subprocess(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() and "mean acceptance" not in done.stdout
     # stderr holds the statistics and nothing else: no warning, no bar, no log line
-    labels = ("new tokens", "target forwards", "mean acceptance", "speed", "time", "level ")
+    labels = ("new tokens", "target forwards", "mean acceptance", "speed", "time", "level ", "memory")
     assert [line for line in done.stderr.splitlines() if not line.startswith(labels)] == [], done.stderr
 
     done = subprocess.run(

@@ -172,6 +172,7 @@ def _generate(args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     if args.stats:
         print(format_stats(result.stats), file=sys.stderr)
+        print(pipe.memory().format(), file=sys.stderr)
     return 0
 
 

@@ -27,6 +27,7 @@ from cas_spec.core.errors import InputError
 from cas_spec.core.interfaces import Scheduler, Verifier
 from cas_spec.core.interop import GenerationOptions, StreamerBridge, options_from_generation_config
 from cas_spec.core.levels import Level
+from cas_spec.core.memory import MemoryReport, module_tensors, storage_bytes
 from cas_spec.core.plugins import Plugins, get_plugins
 from cas_spec.core.prompts import Prompt, TextStreamer, encode_prompt, scores_of, wants_chat
 from cas_spec.core.target import Target
@@ -239,6 +240,15 @@ class Pipeline:
             stats=stats,
             sequences=sequences,
             scores=scores_of(step_logits, sampling) if output_scores else None,
+        )
+
+    def memory(self) -> MemoryReport:
+        """Bytes held: the model's weights, the KV cache's buffers, each level's own tensors."""
+        cache = self.target.cache
+        return MemoryReport(
+            model=storage_bytes(module_tensors([self.model])),
+            kv_cache=cache.nbytes if cache is not None else 0,
+            levels={level.name: level.strategy.memory_bytes() for level in self.levels},
         )
 
     def sampling(self, base: GenerationOptions | None = None, **overrides: Any) -> SamplingParams:

@@ -77,6 +77,11 @@ class DraftStrategy(Plugin):
         `draft_probs` must be the exact distribution each token was sampled from, or None.
         """
 
+    def memory_bytes(self) -> int:
+        """Bytes of the tensors this strategy holds beyond the target's own (int8 twins, a draft
+        head's rows, a corpus index); reported by `cas-spec generate --stats`. By default 0."""
+        return 0
+
     def observe(self, state: DecodingState) -> None:
         """Called after every verified step, once its tokens are committed (`state.tokens` holds
         them): online adaptation to the text, such as `layer_sparsity` scoring a candidate skip

@@ -58,6 +58,15 @@ class KVCache(Cache):
         for layer in self.layers:
             layer.keep(prefix_length, offsets, in_place, last)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the key and value buffers the layers hold (capacity, not only what is filled)."""
+        return sum(
+            layer.buffers.keys.nbytes + layer.buffers.values.nbytes
+            for layer in self.layers
+            if layer.buffers is not None
+        )
+
     def prefix_view(self, length: int) -> KVCache:
         """A cache that has seen the first `length` tokens of this one and reads them from the
         same buffers; forwards through it never alter this cache (copy on write)."""

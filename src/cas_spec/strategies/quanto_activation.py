@@ -29,7 +29,6 @@ from pydantic import Field
 
 from cas_spec.core.state import DecodingState
 from cas_spec.core.types import SetupContext
-from cas_spec.strategies.dsia import quantization
 from cas_spec.strategies.dsia.self_draft import SelfDraftOptions, SelfDraftStrategy
 from cas_spec.strategies.dsia.twins import build_shared_twins, resolve_backend, shared_twins
 from cas_spec.strategies.dsia.variants import ModelVariant, build_variant
@@ -53,11 +52,6 @@ class QuantoActivation(SelfDraftStrategy):
         super().setup(context)
         self.backend = resolve_backend(self.options.backend)
         self.twins = build_shared_twins(self.target, self.backend)  # before kernels swap Linear classes
-
-    @property
-    def memory_bytes(self) -> int:
-        """Memory held by the int8 twins (shared with other levels on the same model and backend)."""
-        return quantization.twin_bytes(self.twins)
 
     def head_backend(self) -> str | None:
         return self.backend

@@ -31,10 +31,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cas_spec.core.interfaces import DraftStrategy
+from cas_spec.core.memory import module_tensors, owned_bytes
 from cas_spec.core.sampling import sample, target_probs
 from cas_spec.core.state import DecodingState
 from cas_spec.core.target import Target
 from cas_spec.core.types import EMPTY_DRAFT, DraftResult, SetupContext
+from cas_spec.strategies.dsia import quantization
 from cas_spec.strategies.dsia.draft_head import FLOAT_DRAFT_VOCAB, INT8_DRAFT_VOCAB, SubsetHead, build_subset_head
 from cas_spec.strategies.dsia.variants import ModelVariant
 
@@ -131,6 +133,13 @@ class SelfDraftStrategy(DraftStrategy):
             head = self.draft_head()
             self._variant = variant if head is None or variant is None else replace(variant, lm_head=head)
         return self._variant
+
+    def memory_bytes(self) -> int:
+        """The variant's own modules (int8 twins) and the draft head's rows, once built."""
+        variant = self._variant
+        modules = [m for m in ([variant.layers, variant.lm_head] if variant else [self._head]) if m is not None]
+        tensors = owned_bytes(module_tensors(modules), self.target.model)
+        return tensors + sum(quantization.packed_bytes(m) for m in modules)
 
     def stop_threshold(self, state: DecodingState) -> float:
         """`stop_below`, or 0 while the state asks for exact lengths (`force_length`)."""

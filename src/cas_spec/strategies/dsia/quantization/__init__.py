@@ -137,6 +137,14 @@ def finish(twins: Mapping[nn.Linear, nn.Module], backend: str) -> None:
     _require(backend).finish(list(twins.values()))
 
 
+def packed_bytes(module: nn.Module) -> int:
+    """Bytes `module`'s twins hold outside tensors (fbgemm's prepacked weights of `dynamic_int8`),
+    which counting parameters and buffers misses."""
+    from cas_spec.strategies.dsia.quantization import dynamic_int8
+
+    return sum(dynamic_int8.nbytes(m) for m in module.modules() if isinstance(m, dynamic_int8.DynamicLinear))
+
+
 def twin_bytes(twins: Mapping[nn.Linear, nn.Module]) -> int:
     """Bytes held by the twins: int8 weights (native_int8: padded to its packed layout), their scales
     (and zero points / column offsets for the fbgemm packing), biases and activation scales. Storage
