@@ -20,6 +20,9 @@ from cas_spec.core.errors import UnsupportedModelError
 from cas_spec.core.target import Target
 from cas_spec.core.tree import TreeBuilder, tree_attention_mask
 from cas_spec.core.types import SamplingParams
+from cas_spec.kernels import attention_kernel
+from cas_spec.kernels import linear as linear_mod
+from cas_spec.kernels.linear import KERNELS, LinearPlan, available_kernels, linear_kernels
 from cas_spec.strategies.dsia import quantization as qz
 from cas_spec.strategies.dsia.twins import target_linears
 from cas_spec.strategies.dsia.variants import ATTENTION, MLP, Sublayer, build_variant
@@ -28,6 +31,7 @@ from tests.helpers import (
     AUTOREGRESSIVE,
     SELF_DRAFT_LEVELS,
     IdTokenizer,
+    cached_logits,
     hf_greedy,
     repetitive_prompt,
     self_draft_chain,
@@ -274,6 +278,36 @@ def test_one_weight_scale_across_a_fused_projection_is_told_apart(backend):
     fused = quantized_logits(phi, backend, ids, per_channel=False)
     split = quantized_logits(as_mistral(phi), backend, ids, per_channel=False)
     assert (fused - split).abs().max() > 1e-3
+
+
+# -- CPU kernels ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("name", ["qwen3", "phi3"])
+def test_every_linear_kernel_and_cas_sdpa_run_every_projection_as_stock_does(name, kernel, monkeypatch):
+    """The row-count kernels take the fused projections like any Linear (out = 3 heads' worth, or
+    twice the MLP width), and `cas_sdpa` attends across Phi-3's window like SDPA: a prefill past
+    the window, then 1 to 10 new tokens, as transformers' own cache computes them."""
+    model = MODELS[name](8)
+    ran: set[int] = set()
+    run = linear_mod._run
+
+    def spy(module, which, x):
+        ran.add(id(module))
+        return run(module, which, x)
+
+    monkeypatch.setattr(linear_mod, "_run", spy)
+    ids = torch.tensor([tokens(8, 40)])
+    for n in (1, 4, 10):
+        reference = cached_logits(model, ids[:, : 30 + n], [30, n])[1]
+        with attention_kernel(model, "cas_sdpa"), linear_kernels(model, LinearPlan.uniform(kernel)):
+            got = cached_logits(model, ids[:, : 30 + n], [30, n])[1]
+        assert (got - reference).abs().max().item() < 1e-4, n
+        assert torch.equal(got.argmax(-1), reference.argmax(-1)), n
+    linears = {id(m) for m in model.modules() if isinstance(m, nn.Linear)}
+    if kernel in ("xwt", "wxt", "native") or (kernel == "onednn" and "onednn" in available_kernels()):
+        assert ran == linears  # every projection, the fused ones included, went through the kernel
+    if kernel == "stock":
+        assert not ran
 
 
 # -- layer sparsity and early exit ---------------------------------------------------------------
