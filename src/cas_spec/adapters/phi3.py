@@ -9,7 +9,9 @@ Where it differs from Llama and what that takes here:
   residual passes the layer's input on as for Llama. The int8 twins quantize weights per output
   channel, i.e. per row of the fused weight, and activations per token (or per tensor, static)
   on the input the three projections share, so the fused twin computes exactly what separate
-  q/k/v (gate/up) twins would; the row-count linear kernels take any shape.
+  q/k/v (gate/up) twins would (bit for bit, tests/adapters/test_qwen3_phi3.py). Only per-tensor
+  weight scales (`build_twins(per_channel=False)`, which no pipeline uses) would differ: one
+  scale across the fused parts. The row-count linear kernels take any shape.
 - Sliding window on every layer when the config sets `sliding_window` (Phi-3-mini-4k: 2047 of
   4,096 positions; the 128k and 3.5/4 models set one longer than their context). transformers
   then builds sliding cache layers for every layer and one sliding mask
