@@ -11,7 +11,14 @@ import torch
 from cas_spec.compat import cache_argument
 from cas_spec.plugin import DecodingState, SamplingParams, Scheduler, TreeBuilder
 from cas_spec.testing.exact import target_law
-from cas_spec.testing.models import IdTokenizer, repetitive_prompt, tiny_gemma3, tiny_llama  # noqa: F401
+from cas_spec.testing.models import (  # noqa: F401
+    IdTokenizer,
+    repetitive_prompt,
+    tiny_gemma3,
+    tiny_llama,
+    tiny_phi3,
+    tiny_qwen3,
+)
 from cas_spec.testing.models import peaked_llama as peaked_tiny_model  # noqa: F401
 
 FIXTURES = Path(__file__).parent / "fixtures"

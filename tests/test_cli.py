@@ -277,7 +277,11 @@ def test_plugins_json(capsys):
         ("autoregressive", "chain", "cs_drafting", "dytc", "lookup_tree", "static_tree"), "cas_spec.schedulers"
     )
     assert data["verifiers"] == {"greedy": "cas_spec.verifiers", "sampling": "cas_spec.verifiers"}
-    assert data["adapters"] == {"llama": "cas_spec.adapters", "gemma3": "cas_spec.adapters"}
+    assert data["adapters"] == {
+        "llama": "cas_spec.adapters",
+        "phi3": "cas_spec.adapters",
+        "gemma3": "cas_spec.adapters",
+    }
     assert data["plugins"][:4] == [
         "cas_spec.strategies",
         "cas_spec.schedulers",

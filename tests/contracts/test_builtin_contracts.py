@@ -1,12 +1,19 @@
 """The built-in strategies and schedulers pass the plugin contracts of `cas_spec.testing`.
 
 Options are chosen for the contracts' tiny models (4 layers): early exit after layer 1, an
-explicit skip set that every architecture allows (layers 0 and 2 size Gemma 3's masks).
+explicit skip set that every architecture allows (layers 0 and 2 size Gemma 3's masks). Greedy
+identity and no leakage run on every architecture. The sampling checks run on the Llama, and
+also on Qwen3 and Phi-3 (`SAMPLING`) where a level drafts with the target itself, so that its q
+comes from that architecture's layers; lookup levels draft point masses from the text whatever
+the model (the target rows each sampling run is checked against come from the same tree
+forwards in both cases).
 """
 
 from __future__ import annotations
 
 from cas_spec.testing import SchedulerContract, StrategyContract
+
+SAMPLING = ("llama", "qwen3", "phi3")
 
 PLD = {"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "min_ngram": 1, "num_tokens": 6}}
 EXIT1 = {"name": "exit1", "kind": "early_exit", "options": {"exit_layer": 1}}
@@ -27,18 +34,21 @@ class TestMaxGram(StrategyContract):
 
 class TestLayerSparsity(StrategyContract):
     plugin_name = "layer_sparsity"
+    sampling_architectures = SAMPLING
     options = {"skip": ["1.attention", "2.mlp"], "stop_below": 0.0}  # tiny random models are never sure
     invalid_options = [{"sparsity": 1.5}, {"skip": ["1.ffn"]}]
 
 
 class TestEarlyExit(StrategyContract):
     plugin_name = "early_exit"
+    sampling_architectures = SAMPLING
     options = {"exit_layer": 1}
     invalid_options = [{"exit_layer": 0}, {"stop_below": 2.0}]
 
 
 class TestQuantoActivation(StrategyContract):
     plugin_name = "quanto_activation"
+    sampling_architectures = SAMPLING
     options = {"backend": "dynamic_int8"}
     invalid_options = [{"backend": "fp4"}]
 
@@ -48,6 +58,7 @@ class TestQuantoActivationAuto(StrategyContract):
     torch's dynamic int8 (`tests/strategies/test_quantization.py` checks which `auto` picks)."""
 
     plugin_name = "quanto_activation"
+    sampling_architectures = SAMPLING
     options = {"backend": "auto"}
     invalid_options = [{"backend": "int4"}]
 
@@ -59,6 +70,7 @@ class TestQuantoActivationDraftVocab(StrategyContract):
     q = 0 and the verifier must still reproduce the target exactly."""
 
     plugin_name = "quanto_activation"
+    sampling_architectures = SAMPLING
     options = {"backend": "auto", "draft_vocab": 4}
     invalid_options = [{"draft_vocab": 0}]
 
@@ -67,6 +79,7 @@ class TestLayerSparsityDraftVocab(StrategyContract):
     """A float32 level (skipped sublayers) with the subset head of `draft_vocab` 4."""
 
     plugin_name = "layer_sparsity"
+    sampling_architectures = SAMPLING
     options = {"skip": ["1.attention", "2.mlp"], "stop_below": 0.0, "draft_vocab": 4}
     invalid_options = [{"draft_vocab": -3}]
 
@@ -81,6 +94,7 @@ class TestChain(SchedulerContract):
 
 class TestDytc(SchedulerContract):
     plugin_name = "dytc"
+    sampling_architectures = SAMPLING
     options = {"warmup": 2, "probe_interval": 4}
     invalid_options = [{"max_nodes": 1}, {"objective": "best"}]
     levels = [EXIT1, PLD]
@@ -88,6 +102,7 @@ class TestDytc(SchedulerContract):
 
 class TestCsDrafting(SchedulerContract):
     plugin_name = "cs_drafting"
+    sampling_architectures = SAMPLING
     options = {"k_matrix": [[2, 4], [0, 4]]}
     invalid_options = [{"leniency": 0.5}, {"k_matrix": [[1, 2, 3], [0, 1, 1], [0, 0, 1]]}]
     levels = [EXIT1, PLD]
@@ -95,6 +110,7 @@ class TestCsDrafting(SchedulerContract):
 
 class TestStaticTree(SchedulerContract):
     plugin_name = "static_tree"
+    sampling_architectures = SAMPLING
     options = {"k": 4, "max_nodes": 12}
     invalid_options = [{"max_nodes": 0}, {"thresholds": [0.9, 0.1, 0.95]}]
     levels = [EXIT1]

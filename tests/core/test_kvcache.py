@@ -21,8 +21,18 @@ from cas_spec.core import kvlayers
 from cas_spec.core.kvcache import BLOCK, CacheHistoryError, KVCache
 from cas_spec.core.tree import TreeBuilder, tree_position_ids
 from cas_spec.kernels import attention_kernel
-from cas_spec.testing.models import ARCHITECTURES, IdTokenizer, repetitive_prompt, tiny_gemma3, tiny_llama
-from tests.helpers import AUTOREGRESSIVE, CHAIN_PLD, hf_greedy
+from cas_spec.testing.models import ARCHITECTURES
+from tests.helpers import (
+    AUTOREGRESSIVE,
+    CHAIN_PLD,
+    IdTokenizer,
+    hf_greedy,
+    repetitive_prompt,
+    tiny_gemma3,
+    tiny_llama,
+    tiny_phi3,
+    tiny_qwen3,
+)
 
 ATTENTIONS = ("eager", "sdpa", "cas_sdpa")
 VOCAB = 96
@@ -30,10 +40,12 @@ VOCAB = 96
 
 @cache
 def model_for(architecture: str, attention: str = "sdpa", seed: int = 0) -> torch.nn.Module:
-    """A 4-layer tiny model (Gemma 3: window 8, so every test crosses it); cas_sdpa runs on sdpa's."""
+    """A 4-layer tiny model (Gemma 3: window 8, Phi-3: 10, so every test crosses them); cas_sdpa
+    runs on sdpa's."""
     base = "sdpa" if attention == "cas_sdpa" else attention
-    if architecture == "gemma3":
-        return tiny_gemma3(seed, attn=base)
+    builders = {"gemma3": tiny_gemma3, "qwen3": tiny_qwen3, "phi3": tiny_phi3}
+    if architecture in builders:
+        return builders[architecture](seed, attn=base)
     return tiny_llama(seed, family=architecture, layers=4, attn=base)
 
 

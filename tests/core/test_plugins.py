@@ -24,7 +24,7 @@ BUILTINS = {
     "strategy": ["early_exit", "layer_sparsity", "max_gram", "prompt_lookup", "quanto_activation"],
     "scheduler": ["autoregressive", "chain", "cs_drafting", "dytc", "lookup_tree", "static_tree"],
     "verifier": ["greedy", "sampling"],
-    "adapter": ["gemma3", "llama"],
+    "adapter": ["gemma3", "llama", "phi3"],
 }
 BUILTIN_MODULES = ["cas_spec.strategies", "cas_spec.schedulers", "cas_spec.verifiers", "cas_spec.adapters"]
 
@@ -132,7 +132,7 @@ def test_unknown_names_list_the_available_ones():
         match=r"^unknown scheduler 'tree'; available: autoregressive, chain, cs_drafting, dytc, lookup_tree, static_tree$",
     ):
         plugins.schedulers.get("tree")
-    with pytest.raises(UnknownPluginError, match=r"^unknown adapter 'gpt2'; available: gemma3, llama$"):
+    with pytest.raises(UnknownPluginError, match=r"^unknown adapter 'gpt2'; available: gemma3, llama, phi3$"):
         plugins.registry("adapter").get("gpt2")
     assert issubclass(UnknownPluginError, UserError)
     assert Registry("strategy", DraftStrategy).unknown_message("x") == "unknown strategy 'x'; available: none"

@@ -30,6 +30,25 @@ def test_gemma3_has_a_small_sliding_window_and_an_unknown_architecture_is_refuse
         tiny_model("gpt2")
 
 
+def test_phi3_slides_every_layer_and_qwen3_none_as_their_released_models():
+    phi, qwen = tiny_model("phi3"), tiny_model("qwen3")
+    assert phi.config.sliding_window == 10 and getattr(phi.config, "layer_types", None) is None
+    assert qwen.config.sliding_window is None and set(qwen.config.layer_types) == {"full_attention"}
+    assert not torch.equal(qwen.model.layers[0].self_attn.q_norm.weight, torch.ones(8))  # random q/k norms
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_each_architecture_has_a_peaked_sampling_model(architecture):
+    model = models.sampling_model(architecture)
+    assert model.config.vocab_size == 10 and model.config.num_hidden_layers == 4
+    with torch.no_grad():
+        p = torch.softmax(model(torch.tensor([[5, 7, 5, 7, 5]])).logits[0, -1], -1)
+        again = torch.softmax(models.sampling_model(architecture)(torch.tensor([[5, 7, 5, 7, 5]])).logits[0, -1], -1)
+    assert torch.equal(p, again) and 0.3 < float(p.max()) < 0.9
+    if architecture == "llama":
+        assert torch.equal(p, torch.softmax(sampling_llama()(torch.tensor([[5, 7, 5, 7, 5]])).logits[0, -1], -1))
+
+
 def test_the_sampling_model_is_peaky_but_not_deterministic():
     model = sampling_llama()
     with torch.no_grad():

@@ -67,20 +67,20 @@ def test_a_strategy_that_never_drafts_fails_as_vacuous():
 
 def test_a_strategy_that_ignores_max_tokens_fails_well_formedness():
     with pytest.raises(AssertionError, match="were asked for"):
-        strategy("over_drafter").test_draft_results_are_well_formed()
+        strategy("over_drafter").test_draft_results_are_well_formed("llama")
 
 
 # -- (d) sampling exactness ----------------------------------------------------------------------
 def test_lying_draft_probs_fail_the_draft_law_check():
     with pytest.raises(AssertionError, match="not distributed as their draft_probs"):
-        strategy("argmax_liar", options={"exit_layer": 1}).test_drafts_follow_their_draft_probs()
+        strategy("argmax_liar", options={"exit_layer": 1}).test_drafts_follow_their_draft_probs("llama")
     with pytest.raises(AssertionError, match="not distributed as their draft_probs"):
-        strategy("flattening_liar", options={"exit_layer": 1}).test_drafts_follow_their_draft_probs()
+        strategy("flattening_liar", options={"exit_layer": 1}).test_drafts_follow_their_draft_probs("llama")
 
 
 def test_a_strategy_that_samples_while_declaring_itself_deterministic_fails():
     with pytest.raises(AssertionError, match="declares deterministic = True"):
-        strategy("falsely_deterministic", options={"exit_layer": 1}).test_drafts_follow_their_draft_probs()
+        strategy("falsely_deterministic", options={"exit_layer": 1}).test_drafts_follow_their_draft_probs("llama")
 
 
 def test_a_scheduler_declared_never_to_draft_that_drafts_fails():
@@ -91,28 +91,34 @@ def test_a_scheduler_declared_never_to_draft_that_drafts_fails():
 @pytest.mark.parametrize("name", ["argmax_liar", "flattening_liar"])
 def test_lying_draft_probs_fail_the_sampled_law_check(name):
     with pytest.raises(AssertionError, match="sampled law differs from the target's"):
-        strategy(name, options={"exit_layer": 1}).test_sampled_law_equals_target()
+        strategy(name, options={"exit_layer": 1}).test_sampled_law_equals_target("llama")
+
+
+@pytest.mark.parametrize("architecture", ["qwen3", "phi3"])
+def test_the_sampling_models_of_qwen3_and_phi3_catch_a_lying_draft_too(architecture):
+    with pytest.raises(AssertionError, match="sampled law differs from the target's"):
+        strategy("argmax_liar", options={"exit_layer": 1}).test_sampled_law_equals_target(architecture)
 
 
 def test_a_scheduler_that_selects_among_drafts_fails_the_sampled_law_check():
     with pytest.raises(AssertionError, match="sampled law differs from the target's"):
-        scheduler("picky_chain").test_sampled_law_equals_target()
+        scheduler("picky_chain").test_sampled_law_equals_target("llama")
 
 
 def test_a_strategy_that_corrupts_the_cache_fails_the_sampled_law_check():
     """The probabilities verified with are compared with plain forwards node by node."""
     with pytest.raises(AssertionError, match="differ from a plain forward"):
-        strategy("cache_corrupter").test_sampled_law_equals_target()
+        strategy("cache_corrupter").test_sampled_law_equals_target("llama")
 
 
 @pytest.mark.slow
 def test_lying_draft_probs_fail_the_end_to_end_chi_square():
     with pytest.raises(AssertionError, match="sampled outputs"):
-        strategy("argmax_liar", options={"exit_layer": 1}).test_sampled_outputs_match_target()
+        strategy("argmax_liar", options={"exit_layer": 1}).test_sampled_outputs_match_target("llama")
 
 
 # -- (e) no leakage ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("fault", [("llama", 1, 1), ("gemma3", 3, 2)])
+@pytest.mark.parametrize("fault", [("llama", 1, 1), ("phi3", 1, 1), ("gemma3", 3, 2)])
 def test_a_model_change_left_by_a_failing_draft_fails_the_leakage_check(fault):
     """Greedy identity holds for this strategy; only the fault path shows its mistake."""
     vandal = strategy("weight_vandal", options={"exit_layer": 1})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from abc import ABC
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
@@ -22,7 +23,8 @@ from torch import nn
 
 from cas_spec.core.errors import UnsupportedModelError
 from cas_spec.core.kvcache import KVCache
-from cas_spec.core.tree import tree_attention_mask
+from cas_spec.core.kvlayers import layer_specs
+from cas_spec.core.tree import sliding_tree_attention_mask, tree_attention_mask
 from cas_spec.core.types import TokenTree
 
 if TYPE_CHECKING:  # imported when first used: it loads transformers
@@ -78,6 +80,22 @@ class ModelAdapter(ABC):
     mlp_name: ClassVar[str] = "mlp"
 
     @property
+    def layer_types(self) -> tuple[str, ...]:
+        """The attention type of each decoder layer, as transformers derives it for its caches and
+        `new_cache` builds the cache layers: the config's `layer_types` (Gemma 3, Qwen2, Qwen3),
+        else "sliding_attention" for every layer when the config sets `sliding_window` (Mistral,
+        Phi-3), else "full_attention"."""
+        return tuple(t for t, _ in self._layer_specs)
+
+    @functools.cached_property
+    def _layer_specs(self) -> tuple[tuple[str, int | None], ...]:
+        """(type, sliding window) per layer, as the KV cache derives them (`kvlayers.layer_specs`)."""
+        config = self.config
+        if not hasattr(config, "get_text_config"):  # not a transformers config
+            return tuple((t, None) for t in getattr(config, "layer_types", None) or ())
+        return layer_specs(config)
+
+    @property
     def mask_reference_layers(self) -> tuple[int, ...]:
         """Layers whose attention must run in every forward pass.
 
@@ -85,7 +103,7 @@ class ModelAdapter(ABC):
         cache of the first layer of that type; a drafter that skipped that layer's attention
         would leave its cache short and the mask wrong. Drafters never skip these.
         """
-        types = getattr(self.config, "layer_types", None) or ()
+        types = self.layer_types
         first: dict[str, int] = {}
         for index, kind in enumerate(types):
             first.setdefault(kind, index)
@@ -98,9 +116,8 @@ class ModelAdapter(ABC):
 
     @property
     def sliding_window_layers(self) -> tuple[int, ...]:
-        """Indices of layers with sliding-window attention."""
-        types = getattr(self.config, "layer_types", None) or ()
-        return tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+        """Indices of layers with sliding-window attention (`layer_types`)."""
+        return tuple(i for i, t in enumerate(self.layer_types) if t == "sliding_attention")
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -141,10 +158,27 @@ class ModelAdapter(ABC):
     def tree_attention_mask(
         self, tree: TokenTree, past_length: int, dtype: torch.dtype, device: torch.device | str
     ) -> Any:
-        """The `attention_mask` argument that verifies `tree` over `past_length` cached tokens:
-        one additive 4-D mask (`core.tree.tree_attention_mask`); architectures whose layers see
-        different keys (sliding windows) return what their model's forward takes instead."""
-        return tree_attention_mask(tree, past_length, dtype, device)
+        """The `attention_mask` argument that verifies `tree` over `past_length` cached tokens.
+
+        Sliding-window cache layers hand attention only their last `sliding_window - 1` cached
+        tokens, so the mask follows `layer_types`: without sliding layers one additive 4-D mask
+        over every cached token (`core.tree.tree_attention_mask`); when every layer slides (Mistral,
+        Phi-3 with a window), one mask over the window (`core.tree.sliding_tree_attention_mask`);
+        when both kinds are present, {"full_attention": ..., "sliding_attention": ...}, the mask
+        per layer type that transformers' Gemma 3, Qwen2 and Qwen3 forwards take. Override for a
+        model whose forward takes something else."""
+        specs = self._layer_specs
+        windows = {int(window) for t, window in specs if t == "sliding_attention" and window is not None}
+        if not windows:
+            return tree_attention_mask(tree, past_length, dtype, device)
+        if len(windows) > 1:
+            raise NotImplementedError(
+                f"sliding layers with different windows {sorted(windows)}: override tree_attention_mask"
+            )
+        sliding = sliding_tree_attention_mask(tree, past_length, windows.pop(), dtype, device)
+        if all(t == "sliding_attention" for t, _ in specs):
+            return sliding
+        return {"full_attention": tree_attention_mask(tree, past_length, dtype, device), "sliding_attention": sliding}
 
     # -- module swapping -------------------------------------------------------------------------
     @contextlib.contextmanager

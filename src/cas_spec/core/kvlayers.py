@@ -343,25 +343,32 @@ class SlidingWindowKVLayer(KVLayer):  # type: ignore[no-untyped-call]  # transfo
         super()._after_cut()
 
 
-def layers_for(config: object) -> list[KVLayer]:
-    """One cache layer per decoder layer of `config`, typed as transformers types its own cache
-    layers (`layer_types`, else `sliding_window` or `attention_chunk_size` for every layer):
-    sliding (and chunked) attention layers slide, full attention layers hold everything.
-    Derived here rather than by transformers' helper, whose form changes between releases."""
+def layer_specs(config: object) -> tuple[tuple[str, int | None], ...]:
+    """(attention type, sliding window or None) of each decoder layer of a transformers `config`,
+    as transformers types its cache layers: the config's `layer_types`, else every layer
+    "sliding_attention" when it sets `sliding_window` (Mistral, Phi-3), "chunked_attention" when
+    it sets `attention_chunk_size`, else "full_attention". Derived here rather than by
+    transformers' own helper, whose form changes between releases."""
     decoder = config.get_text_config(decoder=True)  # type: ignore[attr-defined]
     windows: dict[str, int | None] = {
         "sliding_attention": getattr(decoder, "sliding_window", None),
         "chunked_attention": getattr(decoder, "attention_chunk_size", None),
     }
-    layer_types = getattr(decoder, "layer_types", None)
-    if layer_types is None:
+    types = getattr(decoder, "layer_types", None)
+    if types is None:
         kind = next((k for k, window in windows.items() if window is not None), "full_attention")
-        layer_types = [kind] * decoder.num_hidden_layers
+        types = [kind] * decoder.num_hidden_layers
+    return tuple((t, windows.get(t)) for t in types)
+
+
+def layers_for(config: object) -> list[KVLayer]:
+    """One cache layer per decoder layer of `config` (`layer_specs`): sliding (and chunked)
+    attention layers slide, full attention layers hold everything."""
     layers: list[KVLayer] = []
-    for layer_type in layer_types:
+    for layer_type, window in layer_specs(config):
         if layer_type == "full_attention":
             layers.append(KVLayer())
-        elif (window := windows.get(layer_type)) is not None:
+        elif window is not None:
             layers.append(SlidingWindowKVLayer(sliding_window=window))
         else:
             raise NotImplementedError(f"KVCache has no layer for '{layer_type}' layers")
@@ -375,5 +382,6 @@ __all__ = [
     "KVLayer",
     "SlidingWindowKVLayer",
     "grown_capacity",
+    "layer_specs",
     "layers_for",
 ]

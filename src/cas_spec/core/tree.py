@@ -118,6 +118,28 @@ def tree_attention_mask(
     return mask.to(device)[None, None]
 
 
+def sliding_tree_attention_mask(
+    tree: TokenTree, past_length: int, window: int, dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Additive 4-D mask [1, 1, N, K + N] for a sliding-window layer holding `past_length` tokens.
+
+    A sliding cache layer (`core/kvcache.py`, as transformers' own) hands attention its last
+    K = min(past_length, window - 1) cached tokens (positions past_length - K ... past_length - 1)
+    followed by the N tree nodes. A node at position p = past_length + depth may see a key at
+    position j when j is a cached token or one of its ancestors (or itself), and p - j < window.
+    """
+    n = tree.size
+    cached = min(past_length, window - 1)
+    query_pos = tree.depths + past_length  # [N]
+    cached_pos = torch.arange(past_length - cached, past_length)
+    allowed = torch.zeros(n, cached + n, dtype=torch.bool)
+    allowed[:, :cached] = (query_pos[:, None] - cached_pos[None, :]) < window
+    allowed[:, cached:] = ancestor_matrix(tree) & ((tree.depths[:, None] - tree.depths[None, :]) < window)
+    mask = torch.zeros(n, cached + n, dtype=dtype)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask.to(device)[None, None]
+
+
 def tree_position_ids(tree: TokenTree, prefix_length: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """[1, N] int64 positions: prefix_length + depth."""
     return (tree.depths + prefix_length).to(device)[None]

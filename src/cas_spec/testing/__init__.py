@@ -22,10 +22,13 @@ _LAZY = {
     "PluginContract": "contracts",
     "tiny_llama": "models",
     "tiny_gemma3": "models",
+    "tiny_qwen3": "models",
+    "tiny_phi3": "models",
     "tiny_model": "models",
     "peaked_llama": "models",
     "repetitive_prompt": "models",
     "sampling_llama": "models",
+    "sampling_model": "models",
     "IdTokenizer": "models",
     "ARCHITECTURES": "models",
 }

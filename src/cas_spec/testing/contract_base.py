@@ -11,8 +11,8 @@ import pytest
 
 from cas_spec.core.config import load_config
 from cas_spec.plugin import ConfigError, DraftStrategy, Plugins, Scheduler
-from cas_spec.testing import exact, harness, stats
-from cas_spec.testing.models import ARCHITECTURES, repetitive_prompt, sampling_llama, tiny_model
+from cas_spec.testing import exact, harness, models, stats
+from cas_spec.testing.models import ARCHITECTURES, repetitive_prompt, tiny_model
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +31,9 @@ class PluginContract:
     invalid_options: option dicts that validation must reject, each naming a field.
     plugin: a plugin object (module or instance with hook implementations) to register, for a
         plugin not installed as an entry point; None = built-ins and installed entry points.
-    architectures: the tiny models checked for greedy identity.
+    architectures: the tiny models checked for greedy identity and, one fault each, no leakage.
+    sampling_architectures: the architectures of the sampling checks' peaked models
+        (`models.sampling_model`); each check runs once per architecture.
     max_new_tokens: tokens generated per prompt in the greedy and leakage checks.
     expects_drafts: True: the pipeline must put drafted tokens into trees (or the checks would
         prove nothing); False: it must never draft (a scheduler such as `autoregressive`).
@@ -40,7 +42,8 @@ class PluginContract:
     sampling_runs, sampling_length: runs and output tokens of the exact-law check.
     honesty_runs, honesty_tokens: generations whose drafts are checked against their q.
     slow_sampling_runs: runs of the slow end-to-end χ² check. alpha: its false-alarm rate.
-    faults: (step, model forward) where the leakage check makes a draft fail.
+    faults: (step, model forward) where the leakage check makes a draft fail, taken in turn by
+        the architectures (each architecture gets one, and each fault runs at least once).
     steep_slope, warm_runs (schedulers): the verification cost per node, and the generations run
         first, in the steep-cost sampling check.
     """
@@ -52,6 +55,7 @@ class PluginContract:
     invalid_options: ClassVar[Sequence[dict[str, Any]]] = ()
     plugin: ClassVar[object | None] = None
     architectures: ClassVar[Sequence[str]] = ARCHITECTURES
+    sampling_architectures: ClassVar[Sequence[str]] = ("llama",)
     max_new_tokens: ClassVar[int] = 32
     expects_drafts: ClassVar[bool] = True
     sampling: ClassVar[dict[str, Any]] = {"temperature": 1.0}
@@ -80,9 +84,10 @@ class PluginContract:
         """The tiny model of `architecture` (4 layers, vocabulary 96)."""
         return tiny_model(architecture, seed=1)
 
-    def sampling_model(self):
-        """A peaky 4-layer Llama with a 10-token vocabulary (`models.sampling_llama`)."""
-        return sampling_llama()
+    def sampling_model(self, architecture: str = "llama"):
+        """A peaky 4-layer model of `architecture` with a 10-token vocabulary
+        (`models.sampling_model`; for "llama", `models.sampling_llama`)."""
+        return models.sampling_model(architecture)
 
     def pipeline_config(self, architecture: str) -> dict[str, Any]:
         raise NotImplementedError
@@ -113,12 +118,11 @@ class PluginContract:
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if "architecture" in metafunc.fixturenames:
             metafunc.parametrize("architecture", list(self.architectures))
+        if "sampling_architecture" in metafunc.fixturenames:
+            metafunc.parametrize("sampling_architecture", list(self.sampling_architectures))
         if "fault" in metafunc.fixturenames:
-            archs = list(self.architectures)
-            cases = [
-                (archs[min(i * (len(archs) - 1), len(archs) - 1)], step, forward)
-                for i, (step, forward) in enumerate(self.faults)
-            ]
+            archs, faults = list(self.architectures), list(self.faults)
+            cases = [(archs[i % len(archs)], *faults[i % len(faults)]) for i in range(max(len(archs), len(faults)))]
             metafunc.parametrize("fault", cases, ids=[f"{a}-step{s}-forward{f}" for a, s, f in cases])
 
     def _config_problems(self, options: dict[str, Any]) -> list[str]:
@@ -200,20 +204,20 @@ class PluginContract:
         self._check_drafted(drafted, architecture)
 
     # -- (d) sampling exactness --------------------------------------------------------------------------
-    def _sampling_setup(self):
-        model = self.sampling_model()
-        pipe = self.pipeline(model, "llama", sampling=True)
+    def _sampling_setup(self, architecture: str):
+        model = self.sampling_model(architecture)
+        pipe = self.pipeline(model, architecture, sampling=True)
         law = exact.target_law(
             model, self.sampling_prompt, self.sampling_length, pipe.adapter.eos_token_ids, pipe.sampling(seed=None)
         )
         return pipe, law, harness.Recorder(pipe)
 
-    def test_sampled_law_equals_target(self):
+    def test_sampled_law_equals_target(self, sampling_architecture: str) -> None:
         """The law of the first `sampling_length` sampled tokens equals the target's. Per run, the
         exact law given the first tree (`exact.first_step_law`): the target probabilities it was
         verified with must be a plain forward's, a tree of point masses must give the target's law
         exactly, and the mean over runs must pass a χ² test against it (`stats.chi2_mean_law`)."""
-        self._check_sampled_law(*self._sampling_setup())
+        self._check_sampled_law(*self._sampling_setup(sampling_architecture))
 
     def _check_sampled_law(self, pipe: Pipeline, law: exact.TargetLaw, recorder: harness.Recorder) -> None:
         laws, drafted = [], 0
@@ -241,13 +245,13 @@ class PluginContract:
                 f"{df} df over {self.sampling_runs} runs (critical {critical:.1f})"
             )
 
-    def test_drafts_follow_their_draft_probs(self):
+    def test_drafts_follow_their_draft_probs(self, sampling_architecture: str) -> None:
         """Every drafted token that carries a q (`draft_probs`) was drawn from that q: each q is a
         distribution with q(token) > 0, and over all drafts the tokens pass a χ² test against Σ q,
         per (depth, token) and per (depth, bin of the reported probability)
         (`stats.chi2_calibration`). Point-mass drafts (no q) are exact for any choice of tokens,
         and the only kind a strategy declaring `deterministic = True` may make."""
-        pipe, _, recorder = self._sampling_setup()
+        pipe, _, recorder = self._sampling_setup(sampling_architecture)
         vocab = pipe.model.config.vocab_size
         point_mass_levels = self.point_mass_levels()
         for seed in range(self.honesty_runs):
@@ -276,10 +280,10 @@ class PluginContract:
                 )
 
     @pytest.mark.slow
-    def test_sampled_outputs_match_target(self):
+    def test_sampled_outputs_match_target(self, sampling_architecture: str) -> None:
         """End to end, seeded: `slow_sampling_runs` generations of `sampling_length` tokens pass a χ²
         goodness-of-fit test against the target's exact law."""
-        pipe, law, _ = self._sampling_setup()
+        pipe, law, _ = self._sampling_setup(sampling_architecture)
         counts: dict = {}
         for seed in range(self.slow_sampling_runs):
             out = tuple(

@@ -8,7 +8,7 @@
 Each `test_*` method states what it checks; `docs/testing.md` explains why a wrong plugin fails
 it. The checks run on tiny random models (`cas_spec.testing.models`), with calibration off.
 Hooks to override: `prompts()`, `options_for(architecture)`, `model(architecture)`,
-`sampling_model()`; attributes: see `PluginContract`.
+`sampling_model(architecture)`; attributes: see `PluginContract`.
 """
 
 from __future__ import annotations
@@ -50,11 +50,11 @@ class StrategyContract(PluginContract):
         cls = self.plugins().strategies.get(self.plugin_name)
         return {self.plugin_name} if cls.deterministic else set()
 
-    def test_draft_results_are_well_formed(self):
+    def test_draft_results_are_well_formed(self, sampling_architecture: str) -> None:
         """Called by hand after a prefill, at temperature > 0: `draft` returns a `DraftResult` of
         at most `max_tokens` tokens in the vocabulary, each row of `draft_probs` a distribution
         giving its token q > 0; `review` returns None or [len(tokens) + 1, V] distributions."""
-        pipe = self.pipeline(self.sampling_model(), "llama", sampling=True)
+        pipe = self.pipeline(self.sampling_model(sampling_architecture), sampling_architecture, sampling=True)
         vocab: int = cast("PreTrainedConfig", pipe.model.config).vocab_size
         state = harness.prepared_state(pipe, list(self.sampling_prompt), pipe.sampling(seed=0))
         strategy = pipe.levels[0].strategy
@@ -92,14 +92,14 @@ class SchedulerContract(PluginContract):
             "calibration": "off",
         }
 
-    def test_sampled_law_equals_target_under_steep_costs_after_warming(self):
+    def test_sampled_law_equals_target_under_steep_costs_after_warming(self, sampling_architecture: str) -> None:
         """The sampled-law check again, where a scheduler that prunes or trims by what it drew
         would fail it: every node costs `steep_slope` of a forward to verify (so what does not
         pay must be left out), model levels are priced cheap enough to draft, and the pipeline
         first generates `warm_runs` times, so that what it learns online (acceptance,
         calibration of confidences) is in play when the law is checked. The clock is frozen
         (`clocks.frozen_clock`), so the given costs decide, whatever this machine's speed."""
-        pipe, law, recorder = self._sampling_setup()
+        pipe, law, recorder = self._sampling_setup(sampling_architecture)
         pipe.costs = CostView(
             harness.SlopedCosts(self.steep_slope),
             {level.name: harness.PriorCost(0.0, 0.0 if level.strategy.deterministic else 0.1) for level in pipe.levels},

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 
 import torch
 
-#: The architectures a contract checks by default: the Llama family and Gemma 3.
-ARCHITECTURES = ("llama", "qwen2", "mistral", "gemma3")
+#: The architectures a contract checks by default: the Llama family, Qwen3, Phi-3 and Gemma 3.
+ARCHITECTURES = ("llama", "qwen2", "mistral", "qwen3", "phi3", "gemma3")
 GEMMA3_LAYER_TYPES = ("sliding_attention", "sliding_attention", "full_attention", "sliding_attention")
 
 
@@ -99,12 +99,101 @@ def tiny_gemma3(
     return model
 
 
+def tiny_qwen3(
+    seed: int = 0,
+    *,
+    vocab: int = 96,
+    hidden: int = 32,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int = 8,
+    intermediate: int = 48,
+    window: int | None = None,
+    full_layers: int = 2,
+    max_positions: int = 256,
+    attn: str = "sdpa",
+):
+    """A random Qwen3 (RMS norms on each query and key head); eos 2, bos 1, pad 0. Released Qwen3
+    models attend over everything (no `window`, the default); with `window`, the layers from
+    `full_layers` on slide (Qwen3's `use_sliding_window` and `max_window_layers`), so layer 0 sizes
+    the full mask and layer `full_layers` the sliding one. The q/k norm weights are random (stock
+    init is 1), so a forward that bypassed them would differ."""
+    import transformers
+
+    config = transformers.Qwen3Config(  # type: ignore[call-arg]  # attn_implementation: a PreTrainedConfig kwarg
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=max_positions,
+        use_sliding_window=window is not None,
+        sliding_window=window,
+        max_window_layers=full_layers,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        attn_implementation=attn,
+    )
+    torch.manual_seed(seed)
+    model = transformers.Qwen3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                param.normal_(1.0, 0.3)
+    return model
+
+
+def tiny_phi3(
+    seed: int = 0,
+    *,
+    vocab: int = 96,
+    hidden: int = 32,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 48,
+    window: int | None = 10,
+    max_positions: int = 256,
+    attn: str = "sdpa",
+):
+    """A random Phi-3 (fused `qkv_proj` and `gate_up_proj`); eos 2, bos 1, pad 0. Like
+    Phi-3-mini-4k (`sliding_window` 2047 of 4,096 positions) every layer attends through a
+    sliding window, here of 10 tokens, so short prompts cross it (`window=None`: none)."""
+    import transformers
+
+    config = transformers.Phi3Config(  # type: ignore[call-arg]  # attn_implementation: a PreTrainedConfig kwarg
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        original_max_position_embeddings=max_positions,
+        sliding_window=window,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        attn_implementation=attn,
+    )
+    torch.manual_seed(seed)
+    return transformers.Phi3ForCausalLM(config).eval()
+
+
 def tiny_model(architecture: str, seed: int = 0):
     """The contracts' model of `architecture` (one of `ARCHITECTURES`): 4 decoder layers and a
     96-token vocabulary each, so one set of level options (say `exit_layer: 1` or
     `skip: ["1.attention", "2.mlp"]`) fits all of them."""
     if architecture == "gemma3":
         return tiny_gemma3(seed)
+    if architecture == "qwen3":
+        return tiny_qwen3(seed)
+    if architecture == "phi3":
+        return tiny_phi3(seed)
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture '{architecture}'; choose from {', '.join(ARCHITECTURES)}")
     return tiny_llama(seed, family=architecture, layers=4)
@@ -127,6 +216,32 @@ def sampling_llama(seed: int = 3, scale: float = 32.0, vocab: int = 10):
     quarters of the 3-token law lies in 15 cells, so seeded tests over a few hundred runs detect a
     wrong draft law. (10, not fewer: self-speculative drafters report 8 runners-up per token.)"""
     return peaked_llama(seed, scale=scale, vocab=vocab)
+
+
+def sampling_model(architecture: str = "llama", seed: int = 3, scale: float = 32.0, vocab: int = 10):
+    """The sampling target of `architecture` (one of `ARCHITECTURES`): 4 layers, hidden 16, two
+    heads over one KV head, a 10-token vocabulary and the LM head scaled by 32. "llama" is
+    `sampling_llama`; Phi-3 and Gemma 3 slide over a window of 4, so the sampling prompt
+    (5, 7, 5, 7, 5) crosses it. After that prompt the Qwen3 model's top token has about 0.47 and
+    Phi-3's about 0.32, a first-layer exit drafts from a q about 0.2 away in total variation, and
+    end-of-sequence is rare, as for the Llama."""
+    if architecture == "llama":
+        return sampling_llama(seed, scale, vocab)
+    if architecture in ("qwen2", "mistral"):
+        model = tiny_llama(
+            seed, vocab=vocab, hidden=16, layers=4, heads=2, kv_heads=1, intermediate=16, family=architecture
+        )
+    elif architecture == "qwen3":
+        model = tiny_qwen3(seed, vocab=vocab, hidden=16, heads=2, kv_heads=1, head_dim=8, intermediate=16)
+    elif architecture == "phi3":
+        model = tiny_phi3(seed, vocab=vocab, hidden=16, heads=2, kv_heads=1, intermediate=16, window=4)
+    elif architecture == "gemma3":
+        model = tiny_gemma3(seed, vocab=vocab, hidden=16, heads=2, kv_heads=1, head_dim=8, intermediate=16, window=4)
+    else:
+        raise ValueError(f"unknown architecture '{architecture}'; choose from {', '.join(ARCHITECTURES)}")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(scale)
+    return model
 
 
 def repetitive_prompt(seed: int, vocab: int, length: int = 40) -> list[int]:
@@ -156,7 +271,10 @@ __all__ = [
     "peaked_llama",
     "repetitive_prompt",
     "sampling_llama",
+    "sampling_model",
     "tiny_gemma3",
     "tiny_llama",
     "tiny_model",
+    "tiny_phi3",
+    "tiny_qwen3",
 ]
