@@ -16,6 +16,7 @@ from torch import nn
 
 from cas_spec import load_pipeline
 from cas_spec.adapters import LlamaAdapter, Phi3Adapter, resolve_adapter
+from cas_spec.compat import cache_argument
 from cas_spec.core.errors import UnsupportedModelError
 from cas_spec.core.target import Target
 from cas_spec.core.tree import TreeBuilder, tree_attention_mask
@@ -143,7 +144,7 @@ def forward(model, cache, ids: list[int], start: int) -> torch.Tensor:
     with torch.inference_mode():
         return model(
             torch.tensor([ids]),
-            past_key_values=cache,
+            **cache_argument(model, cache),
             use_cache=True,
             position_ids=torch.arange(start, start + len(ids))[None],
         ).logits[0]

@@ -179,13 +179,24 @@ def test_generation_config_options_that_cannot_be_honoured_are_named():
     for config, fragment in [
         (GenerationConfig(do_sample=True, temperature=0.0), "temperature > 0"),
         (GenerationConfig(max_length=5), "max_length=5 leaves no room"),
-        (GenerationConfig(bad_words_ids=[[3]], min_p=0.1), "bad_words_ids=[[3]], min_p=0.1"),
+        (GenerationConfig(bad_words_ids=[[3]], typical_p=0.5), "bad_words_ids=[[3]], typical_p=0.5"),
     ]:
         with pytest.raises(InputError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
             pipe.generate(TINY_PROMPT, generation_config=config)
     # neutral values of the same options are fine
     neutral = GenerationConfig(num_beams=1, repetition_penalty=1.0, num_return_sequences=1, max_new_tokens=3)
     assert len(pipe.generate(TINY_PROMPT, generation_config=neutral).token_ids) == 3
+
+
+def test_min_p_of_a_generation_config_is_honoured():
+    from cas_spec.core.interop import options_from_generation_config
+
+    model = tiny_llama(6)
+    options = options_from_generation_config(GenerationConfig(do_sample=True, min_p=0.1), model, 4)
+    assert options.min_p == 0.1
+    pipe = load_pipeline(AUTOREGRESSIVE, model=model, tokenizer=IdTokenizer())
+    assert pipe.sampling(options).min_p == 0.1
+    assert options_from_generation_config(GenerationConfig(do_sample=False, min_p=0.1), model, 4).min_p is None
 
 
 # -- streamer -------------------------------------------------------------------------------------
