@@ -313,6 +313,7 @@ class Markov(DraftStrategy):
 
     name = "markov"
     deterministic = False
+    can_review = True
 
     def __init__(self, table):
         super().__init__()
