@@ -93,6 +93,7 @@ def test_the_table_has_every_group_and_method(quick):
         "identity vs transformers: the engine's autoregressive output equals greedy `generate` "
         "token for token on 2/2 prompts" in stdout
     )
+    assert "memory (MiB): autoregressive: model " in stdout and "; default: model " in stdout
     assert "bench" in stderr and "100%" in stderr  # the progress bar, on stderr
     assert "| group |" not in stderr
 
@@ -125,6 +126,10 @@ def test_results_json_has_records_and_environment(quick):
             assert r["stats"] is None and r["acceptance_lengths"] is None
     # interleaved: the second prompt runs the methods in reverse order
     assert [r["position"] for r in records if r["question_id"] == 161] == [3, 2, 1, 0]
+    memory = results["memory"]  # engine methods only: what each holds after its runs
+    assert set(memory) == {"autoregressive", "default"}
+    assert memory["default"]["model"] > 0 and memory["default"]["kv_cache"] > 0
+    assert memory["default"]["levels"] == {"pld": 0}
     env = results["environment"]
     for key in (
         "python",

@@ -200,6 +200,8 @@ def render(results: dict) -> str:
             "passed over (prompt + new tokens exceed the context of "
             f"{s['context_length']}): " + ", ".join(f"{g} {n}" for g, n in by_group.items())
         )
+    if results.get("memory"):
+        lines.append("memory (MiB): " + "; ".join(_memory(name, m) for name, m in results["memory"].items()))
     load = f"load average (1/5/15 min) {_load(env.get('load_average_start'))} → {_load(env.get('load_average_end'))}"
     lines.append(
         f"environment: {env['cpu']} ({env['cpu_count']} CPUs), torch {env['torch']}, "
@@ -207,6 +209,12 @@ def render(results: dict) -> str:
         f"{load}, {env['date']}"
     )
     return "\n".join(lines) + "\n"
+
+
+def _memory(name: str, memory: dict) -> str:
+    mib = 2**20
+    levels = "".join(f", {level} +{size / mib:.1f}" for level, size in memory["levels"].items() if size)
+    return f"{name}: model {memory['model'] / mib:.1f}, KV cache {memory['kv_cache'] / mib:.1f}{levels}"
 
 
 def level_table(results: dict) -> list[str]:

@@ -23,6 +23,7 @@ Speedups and tables are computed from the records alone (`cas_spec.bench.report`
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import platform
@@ -117,6 +118,8 @@ def run_bench(settings: BenchSettings, progress: bool = True) -> dict:
             {"group": q.group, "question_id": q.question_id, "prompt_tokens": len(encoded[q.line])} for q in skipped
         ],
         "records": records,
+        # bytes each engine method holds after its runs: the model, its KV cache, each level's own
+        "memory": {r.name: dataclasses.asdict(r.pipe.memory()) for r in runners if isinstance(r, EngineRunner)},
     }
 
 
