@@ -44,6 +44,16 @@ SELF_DRAFT_LEVELS = {
     },
 }
 
+# One level of each self-speculative strategy on the stories260K fixture (5 layers).
+STORIES_SELF_DRAFT_LEVELS = {
+    "early_exit": {"kind": "early_exit", "options": {"exit_layer": 3}},
+    "layer_sparsity": {
+        "kind": "layer_sparsity",
+        "options": {"skip": ["1.mlp", "2.attention", "3.mlp"], "stop_below": 0.0},
+    },
+    "quanto_activation": {"kind": "quanto_activation"},
+}
+
 
 def self_draft_chain(name: str, k: int = 4, **sampling: float) -> dict:
     """A pipeline with one of SELF_DRAFT_LEVELS under a fixed-length chain (no calibration)."""

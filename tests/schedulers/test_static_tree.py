@@ -21,6 +21,7 @@ from tests.helpers import (
     AUTOREGRESSIVE,
     PROMPT,
     SELF_DRAFT_LEVELS,
+    STORIES_SELF_DRAFT_LEVELS,
     IdTokenizer,
     peaked_tiny_model,
     record_trees,
@@ -274,14 +275,7 @@ def test_greedy_output_equals_plain_decoding_on_tiny_models(level, shape):
 @pytest.mark.parametrize("level", STATIC_LEVELS)
 def test_greedy_output_equals_plain_decoding_on_stories(stories, level):
     model, tokenizer = stories
-    levels = {
-        "early_exit": {"kind": "early_exit", "options": {"exit_layer": 3}},
-        "layer_sparsity": {
-            "kind": "layer_sparsity",
-            "options": {"skip": ["1.mlp", "2.attention", "3.mlp"], "stop_below": 0.0},
-        },
-        "quanto_activation": {"kind": "quanto_activation"},
-    }
+    levels = STORIES_SELF_DRAFT_LEVELS
     config = {
         "scheduler": {"kind": "static_tree", "options": {"k": 4, "max_nodes": 24}},
         "calibration": "off",

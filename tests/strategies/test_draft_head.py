@@ -24,7 +24,14 @@ from cas_spec.strategies.dsia import token_ranking as ranking
 from cas_spec.strategies.dsia.draft_head import SubsetHead, build_subset_head
 from cas_spec.strategies.dsia.token_ranking import ranked_ids, ranking_text, token_ranking
 from cas_spec.testing.models import tiny_model
-from tests.helpers import AUTOREGRESSIVE, SELF_DRAFT_LEVELS, IdTokenizer, repetitive_prompt, tiny_llama
+from tests.helpers import (
+    AUTOREGRESSIVE,
+    SELF_DRAFT_LEVELS,
+    STORIES_SELF_DRAFT_LEVELS,
+    IdTokenizer,
+    repetitive_prompt,
+    tiny_llama,
+)
 
 AVAILABLE = qz.available_backends()
 INT8 = [
@@ -333,14 +340,7 @@ def test_greedy_output_equals_plain_decoding_with_a_small_draft_vocab(level, arc
 @pytest.mark.parametrize("level", ["early_exit", "layer_sparsity", "quanto_activation"])
 def test_greedy_output_equals_plain_decoding_on_stories_with_a_small_draft_vocab(stories, level):
     model, tokenizer = stories
-    levels = {
-        "early_exit": {"kind": "early_exit", "options": {"exit_layer": 3}},
-        "layer_sparsity": {
-            "kind": "layer_sparsity",
-            "options": {"skip": ["1.mlp", "2.attention", "3.mlp"], "stop_below": 0.0},
-        },
-        "quanto_activation": {"kind": "quanto_activation"},
-    }
+    levels = STORIES_SELF_DRAFT_LEVELS
     spec = levels[level]
     config = chain(
         {**spec, "options": {**spec["options"], "draft_vocab": 64}}

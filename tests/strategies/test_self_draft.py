@@ -17,6 +17,7 @@ from tests.helpers import (
     AUTOREGRESSIVE,
     PROMPT,
     SELF_DRAFT_LEVELS,
+    STORIES_SELF_DRAFT_LEVELS,
     IdTokenizer,
     RoundRobinTree,
     peaked_tiny_model,
@@ -49,14 +50,7 @@ def test_greedy_output_equals_plain_decoding_on_tiny_models(level, shape):
 @pytest.mark.parametrize("level", ["early_exit", "layer_sparsity", "quanto_activation"])
 def test_greedy_output_equals_plain_decoding_on_stories(stories, level):
     model, tokenizer = stories
-    levels = {
-        "early_exit": {"kind": "early_exit", "options": {"exit_layer": 3}},
-        "layer_sparsity": {
-            "kind": "layer_sparsity",
-            "options": {"skip": ["1.mlp", "2.attention", "3.mlp"], "stop_below": 0.0},
-        },
-        "quanto_activation": {"kind": "quanto_activation"},
-    }
+    levels = STORIES_SELF_DRAFT_LEVELS
     config = {
         "scheduler": {"kind": "chain", "options": {"k": 4, "adaptive": False}},
         "calibration": "off",

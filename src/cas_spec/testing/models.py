@@ -9,12 +9,28 @@ a few milliseconds on one CPU thread, which is what makes token-for-token checks
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
 #: The architectures a contract checks by default: the Llama family, Qwen3, Phi-3 and Gemma 3.
 ARCHITECTURES = ("llama", "qwen2", "mistral", "qwen3", "phi3", "gemma3")
 GEMMA3_LAYER_TYPES = ("sliding_attention", "sliding_attention", "full_attention", "sliding_attention")
+
+
+SPECIAL_TOKENS: dict[str, Any] = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}  # every tiny model's
+
+
+def _shape(vocab: int, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int) -> dict[str, Any]:
+    """The config fields of a tiny decoder's size, spelled as every transformers config spells them."""
+    return {
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+    }
 
 
 def tiny_llama(
@@ -39,16 +55,9 @@ def tiny_llama(
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
     }[family]
     config = config_cls(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
+        **_shape(vocab, hidden, intermediate, layers, heads, kv_heads),
         max_position_embeddings=max_positions,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
+        **SPECIAL_TOKENS,
         attn_implementation=attn,
     )
     torch.manual_seed(seed)
@@ -122,20 +131,13 @@ def tiny_qwen3(
     import transformers
 
     config = transformers.Qwen3Config(  # type: ignore[call-arg]  # attn_implementation: a PreTrainedConfig kwarg
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
+        **_shape(vocab, hidden, intermediate, layers, heads, kv_heads),
         head_dim=head_dim,
         max_position_embeddings=max_positions,
         use_sliding_window=window is not None,
         sliding_window=window,
         max_window_layers=full_layers,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
+        **SPECIAL_TOKENS,
         attn_implementation=attn,
     )
     torch.manual_seed(seed)
@@ -166,18 +168,11 @@ def tiny_phi3(
     import transformers
 
     config = transformers.Phi3Config(  # type: ignore[call-arg]  # attn_implementation: a PreTrainedConfig kwarg
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
+        **_shape(vocab, hidden, intermediate, layers, heads, kv_heads),
         max_position_embeddings=max_positions,
         original_max_position_embeddings=max_positions,
         sliding_window=window,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
+        **SPECIAL_TOKENS,
         attn_implementation=attn,
     )
     torch.manual_seed(seed)
