@@ -84,6 +84,21 @@ def test_stopping_criteria_end_generation_where_plain_generate_ends_it():
     assert ours[0, -1].item() == token and len(ours[0]) < len(prompt) + 40
 
 
+def test_stop_strings_as_a_criterion_end_generation_where_plain_generate_ends_it(stories):
+    from transformers import StopStringCriteria
+
+    model, tokenizer = stories
+    inputs = tokenizer("Once upon a time", return_tensors="pt")
+    fast = cas_spec.custom_generate(SPECULATIVE, tokenizer=tokenizer)
+    criteria = StoppingCriteriaList([StopStringCriteria(tokenizer, ["girl"])])
+    ours = model.generate(
+        **inputs, custom_generate=fast, stopping_criteria=criteria, max_new_tokens=30, do_sample=False
+    )
+    plain = model.generate(**inputs, stop_strings=["girl"], tokenizer=tokenizer, max_new_tokens=30, do_sample=False)
+    assert torch.equal(ours, plain)
+    assert tokenizer.decode(ours[0]).endswith("girl") and ours.shape[1] < inputs["input_ids"].shape[1] + 30
+
+
 def test_eos_from_the_generation_config_ends_generation():
     model = tiny_llama(2)
     prompt = repetitive_prompt(2, model.config.vocab_size)
