@@ -13,8 +13,8 @@ standard warpers (temperature, top-k, top-p, min-p, applied as transformers appl
 every stopping criterion (max length, EOS, max time, a `StopStringCriteria`, your own), checked
 token by token as plain decoding checks them (without `scores`). `stop_strings=` itself fails
 inside transformers (5.20-5.25), which does not hand a custom loop the tokenizer it needs: pass
-`StopStringCriteria(tokenizer, strings)` in `stopping_criteria` instead. What is refused, with one `InputError`
-naming it: a batch of more than one sequence or padding, beams and several return sequences,
+`StopStringCriteria(tokenizer, strings)` in `stopping_criteria` instead. What is refused, with
+one `InputError` naming it: a batch of more than one sequence or padding, beams and several return sequences,
 any other logits processor (penalties, bad words, forced tokens, ...: they change the
 distribution the verifier must reproduce), and `output_logits`, `output_attentions`,
 `output_hidden_states`. transformers hands a streamer to its own loops but not to a custom one;
