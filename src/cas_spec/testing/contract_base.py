@@ -34,6 +34,7 @@ class PluginContract:
     architectures: the tiny models checked for greedy identity and, one fault each, no leakage.
     sampling_architectures: the architectures of the sampling checks' peaked models
         (`models.sampling_model`); each check runs once per architecture.
+    slow_sampling_architectures: those of the slow end-to-end χ² check (None: the same).
     max_new_tokens: tokens generated per prompt in the greedy and leakage checks.
     expects_drafts: True: the pipeline must put drafted tokens into trees (or the checks would
         prove nothing); False: it must never draft (a scheduler such as `autoregressive`).
@@ -56,6 +57,7 @@ class PluginContract:
     plugin: ClassVar[object | None] = None
     architectures: ClassVar[Sequence[str]] = ARCHITECTURES
     sampling_architectures: ClassVar[Sequence[str]] = ("llama",)
+    slow_sampling_architectures: ClassVar[Sequence[str] | None] = None
     max_new_tokens: ClassVar[int] = 32
     expects_drafts: ClassVar[bool] = True
     sampling: ClassVar[dict[str, Any]] = {"temperature": 1.0}
@@ -119,7 +121,10 @@ class PluginContract:
         if "architecture" in metafunc.fixturenames:
             metafunc.parametrize("architecture", list(self.architectures))
         if "sampling_architecture" in metafunc.fixturenames:
-            metafunc.parametrize("sampling_architecture", list(self.sampling_architectures))
+            archs = self.sampling_architectures
+            if metafunc.function.__name__ == "test_sampled_outputs_match_target":
+                archs = archs if self.slow_sampling_architectures is None else self.slow_sampling_architectures
+            metafunc.parametrize("sampling_architecture", list(archs))
         if "fault" in metafunc.fixturenames:
             archs, faults = list(self.architectures), list(self.faults)
             cases = [(archs[i % len(archs)], *faults[i % len(faults)]) for i in range(max(len(archs), len(faults)))]
