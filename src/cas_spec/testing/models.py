@@ -33,6 +33,14 @@ def _shape(vocab: int, hidden: int, intermediate: int, layers: int, heads: int, 
     }
 
 
+def _randomize_norms(model: torch.nn.Module, suffixes: tuple[str, ...], mean: float) -> None:
+    """Draw the weights of the norms named `*suffix` from N(mean, 0.3), in parameter order."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(suffixes):
+                param.normal_(mean, 0.3)
+
+
 def tiny_llama(
     seed: int = 0,
     *,
@@ -101,10 +109,7 @@ def tiny_gemma3(
     )
     torch.manual_seed(seed)
     model = transformers.Gemma3ForCausalLM(config).eval()
-    with torch.no_grad():  # random RMSNorm weights (stock init is 0 = identity) make layers differ more
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
-                param.normal_(0.0, 0.3)
+    _randomize_norms(model, ("norm.weight",), mean=0.0)  # stock init is 0 = identity: layers differ more
     return model
 
 
@@ -142,10 +147,7 @@ def tiny_qwen3(
     )
     torch.manual_seed(seed)
     model = transformers.Qwen3ForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith(("q_norm.weight", "k_norm.weight")):
-                param.normal_(1.0, 0.3)
+    _randomize_norms(model, ("q_norm.weight", "k_norm.weight"), mean=1.0)
     return model
 
 
