@@ -54,8 +54,9 @@ def test_generate_prints_only_text_on_stdout_and_stats_on_stderr(capsys, stories
     assert expected.text.strip()
     assert re.fullmatch(r"\d+\.\d\d tokens per target forward", stat(err, "mean acceptance"))
     assert stat(err, "new tokens").startswith("24 (prompt ")
-    assert "level pld" in err
-    assert re.fullmatch(r"model \d+\.\d MiB, KV cache \d+\.\d MiB", stat(err, "memory"))  # pld holds no tensors
+    assert "level int8" in err and "level pld" in err
+    # the int8 twins hold memory; prompt lookup holds no tensors, so it has no entry
+    assert re.fullmatch(r"model \d+\.\d MiB, KV cache \d+\.\d MiB, level int8 \+\d+\.\d MiB", stat(err, "memory"))
     assert expected.text not in err
 
 
@@ -100,9 +101,9 @@ def test_generate_with_overrides_and_sampling(capsys):
         "--seed",
         "3",
         "--set",
-        "levels.0.options.num_tokens=3",
+        "levels.1.options.num_tokens=3",
         "--set",
-        "scheduler.options.k=3",
+        "scheduler.options.max_draft=3",
         "Once upon a time",
     ]
     code, first, _ = run(capsys, *argv)
@@ -201,7 +202,7 @@ def test_chat_and_no_chat_are_exclusive(capsys):
 
 def test_validate_good_file(capsys, tmp_path):
     path = tmp_path / "good.yaml"
-    path.write_text("extends: default\nlevels:\n  - {name: pld, kind: prompt_lookup, options: {num_tokens: 4}}\n")
+    path.write_text("extends: prompt-lookup\nlevels:\n  - {name: pld, kind: prompt_lookup, options: {num_tokens: 4}}\n")
     code, out, err = run(capsys, "validate", str(path))
     assert (code, err) == (0, "")
     assert out == f"{path}: valid; model smollm2-135m, scheduler chain, levels: pld (prompt_lookup)\n"
@@ -210,7 +211,7 @@ def test_validate_good_file(capsys, tmp_path):
 def test_validate_presets_with_overrides(capsys):
     code, out, _ = run(capsys, "validate", "autoregressive")
     assert code == 0 and "levels: none" in out
-    code, out, _ = run(capsys, "validate", "default", "--set", "levels.0.options.num_tokens=5")
+    code, out, _ = run(capsys, "validate", "default", "--set", "levels.1.options.num_tokens=5")
     assert code == 0 and out.startswith("default: valid")
 
 

@@ -32,7 +32,7 @@ def test_hf_greedy_joins_any_transformers_baseline_and_autoregressive_is_not_rep
 def test_a_yaml_file_is_named_after_its_stem(tmp_path):
     path = tmp_path / "pld3.yaml"
     path.write_text(
-        "extends: default\nscheduler: {options: {k: 3}}\nlevels:\n"
+        "extends: prompt-lookup\nscheduler: {options: {k: 3}}\nlevels:\n"
         "  - {name: pld, kind: prompt_lookup, options: {num_tokens: 3}}\n"
     )
     (spec,) = parse_methods(str(path))[1:]

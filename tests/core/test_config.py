@@ -41,6 +41,15 @@ def test_presets_are_shipped():
 def test_default_preset_validates():
     config = load_config("default")
     assert isinstance(config, PipelineConfig)
+    assert (config.scheduler.kind, config.scheduler.gate) == ("dytc", True)
+    assert [(lv.name, lv.kind) for lv in config.levels] == [("int8", "quanto_activation"), ("pld", "prompt_lookup")]
+    assert config.levels[0].options == {"backend": "auto"}
+    assert config.levels[1].options == {"max_ngram": 4, "min_ngram": 2, "num_tokens": 7}
+    assert config.sampling.temperature == 0.0
+
+
+def test_prompt_lookup_preset_validates():
+    config = load_config("prompt-lookup")
     assert config.scheduler.kind == "chain"
     assert config.scheduler.options == {"level": "pld", "k": 7}
     assert [(lv.name, lv.kind) for lv in config.levels] == [("pld", "prompt_lookup")]
@@ -71,7 +80,7 @@ def test_empty_mapping_has_defaults_but_the_default_chain_needs_a_level():
 
 def test_a_mapping_source_is_loaded_like_a_file():
     config = load_config({"extends": "default", "max_new_tokens": 9})
-    assert config.max_new_tokens == 9 and config.levels[0].kind == "prompt_lookup"
+    assert config.max_new_tokens == 9 and [lv.kind for lv in config.levels] == ["quanto_activation", "prompt_lookup"]
 
 
 # -- extends --------------------------------------------------------------------------------------
@@ -118,7 +127,7 @@ def test_extends_a_preset_with_deep_merge(tmp_path):
     path = write(
         tmp_path / "p.yaml",
         """\
-extends: default
+extends: prompt-lookup
 levels:
   - {name: pld, kind: prompt_lookup, options: {num_tokens: 3}}
 scheduler: {options: {k: 3}}
@@ -174,9 +183,9 @@ def test_unknown_source_names_the_presets(tmp_path):
 
 
 def test_override_list_item_option():
-    config = load_config("default", ["levels.0.options.num_tokens=5"])
-    assert config.levels[0].options["num_tokens"] == 5
-    assert config.levels[0].options["max_ngram"] == 4  # the rest is kept
+    config = load_config("default", ["levels.1.options.num_tokens=5"])
+    assert config.levels[1].options["num_tokens"] == 5
+    assert config.levels[1].options["max_ngram"] == 4  # the rest is kept
 
 
 def test_override_scalars_are_parsed_as_yaml():
@@ -207,8 +216,8 @@ def test_override_is_validated():
 @pytest.mark.parametrize(
     "item, expected",
     [
-        ("levels.3.name=x", "--set levels.3.name=x: 'levels.3' is not an index of a list of 1"),
-        ("levels.x.name=y", "--set levels.x.name=y: 'levels.x' is not an index of a list of 1"),
+        ("levels.3.name=x", "--set levels.3.name=x: 'levels.3' is not an index of a list of 2"),
+        ("levels.x.name=y", "--set levels.x.name=y: 'levels.x' is not an index of a list of 2"),
         ("model.x=1", "--set model.x=1: 'model' is not a mapping or list"),
         ("novalue", "--set novalue: expected key.path=value"),
         ("a..b=1", "--set a..b=1: empty key in 'a..b'"),

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from cas_spec.kernels import int8
+from cas_spec.kernels import int8, int8_linear
 
 WHY = int8.status()
 KERNEL = pytest.mark.skipif(WHY is not None, reason=f"int8 kernel unavailable: {WHY}")
@@ -181,7 +181,7 @@ def linear_module(n_in: int = 100, n_out: int = 70, bias: bool = True, seed: int
 def test_twin_holds_buffers_and_leaves_the_original_alone(bias):
     lin = linear_module(bias=bias)
     weight, copy = lin.weight, lin.weight.detach().clone()
-    twin = int8.Int8Linear.from_float(lin)
+    twin = int8_linear.Int8Linear.from_float(lin)
     assert lin.weight is weight and torch.equal(lin.weight, copy) and lin.weight.requires_grad
     assert list(twin.parameters()) == []
     names = {name for name, _ in twin.named_buffers()}
@@ -191,7 +191,7 @@ def test_twin_holds_buffers_and_leaves_the_original_alone(bias):
     assert torch.allclose(twin.dequantized_weight(), lin.weight, atol=lin.weight.abs().max().item() / 127)
     if bias:
         assert twin.bias.data_ptr() != lin.bias.data_ptr() and torch.equal(twin.bias, lin.bias)
-    clone = int8.Int8Linear(100, 70, bias=bias)
+    clone = int8_linear.Int8Linear(100, 70, bias=bias)
     clone.load_state_dict(twin.state_dict())
     x = torch.randn(3, 100)
     assert torch.equal(clone(x), twin(x))
@@ -200,7 +200,7 @@ def test_twin_holds_buffers_and_leaves_the_original_alone(bias):
 @pytest.mark.parametrize("shape", [(100,), (1, 100), (3, 100), (2, 5, 100), (1, 1, 100)])
 def test_twin_output_close_to_float_for_any_leading_shape(shape):
     lin = linear_module()
-    twin = int8.Int8Linear.from_float(lin)
+    twin = int8_linear.Int8Linear.from_float(lin)
     x = torch.randn(*shape)
     with torch.inference_mode():
         out, ref = twin(x), lin(x)
@@ -211,7 +211,7 @@ def test_twin_output_close_to_float_for_any_leading_shape(shape):
 
 def test_twin_quantizes_each_row_on_its_own():
     """Per-token scales: a batch of rows gives what each row gives alone (unlike one scale per call)."""
-    twin = int8.Int8Linear.from_float(linear_module())
+    twin = int8_linear.Int8Linear.from_float(linear_module())
     x = torch.randn(6, 100) * torch.tensor([1e-2, 1.0, 1e2, 3.0, 1e3, 0.1])[:, None]
     rows = torch.cat([twin(x[i : i + 1]) for i in range(6)])
     assert torch.allclose(twin(x), rows, rtol=1e-6, atol=1e-6)
@@ -219,7 +219,7 @@ def test_twin_quantizes_each_row_on_its_own():
 
 @KERNEL
 def test_twin_uses_the_kernel_up_to_max_kernel_rows(monkeypatch, keep_kernel_state):
-    twin = int8.Int8Linear.from_float(linear_module())
+    twin = int8_linear.Int8Linear.from_float(linear_module())
     calls = []
     real = int8._packed_fn
 
@@ -241,7 +241,7 @@ def test_twin_uses_the_kernel_up_to_max_kernel_rows(monkeypatch, keep_kernel_sta
 
 @KERNEL
 def test_twin_survives_a_kernel_failure(monkeypatch, keep_kernel_state):
-    twin = int8.Int8Linear.from_float(linear_module())
+    twin = int8_linear.Int8Linear.from_float(linear_module())
     x = torch.randn(2, 100)
     expected = twin(x)
 
@@ -256,7 +256,7 @@ def test_twin_survives_a_kernel_failure(monkeypatch, keep_kernel_state):
 
 
 def test_twin_follows_dtype_changes_of_its_buffers():
-    twin = int8.Int8Linear.from_float(linear_module())
+    twin = int8_linear.Int8Linear.from_float(linear_module())
     x = torch.randn(2, 100)
     expected = twin(x)
     twin.double()  # float buffers become float64: the kernel cannot read them, the fallback runs
@@ -273,7 +273,7 @@ def test_copies_point_at_their_own_buffers():
     import copy
     import pickle
 
-    twin = int8.Int8Linear.from_float(linear_module())
+    twin = int8_linear.Int8Linear.from_float(linear_module())
     x = torch.randn(2, 100)
     expected = twin(x)
     clones = [copy.deepcopy(twin), pickle.loads(pickle.dumps(twin))]
@@ -291,7 +291,7 @@ def test_switched_off_by_the_environment(monkeypatch, keep_kernel_state):
     assert int8.status() == f"disabled by {int8.ENV_SWITCH}"
     assert not int8.ready()
     lin = linear_module()
-    twin = int8.Int8Linear.from_float(lin)
+    twin = int8_linear.Int8Linear.from_float(lin)
     x = torch.randn(3, 100)
     out = twin(x)
     assert torch.equal(out, int8.linear_reference(x, twin.qweight, twin.scale, twin.bias, 100))

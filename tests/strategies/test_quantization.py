@@ -261,7 +261,7 @@ NATIVE = pytest.mark.skipif(AVAILABLE["native_int8"] is not None, reason=str(AVA
 
 @NATIVE
 def test_native_twins_error_bounds_and_memory():
-    from cas_spec.kernels.int8 import Int8Linear
+    from cas_spec.kernels.int8_linear import Int8Linear
 
     lins = [linear(0, 576, 192), linear(1, 1536, 576, bias=False), linear(2, 33, 50)]
     twins = qz.build_twins(lins, "native_int8")

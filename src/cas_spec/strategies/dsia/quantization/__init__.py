@@ -9,7 +9,7 @@ Backends (one module each):
 
 | backend        | library                                           | activations                        | calibration |
 | -------------- | ------------------------------------------------- | ---------------------------------- | ----------- |
-| `native_int8`  | the project's AVX2 W8A8 kernel, `cas_spec.kernels.int8.Int8Linear` (int8 weights per channel, or per tensor) | int8, scale per token, computed per call | no |
+| `native_int8`  | the project's AVX2 W8A8 kernel, `cas_spec.kernels.int8_linear.Int8Linear` (int8 weights per channel, or per tensor) | int8, scale per token, computed per call | no |
 | `dynamic_int8` | `torch.ao.nn.quantized.dynamic.Linear` (fbgemm/x86 prepacked int8 weights, per-channel by default) | int8, scale computed per call | no |
 | `quanto`       | optimum-quanto `QLinear` (frozen qint8 weights, always per-channel) | int8, static per-tensor scale | **yes**: a twin refuses to run until calibrated |
 

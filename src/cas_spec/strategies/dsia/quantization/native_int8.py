@@ -1,6 +1,6 @@
 """Backend `native_int8`: the project's own W8A8 kernel (`cas_spec.kernels.int8`) as int8 twins.
 
-Each twin is a `cas_spec.kernels.int8.Int8Linear`: the weight quantized once, symmetric per output
+Each twin is a `cas_spec.kernels.int8_linear.Int8Linear`: the weight quantized once, symmetric per output
 channel, to int8 (a copy; the float module is only read), activations quantized per token on every
 call inside the compiled AVX2 kernel (so there is nothing to calibrate), float32 out. Unlike
 `dynamic_int8`, whose activation scale is one per call over all rows, every token gets its own scale,
@@ -21,7 +21,7 @@ import contextlib
 
 from torch import nn
 
-from cas_spec.kernels import int8
+from cas_spec.kernels import int8, int8_linear
 
 NEEDS_CALIBRATION = False
 
@@ -32,7 +32,7 @@ def unavailable_reason() -> str | None:
 
 
 def build(linears: list[nn.Linear], *, per_channel: bool = True) -> list[nn.Module]:
-    return [int8.Int8Linear.from_float(linear, per_channel) for linear in linears]
+    return [int8_linear.Int8Linear.from_float(linear, per_channel) for linear in linears]
 
 
 @contextlib.contextmanager
