@@ -33,7 +33,7 @@ Availability: x86-64 with AVX2, a C++ compiler, and a passing numerical probe; `
 disables it. `status()` says why not. `int8_linear.Int8Linear` falls back to `linear_reference` (the same
 quantization in torch float32, chunked over output channels) where the kernel is unavailable or the
 input is not CPU float32 or has more rows than `Int8Linear.max_kernel_rows` (no limit by default:
-the kernel was faster at every row count measured, see `MAX_KERNEL_ROWS`). The kernel keeps a
+the kernel was faster at every row count measured, see `int8_linear.MAX_KERNEL_ROWS`). The kernel keeps a
 per-thread scratch buffer of 2 · rows · K bytes for the quantized activations (grown, not shrunk).
 """
 
