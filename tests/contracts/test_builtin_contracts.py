@@ -3,7 +3,7 @@
 Options are chosen for the contracts' tiny models (4 layers): early exit after layer 1, an
 explicit skip set that every architecture allows (layers 0 and 2 size Gemma 3's masks). Greedy
 identity and no leakage run on every architecture. The sampling checks run on the Llama, and
-also on Qwen3 and Phi-3 (`SAMPLING`) where a level drafts with the target itself, so that its q
+also on Qwen3 and Phi-3 (`SampledOnEachArchitecture`) where a level drafts with the target itself, so that its q
 comes from that architecture's layers; lookup levels draft point masses from the text whatever
 the model (the target rows each sampling run is checked against come from the same tree
 forwards in both cases). The slow end-to-end χ² check samples 3000 outputs per architecture
@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from cas_spec.testing import SchedulerContract, StrategyContract
 
-SAMPLING = ("llama", "qwen3", "phi3")
+
+class SampledOnEachArchitecture:
+    """Sampling checks on the Llama, Qwen3 and Phi-3 (levels that draft with the target itself);
+    the slow χ² check on the Llama only."""
+
+    sampling_architectures = ("llama", "qwen3", "phi3")
+    slow_sampling_architectures = ("llama",)
+
 
 PLD = {"name": "pld", "kind": "prompt_lookup", "options": {"max_ngram": 3, "min_ngram": 1, "num_tokens": 6}}
 EXIT1 = {"name": "exit1", "kind": "early_exit", "options": {"exit_layer": 1}}
@@ -34,60 +41,48 @@ class TestMaxGram(StrategyContract):
     invalid_options = [{"num_tokens": 0}, {"occurrence": "middle"}]
 
 
-class TestLayerSparsity(StrategyContract):
+class TestLayerSparsity(SampledOnEachArchitecture, StrategyContract):
     plugin_name = "layer_sparsity"
-    sampling_architectures = SAMPLING
-    slow_sampling_architectures = ("llama",)
     options = {"skip": ["1.attention", "2.mlp"], "stop_below": 0.0}  # tiny random models are never sure
     invalid_options = [{"sparsity": 1.5}, {"skip": ["1.ffn"]}]
 
 
-class TestEarlyExit(StrategyContract):
+class TestEarlyExit(SampledOnEachArchitecture, StrategyContract):
     plugin_name = "early_exit"
-    sampling_architectures = SAMPLING
-    slow_sampling_architectures = ("llama",)
     options = {"exit_layer": 1}
     invalid_options = [{"exit_layer": 0}, {"stop_below": 2.0}]
 
 
-class TestQuantoActivation(StrategyContract):
+class TestQuantoActivation(SampledOnEachArchitecture, StrategyContract):
     plugin_name = "quanto_activation"
-    sampling_architectures = SAMPLING
-    slow_sampling_architectures = ("llama",)
     options = {"backend": "dynamic_int8"}
     invalid_options = [{"backend": "fp4"}]
 
 
-class TestQuantoActivationAuto(StrategyContract):
+class TestQuantoActivationAuto(SampledOnEachArchitecture, StrategyContract):
     """The default backend: the native W8A8 kernel where it compiles (this project's machines), else
     torch's dynamic int8 (`tests/strategies/test_quantization.py` checks which `auto` picks)."""
 
     plugin_name = "quanto_activation"
-    sampling_architectures = SAMPLING
-    slow_sampling_architectures = ("llama",)
     options = {"backend": "auto"}
     invalid_options = [{"backend": "int4"}]
 
 
-class TestQuantoActivationDraftVocab(StrategyContract):
+class TestQuantoActivationDraftVocab(SampledOnEachArchitecture, StrategyContract):
     """An int8 level drafting over a frequency-ranked subset of the vocabulary (FR-Spec,
     `strategies/dsia/draft_head.py`): 4 tokens (the test tokenizer ranks by id) plus the context's,
     smaller than the tiny models' 96 and the sampling model's 10, so tokens outside the subset have
     q = 0 and the verifier must still reproduce the target exactly."""
 
     plugin_name = "quanto_activation"
-    sampling_architectures = SAMPLING
-    slow_sampling_architectures = ("llama",)
     options = {"backend": "auto", "draft_vocab": 4}
     invalid_options = [{"draft_vocab": 0}]
 
 
-class TestLayerSparsityDraftVocab(StrategyContract):
+class TestLayerSparsityDraftVocab(SampledOnEachArchitecture, StrategyContract):
     """A float32 level (skipped sublayers) with the subset head of `draft_vocab` 4."""
 
     plugin_name = "layer_sparsity"
-    sampling_architectures = SAMPLING
-    slow_sampling_architectures = ("llama",)
     options = {"skip": ["1.attention", "2.mlp"], "stop_below": 0.0, "draft_vocab": 4}
     invalid_options = [{"draft_vocab": -3}]
 
@@ -100,28 +95,22 @@ class TestChain(SchedulerContract):
     levels = [PLD]
 
 
-class TestDytc(SchedulerContract):
+class TestDytc(SampledOnEachArchitecture, SchedulerContract):
     plugin_name = "dytc"
-    sampling_architectures = SAMPLING
-    slow_sampling_architectures = ("llama",)
     options = {"warmup": 2, "probe_interval": 4}
     invalid_options = [{"max_nodes": 1}, {"objective": "best"}]
     levels = [EXIT1, PLD]
 
 
-class TestCsDrafting(SchedulerContract):
+class TestCsDrafting(SampledOnEachArchitecture, SchedulerContract):
     plugin_name = "cs_drafting"
-    sampling_architectures = SAMPLING
-    slow_sampling_architectures = ("llama",)
     options = {"k_matrix": [[2, 4], [0, 4]]}
     invalid_options = [{"leniency": 0.5}, {"k_matrix": [[1, 2, 3], [0, 1, 1], [0, 0, 1]]}]
     levels = [EXIT1, PLD]
 
 
-class TestStaticTree(SchedulerContract):
+class TestStaticTree(SampledOnEachArchitecture, SchedulerContract):
     plugin_name = "static_tree"
-    sampling_architectures = SAMPLING
-    slow_sampling_architectures = ("llama",)
     options = {"k": 4, "max_nodes": 12}
     invalid_options = [{"max_nodes": 0}, {"thresholds": [0.9, 0.1, 0.95]}]
     levels = [EXIT1]

@@ -121,10 +121,12 @@ class PluginContract:
         if "architecture" in metafunc.fixturenames:
             metafunc.parametrize("architecture", list(self.architectures))
         if "sampling_architecture" in metafunc.fixturenames:
-            archs = self.sampling_architectures
-            if metafunc.function.__name__ == "test_sampled_outputs_match_target":
-                archs = archs if self.slow_sampling_architectures is None else self.slow_sampling_architectures
-            metafunc.parametrize("sampling_architecture", list(archs))
+            metafunc.parametrize("sampling_architecture", list(self.sampling_architectures))
+        if "slow_sampling_architecture" in metafunc.fixturenames:
+            slow = self.slow_sampling_architectures
+            metafunc.parametrize(
+                "slow_sampling_architecture", list(self.sampling_architectures if slow is None else slow)
+            )
         if "fault" in metafunc.fixturenames:
             archs, faults = list(self.architectures), list(self.faults)
             cases = [(archs[i % len(archs)], *faults[i % len(faults)]) for i in range(max(len(archs), len(faults)))]
@@ -285,10 +287,10 @@ class PluginContract:
                 )
 
     @pytest.mark.slow
-    def test_sampled_outputs_match_target(self, sampling_architecture: str) -> None:
+    def test_sampled_outputs_match_target(self, slow_sampling_architecture: str) -> None:
         """End to end, seeded: `slow_sampling_runs` generations of `sampling_length` tokens pass a χ²
         goodness-of-fit test against the target's exact law."""
-        pipe, law, _ = self._sampling_setup(sampling_architecture)
+        pipe, law, _ = self._sampling_setup(slow_sampling_architecture)
         counts: dict = {}
         for seed in range(self.slow_sampling_runs):
             out = tuple(
