@@ -23,7 +23,9 @@ from tests.helpers import STORIES
 
 PNG = b"\x89PNG\r\n\x1a\n"
 GROUPS = ["mt_bench", "translation"]
-METHODS = ["autoregressive", "default", "hf:greedy", "hf:prompt_lookup"]
+METHODS = ["autoregressive", "default", "hf:greedy", "hf:prompt_lookup"]  # bench's default methods
+# the quick run's: the default (whose levels draft as DyTC decides) and prompt lookup alone (which drafts)
+RUN = ["autoregressive", "default", "prompt-lookup", "hf:greedy", "hf:prompt_lookup"]
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -59,7 +61,7 @@ def quick(tmp_path_factory):
         "--model",
         str(STORIES),
         "--methods",
-        "default,hf:greedy,hf:prompt_lookup",
+        "default,prompt-lookup,hf:greedy,hf:prompt_lookup",
         "--groups",
         ",".join(GROUPS),
         "--quick",
@@ -75,7 +77,7 @@ def quick(tmp_path_factory):
 def test_the_table_has_every_group_and_method(quick):
     _, stdout, stderr = quick
     rows = table_rows(stdout)
-    assert [(r[0].strip("*"), r[1]) for r in rows] == [(g, m) for g in [*GROUPS, "overall"] for m in METHODS]
+    assert [(r[0].strip("*"), r[1]) for r in rows] == [(g, m) for g in [*GROUPS, "overall"] for m in RUN]
     for row in rows:
         group, method, up, vs_hf, accept, tps, mismatches, *split, scheduling = row
         assert up.endswith("×") and float(tps) > 0
@@ -102,24 +104,27 @@ def test_the_level_table_gives_acceptance_and_cost_of_each_level(quick):
     _, stdout, _ = quick
     rows = table_rows(stdout, table=1)
     # engine methods only, one row per level of each (the default: the int8 twin and prompt lookup)
-    assert [r[:2] for r in rows] == [["default", "int8"], ["default", "pld"]]
-    for _method, level, alpha, cost, proposed, drafted in rows:
+    assert [r[:2] for r in rows] == [["default", "int8"], ["default", "pld"], ["prompt-lookup", "pld"]]
+    for _method, level, alpha, cost, proposed, drafted in rows[:2]:
         assert int(proposed) >= 0 and int(drafted) >= 0
-        if int(drafted):  # which level drafts how much is DyTC's (timing-dependent) choice
+        if int(drafted):  # which of the default's levels drafts how much is DyTC's (timing-dependent) choice
             assert 0.0 <= float(alpha) <= 1.0
         else:
             assert alpha == "–"
         if int(proposed):
             assert 0.0 <= float(cost) < (0.5 if level == "pld" else 10.0)  # lookup costs next to nothing
-    assert sum(int(r[4]) for r in rows) > 0  # something was proposed
+    _method, _level, alpha, cost, proposed, drafted = rows[2]  # prompt lookup alone always drafts
+    assert 0.0 <= float(alpha) <= 1.0
+    assert 0.0 <= float(cost) < 0.5  # prompt lookup costs next to nothing against a target forward
+    assert int(proposed) >= int(drafted) > 0
 
 
 def test_results_json_has_records_and_environment(quick):
     out, _, _ = quick
     results = json.loads((out / "results.json").read_text())
     records = results["records"]
-    assert len(records) == len(GROUPS) * len(METHODS)
-    assert {(r["group"], r["method"]) for r in records} == {(g, m) for g in GROUPS for m in METHODS}
+    assert len(records) == len(GROUPS) * len(RUN)
+    assert {(r["group"], r["method"]) for r in records} == {(g, m) for g in GROUPS for m in RUN}
     assert [r["question_id"] for r in records if r["method"] == "default"] == [81, 161]
     for r in records:
         assert r["mismatch"] is False and r["first_difference"] is None
@@ -131,9 +136,9 @@ def test_results_json_has_records_and_environment(quick):
         else:
             assert r["stats"] is None and r["acceptance_lengths"] is None
     # interleaved: the second prompt runs the methods in reverse order
-    assert [r["position"] for r in records if r["question_id"] == 161] == [3, 2, 1, 0]
+    assert [r["position"] for r in records if r["question_id"] == 161] == [4, 3, 2, 1, 0]
     memory = results["memory"]  # engine methods only: what each holds after its runs
-    assert set(memory) == {"autoregressive", "default"}
+    assert set(memory) == {"autoregressive", "default", "prompt-lookup"}
     assert memory["default"]["model"] > 0 and memory["default"]["kv_cache"] > 0
     levels = memory["default"]["levels"]  # the int8 twins hold memory, prompt lookup none
     assert set(levels) == {"int8", "pld"} and levels["int8"] > 0 and levels["pld"] == 0
