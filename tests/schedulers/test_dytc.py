@@ -157,6 +157,34 @@ def test_what_dytc_learned_carries_over_to_the_next_generation():
     assert scheduler.estimates.alpha["model"].alpha == scheduler.options.prior_alpha  # unless told to forget
 
 
+def test_a_new_prompt_is_judged_on_its_own_acceptance_within_a_few_steps():
+    """Carried over, α̂ is where a new generation starts, but the acceptance window is the new
+    text's (with α̂ in it as a few tokens of evidence): a level that agreed at 0.95 on one prompt
+    and agrees at 0.4 on the next is re-estimated within a few steps (a window still full of the
+    last prompt's steps held it above 0.9 for a prompt's first 20 steps, and short answers are
+    over by then)."""
+    text = {"alpha": 0.95}
+    level = Scripted("model", alpha=lambda step: text["alpha"], per_token=0.3)
+    first = simulate(DytcScheduler, {}, [level], 200)
+    assert first.scheduler.estimates.alpha["model"].alpha > 0.85
+    text["alpha"] = 0.4
+    simulate(DytcScheduler, {}, [level], 6, result=first)
+    assert first.scheduler.estimates.alpha["model"].alpha < 0.75  # 0.92 with the last prompt's window
+
+
+def test_windowed_acceptance_restart_starts_the_window_from_the_estimate():
+    estimate = WindowedAcceptance(prior=0.5, decay=0.5, window=4, warmup=0, carried=4.0)
+    for _ in range(4):
+        estimate.update(4, 4)  # α̂: 0.75, 0.875, 0.9375, 0.96875
+    estimate.restart()
+    assert estimate.alpha == pytest.approx(0.96875) and estimate.history == [(4.0, 3.875)]
+    estimate.update(4, 0)  # window: α̂ as 4 tokens, then 0 of 4: rate 3.875 / 8 (not the old steps' 3/4)
+    assert estimate.alpha == pytest.approx(0.5 * 0.96875 + 0.5 * 3.875 / 8)
+    for _ in range(4):
+        estimate.update(4, 0)  # the pseudo-step ages out of the window like any step
+    assert estimate.history == [(4, 0)] * 4
+
+
 def test_windowed_acceptance_worked_example():
     """Warm-up: the running rate with the prior worth two observations; then the EMA
     α̂ ← λ·α̂ + (1 − λ)·(rate over the last `window` steps), steps without evidence ageing out."""

@@ -9,12 +9,16 @@ context as it grows and the machine's load) plus the engine's own time per plain
 over plain steps). The excess time is summed as a one-sided CUSUM, deficit ← max(0, deficit +
 seconds − (1 + `margin`) · tokens / plain rate), so a step that commits a run of copied tokens
 pays off the misses before it: drafters are bursty, and a mean over a few steps misreads them.
-When the deficit exceeds `patience` plain steps, the next `hold` steps decode plainly without
-calling the wrapped scheduler; then speculation is probed again, on probation (its deficit
-starts one plain step short of the trigger, so a drafter that keeps losing is caught within one
-plain step's worth of loss, and one that pays clears it), and each failed probe doubles
+When the deficit exceeds `patience` steps, the next `hold` steps decode plainly without calling
+the wrapped scheduler; then speculation is probed again, on probation (its deficit starts one
+step short of the trigger, so a drafter that keeps losing is caught within one step's worth of
+loss, and one that pays clears it), and each failed probe doubles
 the hold (up to `max_hold`), so the probes' share of a long generation shrinks; `min_steps`
-speculative steps without a trigger restore the first hold.
+speculative steps without a trigger restore the first hold. A step, as the unit of patience, is
+the larger of a plain step and a speculative one (an EMA of their wall-clock time): a scheduler
+whose steps draft several tokens with a model costs several plain steps a step, and one miss of
+such a step loses more than one plain step, so patience counted in plain steps would switch off
+a drafter that pays overall after two misses in a row.
 
 The wrapped scheduler's own cost model already trims drafts that do not pay; the gate is the
 safety net for what the model cannot see (a drafter that got slower, a machine that got busier).
@@ -49,20 +53,23 @@ class NeverSlowerGate(Scheduler):
         self.base_hold, self.max_hold = hold, max_hold
 
     def start(self, state: DecodingState) -> None:
-        """Before a generation. What the gate measured (the forward and overhead estimates), the
-        hold length and what is left of a hold carry over from the pipeline's previous generation:
-        a drafter found not to pay is not tried afresh at the start of every prompt (where short
-        generations would pay for it most)."""
+        """Before a generation. What the gate measured (the forward and overhead estimates) and
+        the hold length carry over from the pipeline's previous generation; the rest of a hold
+        does not: a new prompt is new text, where the drafter may pay. A generation that follows
+        one that ended holding starts on probation instead (as a probe does), so a drafter that
+        still loses costs it about one plain step, and its next hold is the longer one."""
         self.inner.start(state)
         previous = getattr(self, "_state", None)
+        probation = False
         if previous is None or previous.costs is not state.costs:
             self.forward_seconds: float | None = None  # EMA of a one-token target forward
             self.overhead_seconds: float | None = None  # EMA of a plain step's time outside its forward
+            self.speculative_seconds: float | None = None  # EMA of a speculative step's time
             self.hold = self.base_hold
-            self.plain_until = 0
         else:
-            self.plain_until = max(self.plain_until - previous.step, 0)  # the rest of a hold
-        self.deficit = 0.0  # seconds speculation lost against plain decoding (CUSUM)
+            probation = self.plain_until > previous.step
+        self.plain_until = 0
+        self.deficit = self._probation() if probation else 0.0  # seconds lost against plain decoding (CUSUM)
         self.clean_steps = 0  # speculative steps since the last trigger
         self.plain_steps = 0  # steps the gate decoded plainly (for statistics and tests)
         self.triggers = 0  # times the gate switched speculation off
@@ -86,6 +93,15 @@ class NeverSlowerGate(Scheduler):
         overhead = self.overhead_seconds if self.overhead_seconds is not None else 0.0
         return self.forward_seconds + overhead
 
+    @property
+    def unit_seconds(self) -> float:
+        """The unit of `patience`: the larger of a plain step and a speculative one, as measured."""
+        return max(self.plain_step_seconds or 0.0, self.speculative_seconds or 0.0)
+
+    def _probation(self) -> float:
+        """The deficit a probe starts with: one step's worth of further loss ends it."""
+        return max(self.patience - 1.0, 0.0) * self.unit_seconds
+
     def _measure(self, tree: TokenTree, timings: StepTimings) -> None:
         if timings.verify <= 0:
             return
@@ -108,17 +124,21 @@ class NeverSlowerGate(Scheduler):
         if self._plain:
             return
         self.inner.observe(tree, verdict, timings)
+        self.speculative_seconds = (
+            timings.total
+            if self.speculative_seconds is None
+            else self.decay * self.speculative_seconds + (1 - self.decay) * timings.total
+        )
         plain_step = self.plain_step_seconds
         if plain_step is None:
             return
         tokens = len(verdict.new_tokens)
         self.deficit = max(0.0, self.deficit + timings.total - (1 + self.margin) * tokens * plain_step)
         self.clean_steps += 1
-        if self.deficit > self.patience * plain_step:
+        if self.deficit > self.patience * self.unit_seconds:
             self.plain_until = self._state.step + self.hold
             self.hold = min(2 * self.hold, self.max_hold)
-            # A probe starts on probation: one plain step's worth of loss ends it.
-            self.deficit, self.clean_steps = max(self.patience - 1.0, 0.0) * plain_step, 0
+            self.deficit, self.clean_steps = self._probation(), 0
             self.triggers += 1
         elif self.clean_steps >= self.min_steps:
             self.hold = self.base_hold

@@ -49,8 +49,11 @@ class DytcEstimates:
 
     def restart(self) -> None:
         """A new generation: the levels' counters were reset. A level never measured is probed
-        at once, the others after their interval."""
+        at once, the others after their interval. Each α̂ starts where it was, judged from then on
+        on the new text's window (`WindowedAcceptance.restart`)."""
         self.latency.restart()
+        for estimate in self.alpha.values():
+            estimate.restart()
         self.last_used = {name: 0 if self.latency.known(name) else -self.probe_every[name] for name in self.probe_every}
 
     # -- what the scheduler asks -------------------------------------------------------------

@@ -82,12 +82,20 @@ class WindowedAcceptance:
     warmup: int = 20
     alpha: float = 0.6
     steps: int = 0  # steps with evidence
-    history: list[tuple[int, int]] = field(default_factory=list)  # (eligible, accepted) per step
+    history: list[tuple[float, float]] = field(default_factory=list)  # (eligible, accepted) per step
+    carried: float = 8.0  # tokens of evidence α̂ is worth in the window at a new generation's start
     seen: int = 0  # eligible tokens since the start
     hits: int = 0  # accepted tokens since the start
 
     def __post_init__(self) -> None:
         self.alpha = self.prior
+
+    def restart(self) -> None:
+        """A new generation: the window restarts with α̂ alone in it, as `carried` tokens of
+        evidence (one pseudo-step that ages out like any step), so the new text's rate replaces
+        the last one's within a few steps (a short answer is over before `window` steps of
+        another text would age out), yet one unlucky first draft does not sink α̂."""
+        self.history[:] = [(self.carried, self.carried * self.alpha)]
 
     def update(self, eligible: int, accepted: int) -> None:
         """One verified step: `accepted` of the `eligible` tokens of this level (0, 0 if unused)."""
