@@ -51,6 +51,7 @@ class NeverSlowerGate(Scheduler):
         self.inner = inner
         self.margin, self.patience, self.min_steps, self.decay = margin, patience, min_steps, decay
         self.base_hold, self.max_hold = hold, max_hold
+        self.plain_until = 0  # the step the current hold ends at
 
     def start(self, state: DecodingState) -> None:
         """Before a generation. What the gate measured (the forward and overhead estimates) and
