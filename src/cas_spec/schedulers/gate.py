@@ -52,24 +52,31 @@ class NeverSlowerGate(Scheduler):
         self.margin, self.patience, self.min_steps, self.decay = margin, patience, min_steps, decay
         self.base_hold, self.max_hold = hold, max_hold
         self.plain_until = 0  # the step the current hold ends at
+        self.saved = 0.0  # seconds speculation saved against plain decoding in this generation
 
     def start(self, state: DecodingState) -> None:
         """Before a generation. What the gate measured (the forward and overhead estimates) and
-        the hold length carry over from the pipeline's previous generation; the rest of a hold
-        does not: a new prompt is new text, where the drafter may pay. A generation that follows
-        one that ended holding starts on probation instead (as a probe does), so a drafter that
-        still loses costs it about one plain step, and its next hold is the longer one."""
+        the hold length carry over from the pipeline's previous generation, and so does the rest
+        of a hold where speculation lost over the whole of that generation (a drafter that does
+        not pay is not tried afresh for every prompt, where short generations would pay for it
+        most). Where it saved time overall and only its end was held, the new prompt (new text,
+        where the drafter may pay again) starts speculating, on probation."""
         self.inner.start(state)
         previous = getattr(self, "_state", None)
         probation = False
+        if previous is not None and previous.costs is state.costs and self.plain_until > previous.step:
+            # It ended holding: the rest of the hold carries over where speculation lost over that
+            # whole generation; either way speculation comes back on probation.
+            self.plain_until = self.plain_until - previous.step if self.saved < 0 else 0
+            probation = True
+        else:
+            self.plain_until = 0
         if previous is None or previous.costs is not state.costs:
             self.forward_seconds: float | None = None  # EMA of a one-token target forward
             self.overhead_seconds: float | None = None  # EMA of a plain step's time outside its forward
             self.speculative_seconds: float | None = None  # EMA of a speculative step's time
             self.hold = self.base_hold
-        else:
-            probation = self.plain_until > previous.step
-        self.plain_until = 0
+        self.saved = 0.0
         self.deficit = self._probation() if probation else 0.0  # seconds lost against plain decoding (CUSUM)
         self.clean_steps = 0  # speculative steps since the last trigger
         self.plain_steps = 0  # steps the gate decoded plainly (for statistics and tests)
@@ -135,6 +142,7 @@ class NeverSlowerGate(Scheduler):
             return
         tokens = len(verdict.new_tokens)
         self.deficit = max(0.0, self.deficit + timings.total - (1 + self.margin) * tokens * plain_step)
+        self.saved += tokens * plain_step - timings.total
         self.clean_steps += 1
         if self.deficit > self.patience * self.unit_seconds:
             self.plain_until = self._state.step + self.hold

@@ -15,8 +15,8 @@ match), and a run of copied text does not keep the model levels out of the text 
 for the valuable ones; one global average rate instead lets copied bursts price the model levels
 out of ordinary text. Both lost in simulation or on Spec-Bench.)
 
-1. **Estimates.** Per level, α̂ is an EMA of its acceptance rate over a window of steps
-   (`ema_decay` λ = 0.7, `window` H = 20, `warmup` steps), starting from the level's agreement with
+1. **Estimates.** Per level, α̂ is an EMA of its acceptance rate over a window of steps (`ema_decay`
+   λ = 0.7, `window` H = 20, `warmup` steps; a prompt's own window), starting from the agreement with
    the target measured when its draft cost was calibrated; per drafted token, the probability that
    the target takes it comes from the drafter's own confidence (draft probability for model
    levels, n-gram match length for lookup levels), calibrated online per confidence bucket.
