@@ -110,20 +110,17 @@ class NeverSlowerGate(Scheduler):
         """The deficit a probe starts with: one step's worth of further loss ends it."""
         return max(self.patience - 1.0, 0.0) * self.unit_seconds
 
+    def _ema(self, average: float | None, value: float) -> float:
+        """The gate's moving averages: `value` itself at the first measurement, then an EMA."""
+        return value if average is None else self.decay * average + (1 - self.decay) * value
+
     def _measure(self, tree: TokenTree, timings: StepTimings) -> None:
         if timings.verify <= 0:
             return
         forward = timings.verify / self._state.costs.verify(tree.size, self._context)
-        self.forward_seconds = (
-            forward if self.forward_seconds is None else self.decay * self.forward_seconds + (1 - self.decay) * forward
-        )
+        self.forward_seconds = self._ema(self.forward_seconds, forward)
         if self._plain:
-            overhead = max(timings.total - timings.verify, 0.0)
-            self.overhead_seconds = (
-                overhead
-                if self.overhead_seconds is None
-                else self.decay * self.overhead_seconds + (1 - self.decay) * overhead
-            )
+            self.overhead_seconds = self._ema(self.overhead_seconds, max(timings.total - timings.verify, 0.0))
 
     def observe(self, tree: TokenTree, verdict: Verdict, timings: StepTimings) -> None:
         if timings.total <= 0:
@@ -132,11 +129,7 @@ class NeverSlowerGate(Scheduler):
         if self._plain:
             return
         self.inner.observe(tree, verdict, timings)
-        self.speculative_seconds = (
-            timings.total
-            if self.speculative_seconds is None
-            else self.decay * self.speculative_seconds + (1 - self.decay) * timings.total
-        )
+        self.speculative_seconds = self._ema(self.speculative_seconds, timings.total)
         plain_step = self.plain_step_seconds
         if plain_step is None:
             return
